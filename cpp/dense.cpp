@@ -1,0 +1,176 @@
+// Pass 2 of a step: the fused element-wise update of one work item, compiled
+// once per ISA. Operation order follows Keras 3 so the numbers match it.
+#include "kernel_common.hpp"
+#include "kernels.hpp"
+
+namespace adagrad::ADAGRAD_ISA_NS {
+namespace {
+
+// Clip scalars in the compute type, derived from the plan and the norm of
+// pass 1 exactly as Keras derives them (NaN propagates as in jnp.maximum).
+template <class C>
+struct ClipScalars {
+  C c{}, d{}, global_scale{};
+  ClipScalars(const StepPlan& plan, const TensorStep& ts) {
+    c = static_cast<C>(plan.clip_value);
+    const C norm = static_cast<C>(ts.norm);
+    if (plan.clip == Clip::norm) {
+      d = (norm != norm || norm > c) ? norm : c;  // max(norm, c)
+    } else if (plan.clip == Clip::global_norm) {
+      const C inv_norm = C(1) / norm;
+      const C inv_c = C(1) / c;
+      const C smaller = (inv_norm != inv_norm || inv_norm < inv_c) ? inv_norm : inv_c;
+      global_scale = c * smaller + (norm - norm);  // non-finite norm -> NaN
+    }
+  }
+};
+
+template <class P, class A, class C>
+struct Blocks {
+  const TensorSlots& t;
+  const TensorStep& ts;
+  const StepPlan& plan;
+  const ClipScalars<C> clip;
+  const C lr, eps, wd, ema_m, ema_1m;
+
+  Blocks(const TensorSlots& t_, const TensorStep& ts_, const StepPlan& plan_)
+      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_),
+        lr(static_cast<C>(plan_.learning_rate)), eps(static_cast<C>(plan_.epsilon)),
+        wd(static_cast<C>(plan_.weight_decay)), ema_m(static_cast<C>(plan_.ema_momentum)),
+        ema_1m(C(1) - static_cast<C>(plan_.ema_momentum)) {}
+
+  P* param(int64_t b) const { return static_cast<P*>(t.param) + b; }
+  P* gacc(int64_t b) const { return static_cast<P*>(t.grad_accumulator) + b; }
+
+  void zero_gacc(int64_t b, int64_t n) const {
+    P* __restrict ga = gacc(b);
+    const P zero = from_c<P>(C(0));
+    for (int64_t i = 0; i < n; ++i) ga[i] = zero;
+  }
+
+  // Decay, then Adagrad: acc += g^2; v -= lr*g / sqrt(acc + eps).
+  void adagrad(int64_t b, int64_t n) const {
+    alignas(64) C gbuf[kBlock];
+    alignas(64) C sbuf[kBlock];
+    alignas(64) C vbuf[kBlock];
+    alignas(64) C abuf[kBlock];
+    const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
+    if (plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr) zero_gacc(b, n);
+    switch (plan.clip) {
+      case Clip::value: {
+        const C hi = clip.c, lo = -clip.c;
+        for (int64_t i = 0; i < n; ++i) {
+          C x = g[i];
+          x = x < lo ? lo : x;  // NaN compares false and stays NaN
+          gbuf[i] = x > hi ? hi : x;
+        }
+        g = gbuf;
+        break;
+      }
+      case Clip::norm:
+        for (int64_t i = 0; i < n; ++i) gbuf[i] = (g[i] * clip.c) / clip.d;
+        g = gbuf;
+        break;
+      case Clip::global_norm:
+        for (int64_t i = 0; i < n; ++i) gbuf[i] = g[i] * clip.global_scale;
+        g = gbuf;
+        break;
+      case Clip::none:
+        break;
+    }
+    A* acc_store = static_cast<A*>(t.accumulator) + b;
+    C* __restrict v = load_view<C>(param(b), vbuf, n);
+    C* __restrict acc = load_view<C>(acc_store, abuf, n);
+    if (t.weight_decay && plan.weight_decay != 0.0) {
+      for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const C a = acc[i] + g[i] * g[i];
+      acc[i] = a;
+      v[i] = v[i] - (lr * g[i]) / sqrt_c(a + eps);
+    }
+    store_view(acc_store, acc, n);
+    store_view(param(b), v, n);
+  }
+
+  // Accumulation micro-step: gacc += g / loss_scale.
+  void accumulate(int64_t b, int64_t n) const {
+    alignas(64) C gbuf[kBlock];
+    alignas(64) C sbuf[kBlock];
+    alignas(64) C abuf[kBlock];
+    const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
+    C* __restrict ga = load_view<C>(gacc(b), abuf, n);
+    for (int64_t i = 0; i < n; ++i) ga[i] = ga[i] + g[i];
+    store_view(gacc(b), ga, n);
+  }
+
+  // overwrite_with_gradient: v = g; under accumulation a running element-wise
+  // maximum (NaN-propagating like ops.maximum), applied on the update step.
+  void overwrite(int64_t b, int64_t n) const {
+    const P* __restrict g = static_cast<const P*>(ts.grad) + b;
+    P* __restrict v = param(b);
+    if (plan.phase == Phase::update || t.grad_accumulator == nullptr) {
+      std::memcpy(v, g, static_cast<size_t>(n) * sizeof(P));
+      return;
+    }
+    P* __restrict ga = gacc(b);
+    P* __restrict out = plan.phase == Phase::accumulate ? ga : v;
+    for (int64_t i = 0; i < n; ++i) {
+      const C x = to_c<C>(g[i]), y = to_c<C>(ga[i]);
+      out[i] = from_c<P>((x != x || x > y) ? x : y);
+    }
+    if (plan.phase == Phase::accumulate_update) zero_gacc(b, n);
+  }
+
+  // avg = m*avg + (1-m)*v on the stored value of v; optionally v = avg.
+  void ema(int64_t b, int64_t n) const {
+    alignas(64) C vbuf[kBlock];
+    alignas(64) C mbuf[kBlock];
+    P* avg_store = static_cast<P*>(t.average) + b;
+    const C* __restrict v = load_view<C>(param(b), vbuf, n);
+    C* __restrict avg = load_view<C>(avg_store, mbuf, n);
+    for (int64_t i = 0; i < n; ++i) avg[i] = ema_m * avg[i] + ema_1m * v[i];
+    store_view(avg_store, avg, n);
+    if (plan.ema_overwrite) std::memcpy(param(b), avg_store, static_cast<size_t>(n) * sizeof(P));
+  }
+
+  void run(int64_t begin, int64_t end) const {
+    for (int64_t b = begin; b < end; b += kBlock) {
+      const int64_t n = block_len(b, end);
+      if (ts.grad == nullptr) {
+        // No gradient: Keras still resets its accumulator on an update step.
+        if (plan.phase == Phase::accumulate_update && plan.reset_idle_accumulators &&
+            t.grad_accumulator != nullptr) {
+          zero_gacc(b, n);
+        }
+      } else if (t.overwrite) {
+        overwrite(b, n);
+      } else if (plan.phase == Phase::accumulate) {
+        accumulate(b, n);
+      } else {
+        adagrad(b, n);
+      }
+      if (plan.ema && t.average != nullptr) ema(b, n);
+    }
+  }
+};
+
+struct DenseOp {
+  const TensorSlots& t;
+  const TensorStep& ts;
+  const StepPlan& plan;
+  int64_t begin, end;
+  template <class P, class A, class C>
+  void operator()() const {
+    Blocks<P, A, C>(t, ts, plan).run(begin, end);
+  }
+};
+
+}  // namespace
+
+void dense_item(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,
+                int64_t end) {
+  dispatch_dtypes(t, DenseOp{t, ts, plan, begin, end});
+}
+
+}  // namespace adagrad::ADAGRAD_ISA_NS

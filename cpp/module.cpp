@@ -1,0 +1,248 @@
+// pybind11 bindings only: convert and check buffers, release the GIL, call.
+// No math lives here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dispatch.hpp"
+#include "step.hpp"
+
+namespace py = pybind11;
+using adagrad::DType;
+
+namespace {
+
+constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+constexpr int kNotSwapped = 0x0200;  // NPY_ARRAY_NOTSWAPPED
+
+// Formats a shape like a Python tuple: (), (3,), (3, 4).
+std::string shape_str(const py::array& a) {
+  std::ostringstream out;
+  out << '(';
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) out << (d > 0 ? ", " : "") << a.shape(d);
+  out << (a.ndim() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::string dtype_name(const py::dtype& dt) { return py::str(dt.attr("name")).cast<std::string>(); }
+
+DType dtype_code(const py::dtype& dt, const std::string& what) {
+  if (dt.kind() == 'f') {
+    if (dt.itemsize() == 4) return DType::f32;
+    if (dt.itemsize() == 8) return DType::f64;
+    if (dt.itemsize() == 2) return DType::f16;
+  }
+  if (dtype_name(dt) == "bfloat16") return DType::bf16;
+  throw py::type_error(what + " has dtype " + dtype_name(dt) +
+                       "; expected float32, float64, float16 or bfloat16.");
+}
+
+// A buffer the core writes in place: it must be exactly the memory the user
+// holds, so anything that would need a copy is refused, never copied.
+py::array writable_buffer(const py::handle& obj, const std::string& what) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(what + " must be a numpy.ndarray; received " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>() + ".");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const int flags = a.flags();
+  const char* problem = nullptr;
+  if (!(flags & kCContiguous)) problem = "is not C-contiguous";
+  else if (!(flags & kWriteable)) problem = "is read-only";
+  else if (!(flags & kAligned)) problem = "is not aligned";
+  else if (!a.dtype().attr("isnative").cast<bool>()) problem = "is not in native byte order";
+  if (problem != nullptr) {
+    throw py::value_error(what + " " + problem +
+                          "; it must be updated in place, so pass a C-contiguous, writeable, "
+                          "aligned, native-byte-order array (e.g. np.ascontiguousarray).");
+  }
+  return a;
+}
+
+struct PyGroup {
+  PyGroup(std::vector<adagrad::TensorSlots> slots, std::vector<py::array> keep,
+          std::vector<std::string> names_, std::vector<py::array> params_, std::vector<int> nums)
+      : group(std::move(slots)), keep_alive(std::move(keep)), names(std::move(names_)),
+        params(std::move(params_)), dtype_nums(std::move(nums)) {}
+  adagrad::SlotGroup group;
+  std::vector<py::array> keep_alive;  // the core holds raw pointers into these
+  std::vector<std::string> names;
+  std::vector<py::array> params;
+  std::vector<int> dtype_nums;
+};
+
+void* optional_slot(const py::handle& obj, const py::array& param, const std::string& what,
+                    bool wide_ok, std::vector<py::array>& keep) {
+  if (obj.is_none()) return nullptr;
+  py::array a = writable_buffer(obj, what);
+  const bool same_dtype = a.dtype().num() == param.dtype().num();
+  const bool wide = wide_ok && dtype_code(a.dtype(), what) == DType::f32;
+  if (!same_dtype && !wide) {
+    throw py::type_error(what + " has dtype " + dtype_name(a.dtype()) + "; expected " +
+                         dtype_name(param.dtype()) + ".");
+  }
+  if (a.size() != param.size()) {
+    throw py::value_error(what + " has " + std::to_string(a.size()) + " elements; expected " +
+                          std::to_string(param.size()) + ".");
+  }
+  keep.push_back(a);
+  return a.mutable_data();
+}
+
+std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accumulators,
+                                    const py::list& averages, const py::list& grad_accumulators,
+                                    const std::vector<bool>& weight_decay,
+                                    const std::vector<bool>& overwrite,
+                                    const std::vector<std::string>& names) {
+  const size_t n = params.size();
+  if (accumulators.size() != n || averages.size() != n || grad_accumulators.size() != n ||
+      weight_decay.size() != n || overwrite.size() != n || names.size() != n) {
+    throw py::value_error("SlotGroup: every list must have one entry per parameter.");
+  }
+  std::vector<py::array> keep;
+  std::vector<py::array> param_arrays;
+  std::vector<int> nums;
+  std::vector<adagrad::TensorSlots> slots(n);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string var = "variable '" + names[i] + "' (index " + std::to_string(i) + ")";
+    py::array p = writable_buffer(params[i], var);
+    adagrad::TensorSlots& s = slots[i];
+    s.dtype = dtype_code(p.dtype(), var);
+    s.param = p.mutable_data();
+    s.size = p.size();
+    s.accumulator =
+        optional_slot(accumulators[i], p, "the accumulator of " + var, true, keep);
+    s.accumulator_dtype =
+        accumulators[i].is_none() ? s.dtype : dtype_code(py::array(accumulators[i]).dtype(), var);
+    s.average = optional_slot(averages[i], p, "the EMA average of " + var, false, keep);
+    s.grad_accumulator =
+        optional_slot(grad_accumulators[i], p, "the gradient accumulator of " + var, false, keep);
+    s.weight_decay = weight_decay[i];
+    s.overwrite = overwrite[i];
+    if (!s.overwrite && s.accumulator == nullptr) {
+      throw py::value_error(var + " needs an accumulator.");
+    }
+    keep.push_back(p);
+    param_arrays.push_back(p);
+    nums.push_back(p.dtype().num());
+  }
+  return std::make_unique<PyGroup>(std::move(slots), std::move(keep), names,
+                                   std::move(param_arrays), std::move(nums));
+}
+
+// Gradients are only read, so one that is not contiguous, aligned and native
+// is copied into a form that is; its dtype and shape must match exactly.
+py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
+  const std::string var = "variable '" + g.names[i] + "' (index " + std::to_string(i) + ")";
+  py::array a = py::isinstance<py::array>(obj) ? py::reinterpret_borrow<py::array>(obj)
+                                               : py::array::ensure(obj);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error("The gradient for " + var + " must be array-like; received " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>() + ".");
+  }
+  const py::array& p = g.params[i];
+  if (a.dtype().num() != g.dtype_nums[i]) {
+    throw py::type_error("The gradient for " + var + " has dtype " + dtype_name(a.dtype()) +
+                         ", but the variable has dtype " + dtype_name(p.dtype()) +
+                         ". Cast the gradient, e.g. grad.astype(np." + dtype_name(p.dtype()) +
+                         ").");
+  }
+  bool same_shape = a.ndim() == p.ndim();
+  for (py::ssize_t d = 0; same_shape && d < a.ndim(); ++d) same_shape = a.shape(d) == p.shape(d);
+  if (!same_shape) {
+    throw py::value_error("The gradient for " + var + " has shape " + shape_str(a) +
+                          ", but the variable has shape " + shape_str(p) + ".");
+  }
+  const int need = kCContiguous | kAligned;
+  if ((a.flags() & need) != need || !a.dtype().attr("isnative").cast<bool>()) {
+    a = py::array::ensure(a, need | kNotSwapped);
+    if (!a) throw py::error_already_set();
+  }
+  return a;
+}
+
+py::dict step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+  const size_t n = g.group.tensors().size();
+  if (grads.size() != n) {
+    throw py::value_error("Expected " + std::to_string(n) + " gradients (one per variable); received " +
+                          std::to_string(grads.size()) + ".");
+  }
+  std::vector<py::array> held;
+  held.reserve(n);
+  std::vector<adagrad::TensorStep> steps(n);
+  for (size_t i = 0; i < n; ++i) {
+    py::handle obj = grads[i];
+    if (obj.is_none()) continue;
+    held.push_back(gradient_buffer(g, i, obj));
+    steps[i].grad = held.back().data();
+  }
+  adagrad::StepResult r;
+  {
+    py::gil_scoped_release release;
+    r = adagrad::run_step(g.group, steps, plan);
+  }
+  py::dict out;
+  out["applied"] = r.applied;
+  out["finite"] = r.finite;
+  out["first_nonfinite"] = r.first_nonfinite;
+  out["global_norm"] = r.global_norm;
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "adagrad_native's compiled core (private; use the adagrad_native package).";
+
+  py::enum_<adagrad::Clip>(m, "Clip")
+      .value("none", adagrad::Clip::none)
+      .value("norm", adagrad::Clip::norm)
+      .value("global_norm", adagrad::Clip::global_norm)
+      .value("value", adagrad::Clip::value);
+  py::enum_<adagrad::Phase>(m, "Phase")
+      .value("update", adagrad::Phase::update)
+      .value("accumulate", adagrad::Phase::accumulate)
+      .value("accumulate_update", adagrad::Phase::accumulate_update);
+
+  py::class_<adagrad::StepPlan>(m, "StepPlan")
+      .def(py::init<>())
+      .def_readwrite("learning_rate", &adagrad::StepPlan::learning_rate)
+      .def_readwrite("epsilon", &adagrad::StepPlan::epsilon)
+      .def_readwrite("weight_decay", &adagrad::StepPlan::weight_decay)
+      .def_readwrite("clip", &adagrad::StepPlan::clip)
+      .def_readwrite("clip_value", &adagrad::StepPlan::clip_value)
+      .def_readwrite("loss_scale", &adagrad::StepPlan::loss_scale)
+      .def_readwrite("phase", &adagrad::StepPlan::phase)
+      .def_readwrite("accumulation_steps", &adagrad::StepPlan::accumulation_steps)
+      .def_readwrite("ema", &adagrad::StepPlan::ema)
+      .def_readwrite("ema_momentum", &adagrad::StepPlan::ema_momentum)
+      .def_readwrite("ema_overwrite", &adagrad::StepPlan::ema_overwrite)
+      .def_readwrite("check_finite", &adagrad::StepPlan::check_finite)
+      .def_readwrite("reset_idle_accumulators", &adagrad::StepPlan::reset_idle_accumulators);
+
+  py::class_<PyGroup>(m, "SlotGroup")
+      .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"),
+           py::arg("averages"), py::arg("grad_accumulators"), py::arg("weight_decay"),
+           py::arg("overwrite"), py::arg("names"))
+      .def_property_readonly("num_tensors",
+                             [](const PyGroup& g) { return g.group.tensors().size(); })
+      .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); });
+
+  m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
+        "Runs one optimizer step over every tensor of the group (GIL released).");
+  m.def("get_num_threads", &adagrad::get_num_threads);
+  m.def("set_num_threads", &adagrad::set_num_threads, py::arg("n"));
+  m.def("openmp_enabled", &adagrad::openmp_enabled);
+  m.def("isa", []() { return std::string(adagrad::kernels().isa); });
+  m.def("available_isas", &adagrad::available_isas);
+  m.def("select_isa", &adagrad::select_isa, py::arg("name"));
+  m.attr("chunk_elements") = adagrad::kChunk;
+}

@@ -1,0 +1,57 @@
+#include "parallel.hpp"
+
+#include <algorithm>
+#include <atomic>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace adagrad {
+
+WorkList make_work_list(const std::vector<int64_t>& sizes) {
+  WorkList work;
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    for (int64_t b = 0; b < sizes[t]; b += kChunk) {
+      work.items.push_back({static_cast<int32_t>(t), b, std::min(sizes[t], b + kChunk)});
+    }
+    work.total += sizes[t];
+  }
+  work.task_begin.push_back(0);
+  int64_t filled = 0;
+  for (size_t i = 0; i < work.items.size(); ++i) {
+    filled += work.items[i].end - work.items[i].begin;
+    if (filled >= kChunk) {
+      work.task_begin.push_back(static_cast<int64_t>(i) + 1);
+      filled = 0;
+    }
+  }
+  if (work.task_begin.back() != static_cast<int64_t>(work.items.size())) {
+    work.task_begin.push_back(static_cast<int64_t>(work.items.size()));
+  }
+  return work;
+}
+
+namespace {
+int default_threads() {
+#if defined(_OPENMP)
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+std::atomic<int> g_threads{default_threads()};
+}  // namespace
+
+int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
+void set_num_threads(int n) { g_threads.store(std::max(1, n), std::memory_order_relaxed); }
+
+bool openmp_enabled() {
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace adagrad

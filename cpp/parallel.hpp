@@ -1,0 +1,48 @@
+// The flat work list and the one parallel region that walks it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace adagrad {
+
+// Elements per task. Fixed (never derived from the thread count), so the
+// chunking, and with it every reduction, is the same for any thread count.
+constexpr int64_t kChunk = 16384;
+
+struct WorkItem {
+  int32_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+// Tensors are cut into items of at most kChunk elements; consecutive items are
+// packed into tasks of about kChunk elements, so tiny tensors share a task.
+struct WorkList {
+  std::vector<WorkItem> items;
+  std::vector<int64_t> task_begin;  // n_tasks + 1 offsets into items
+  int64_t total = 0;
+  int64_t n_tasks() const { return static_cast<int64_t>(task_begin.size()) - 1; }
+};
+
+WorkList make_work_list(const std::vector<int64_t>& sizes);
+
+int get_num_threads();
+void set_num_threads(int n);
+bool openmp_enabled();
+
+// Calls fn(item_index) for every item, tasks spread over the threads.
+template <class Fn>
+void for_each_item(const WorkList& work, Fn&& fn) {
+  const int64_t n_tasks = work.n_tasks();
+  const int threads = get_num_threads();
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n_tasks > 1)
+#endif
+  for (int64_t task = 0; task < n_tasks; ++task) {
+    for (int64_t i = work.task_begin[task]; i < work.task_begin[task + 1]; ++i) fn(i);
+  }
+  (void)threads;
+}
+
+}  // namespace adagrad

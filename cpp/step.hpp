@@ -1,0 +1,92 @@
+// The only contract between Python and C++: what a tensor's buffers are
+// (TensorSlots, fixed at build), and what one step does (StepPlan, per call).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "parallel.hpp"
+
+namespace adagrad {
+
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// The buffers of one trainable variable. Optional slots are null when absent.
+// Python keeps the arrays alive and never re-allocates them.
+struct TensorSlots {
+  void* param = nullptr;
+  void* accumulator = nullptr;       // null for overwrite_with_gradient variables
+  void* average = nullptr;           // EMA average; null unless use_ema
+  void* grad_accumulator = nullptr;  // null unless gradient accumulation
+  int64_t size = 0;
+  DType dtype = DType::f32;              // parameter, gradient, average, gradient accumulator
+  DType accumulator_dtype = DType::f32;  // the Adagrad accumulator (may be wider)
+  bool weight_decay = true;        // false when excluded from weight decay
+  bool overwrite = false;          // overwrite_with_gradient: v = g, no Adagrad
+};
+
+// Which part of a gradient-accumulation cycle this call is.
+enum class Phase : int {
+  update = 0,             // no accumulation: a plain step
+  accumulate = 1,         // micro-step: gacc += g, parameters untouched
+  accumulate_update = 2,  // g = (g + gacc) / k, gacc = 0, then a plain step
+};
+
+enum class Clip : int { none = 0, norm = 1, global_norm = 2, value = 3 };
+
+// Scalars of one step. Python decides every policy (schedule, phase, EMA
+// momentum for this iteration); C++ only applies them.
+struct StepPlan {
+  double learning_rate = 0.001;
+  double epsilon = 1e-7;
+  double weight_decay = 0.0;  // 0: off
+  Clip clip = Clip::none;
+  double clip_value = 0.0;
+  double loss_scale = 0.0;  // 0: off; otherwise g is divided by it
+  Phase phase = Phase::update;
+  int64_t accumulation_steps = 1;
+  bool ema = false;
+  double ema_momentum = 0.0;  // effective momentum: 0 on the first iteration
+  bool ema_overwrite = false;
+  bool check_finite = false;  // find non-finite gradients before writing anything
+  // On an accumulation update step, also zero the gradient accumulators of
+  // variables without a gradient this call (Keras' update step resets all).
+  bool reset_idle_accumulators = true;
+};
+
+// Per-call, per-tensor inputs.
+struct TensorStep {
+  const void* grad = nullptr;  // null: no gradient this step
+  double norm = 0.0;           // clip norm input (per-tensor or global), from pass 1
+};
+
+struct StepResult {
+  bool finite = true;
+  int64_t first_nonfinite = -1;  // tensor index, when !finite
+  double global_norm = 0.0;      // only when a norm was computed
+  bool applied = true;           // false when check_finite stopped the step
+};
+
+// All trainable variables of one optimizer, with the work list cut once.
+class SlotGroup {
+ public:
+  explicit SlotGroup(std::vector<TensorSlots> tensors);
+  const std::vector<TensorSlots>& tensors() const { return tensors_; }
+  const WorkList& work() const { return work_; }
+  // Per-item partial sums of squares; scratch reused by every step.
+  std::vector<double>& partial_sums() { return partial_sums_; }
+  std::vector<unsigned char>& partial_finite() { return partial_finite_; }
+
+ private:
+  std::vector<TensorSlots> tensors_;
+  WorkList work_;
+  std::vector<double> partial_sums_;
+  std::vector<unsigned char> partial_finite_;
+};
+
+// Runs one whole step over every tensor. `steps` is aligned with the group's
+// tensors. Thread-safe for distinct groups; one group is used by one caller
+// at a time (the Python optimizer holds a lock).
+StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan);
+
+}  // namespace adagrad
