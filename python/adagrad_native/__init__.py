@@ -1,0 +1,58 @@
+"""adagrad_native: Keras 3's Adagrad optimizer for numpy, with a fused C++ core.
+
+Public names: `Adagrad`, `Variable`, `schedules`, `build_info`,
+`set_num_threads`, `get_num_threads`.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from adagrad_native import _core, schedules
+from adagrad_native.adagrad import Adagrad
+from adagrad_native.variables import Variable
+
+try:
+    __version__: str = metadata.version("adagrad_native")
+except metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads of the native step (results do not depend on it).
+
+    Args:
+        n: A positive number of threads.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"Argument `n` must be an integer >= 1. Received: n={n!r}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """The number of threads of the native step (default: OMP_NUM_THREADS or the cores)."""
+    return _core.get_num_threads()
+
+
+def build_info() -> dict[str, Any]:
+    """How the core was built and what it runs: version, ISA path, OpenMP, threads."""
+    return {
+        "version": __version__,
+        "isa": _core.isa(),
+        "available_isas": list(_core.available_isas()),
+        "openmp": _core.openmp_enabled(),
+        "num_threads": _core.get_num_threads(),
+        "chunk_elements": _core.chunk_elements,
+    }
+
+
+__all__ = [
+    "Adagrad",
+    "Variable",
+    "build_info",
+    "get_num_threads",
+    "schedules",
+    "set_num_threads",
+    "__version__",
+]

@@ -1,0 +1,127 @@
+"""Adagrad: Keras 3's `keras.optimizers.Adagrad`, with a fused native step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from adagrad_native import _core
+from adagrad_native.optimizer import Optimizer, check_real
+from adagrad_native.variables import Variable
+
+
+class Adagrad(Optimizer):
+    """Optimizer that implements the Adagrad algorithm, as Keras 3 does.
+
+    Per step and element: `acc += g * g; v -= lr * g / sqrt(acc + epsilon)`
+    (epsilon inside the square root, as Keras 3), after the shared pipeline
+    (loss-scale unscaling, gradient accumulation, clipping, decoupled weight
+    decay) and before EMA and constraints. Every element-wise operation of a
+    step runs in one native call over all variables.
+
+    Deviations from Keras, each where Keras contradicts its own documentation:
+    negative `initial_accumulator_value`, `learning_rate`, `epsilon`,
+    `weight_decay` and clip values raise `ValueError`; any real number is
+    accepted as `learning_rate` (Keras insists on a Python float); calling
+    `exclude_from_weight_decay` after `build` raises; `get_config` refuses a
+    plain callable learning rate instead of writing a made-up 0.5.
+
+    Args:
+        learning_rate: A number, a `LearningRateSchedule` or a zero-argument
+            callable. Defaults to 0.001.
+        initial_accumulator_value: Starting value of the accumulators; >= 0.
+        epsilon: Added to the accumulator inside the square root; >= 0.
+        weight_decay: See `Optimizer` for this and the remaining arguments.
+        clipnorm: Per-gradient L2 norm bound.
+        clipvalue: Element-wise bound.
+        global_clipnorm: Joint L2 norm bound over all gradients.
+        use_ema: Keep an exponential moving average of the variables.
+        ema_momentum: EMA momentum in [0, 1].
+        ema_overwrite_frequency: Overwrite variables with their averages every N iterations.
+        loss_scale_factor: Gradients are divided by this.
+        gradient_accumulation_steps: Update every N calls with the mean gradient.
+        name: Defaults to "adagrad" ("adagrad_1", ... for later instances, as Keras).
+        **kwargs: Only the deprecated `decay` (ignored with a warning).
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        initial_accumulator_value: float = 0.1,
+        epsilon: float = 1e-7,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        check_real(initial_accumulator_value, "initial_accumulator_value", allow_none=False)
+        check_real(epsilon, "epsilon", allow_none=False)
+        super().__init__(
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            name=name,
+            **kwargs,
+        )
+        self.initial_accumulator_value = initial_accumulator_value
+        self.epsilon = epsilon
+        self._accumulators: list[Variable | None] = []
+        self._single_groups: dict[int, Any] = {}
+
+    def _build_slots(self, variables: list[Variable]) -> None:
+        self._accumulators = self.add_optimizer_variables(
+            variables, "accumulator", initializer=float(self.initial_accumulator_value))
+
+    def _slot_arrays(self) -> list[np.ndarray | None]:
+        return [None if a is None else a.value for a in self._accumulators]
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        """Applies only the Adagrad update to one built variable (no clipping,
+        decay, EMA or counter), as Keras' `update_step` does.
+
+        Args:
+            gradient: The gradient, of the variable's shape and dtype.
+            variable: A variable the optimizer was built with.
+            learning_rate: The learning rate to use.
+        """
+        if not self.built:
+            raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
+        lr = float(check_real(float(learning_rate), "learning_rate", allow_none=False))
+        with self._lock:
+            i = self._index_of(variable, 0)
+            group = self._single_groups.get(i)
+            if group is None:
+                v, acc = self._trainable_variables[i], self._accumulators[i]
+                if acc is None:
+                    raise ValueError(f"Variable '{v.path}' has overwrite_with_gradient=True; it "
+                                     "has no Adagrad accumulator to update.")
+                group = _core.SlotGroup([v.value], [acc.value], [None], [None], [False], [False],
+                                        [v.path])
+                self._single_groups[i] = group
+            plan = _core.StepPlan()
+            plan.learning_rate, plan.epsilon = lr, float(self.epsilon)
+            _core.step(group, [gradient], plan)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras' Adagrad config: the base keys plus the accumulator value and epsilon."""
+        config = super().get_config()
+        config.update({
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
+        })
+        return config

@@ -1,0 +1,619 @@
+"""The Keras 3 optimizer pipeline (DESIGN.md §2), orchestrating one native call per step.
+
+Python decides what a step does (learning rate, accumulation phase, EMA
+momentum, which tensors have gradients); the compiled core does all the
+element-wise work for every tensor in a single call with the GIL released.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import threading
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from adagrad_native import _core
+from adagrad_native._dtypes import check_updatable
+from adagrad_native.schedules import LearningRateSchedule
+from adagrad_native.variables import Variable, auto_name
+
+_CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
+
+
+def check_real(value: Any, name: str, *, allow_none: bool = True, minimum: float = 0.0) -> Any:
+    """Validates a real hyperparameter (finite, >= minimum) and returns it unchanged."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Argument `{name}` must be a real number. Received: {name}={value!r}")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(
+            f"Argument `{name}` must be a finite number >= {minimum:g}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _array_key(array: np.ndarray) -> tuple[int, tuple[int, ...], str]:
+    return (array.__array_interface__["data"][0], array.shape, array.dtype.str)
+
+
+class Optimizer:
+    """The shared Keras 3 optimizer pipeline; `Adagrad` is its concrete optimizer.
+
+    Args:
+        learning_rate: A non-negative number, a `LearningRateSchedule` (called
+            with the raw iteration count), or a zero-argument callable.
+        weight_decay: Decoupled weight decay `v -= v * weight_decay * lr`, or None.
+        clipnorm: Clip each gradient to this L2 norm, or None.
+        clipvalue: Clip each gradient element to `[-clipvalue, clipvalue]`, or None.
+        global_clipnorm: Clip all gradients to this joint L2 norm, or None.
+            At most one of the three clip arguments may be set.
+        use_ema: Keep an exponential moving average of every trainable variable.
+        ema_momentum: The EMA momentum, in [0, 1] (checked when `use_ema`).
+        ema_overwrite_frequency: Overwrite the variables with their average every
+            this many iterations, or None.
+        loss_scale_factor: Divide gradients by this before using them, or None.
+        gradient_accumulation_steps: Update every this many calls with the mean
+            gradient, or None.
+        name: The optimizer's name; the prefix of its variables' paths.
+        **kwargs: Only the deprecated `decay` (ignored with a warning) is accepted.
+    """
+
+    def __init__(
+        self,
+        learning_rate: Any,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs.pop("decay", None) is not None:
+            warnings.warn("Argument `decay` is no longer supported and will be ignored.",
+                          stacklevel=2)
+        if kwargs:
+            raise ValueError(f"Argument(s) not recognized: {kwargs}")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(
+                f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
+            )
+        self._validate(weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
+                       ema_momentum, ema_overwrite_frequency, loss_scale_factor,
+                       gradient_accumulation_steps)
+        self.name = name or auto_name(_snake_case(type(self).__name__))
+        self.weight_decay = weight_decay
+        self.clipnorm = clipnorm
+        self.clipvalue = clipvalue
+        self.global_clipnorm = global_clipnorm
+        self.use_ema = bool(use_ema)
+        self.ema_momentum = ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
+        self.loss_scale_factor = loss_scale_factor
+        self.gradient_accumulation_steps = gradient_accumulation_steps or None
+        self.built = False
+        self._lock = threading.RLock()
+        self._variables: list[Variable] = []
+        self._trainable_variables: list[Variable] = []
+        self._trainable_variables_indices: dict[int, int] = {}
+        self._user_variables: list[Any] = []
+        self._exclude_from_weight_decay: set[int] = set()
+        self._exclude_from_weight_decay_pattern: re.Pattern[str] | None = None
+        self._model_variables_moving_average: list[Variable | None] = []
+        self._accumulated_gradients: list[Variable | None] = []
+        self._group: Any = None
+        self._plan = _core.StepPlan()
+        self._iterations = self._track(np.zeros((), np.int64), "iteration",
+                                       aggregation="only_first_replica")
+        self._learning_rate: Any = None
+        self.learning_rate = learning_rate
+
+    @staticmethod
+    def _validate(weight_decay: Any, clipnorm: Any, clipvalue: Any, global_clipnorm: Any,
+                  use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any,
+                  loss_scale_factor: Any, gradient_accumulation_steps: Any) -> None:
+        check_real(weight_decay, "weight_decay")
+        for arg, value in zip(_CLIP_ARGS, (clipnorm, clipvalue, global_clipnorm)):
+            check_real(value, arg)
+        if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                f"global_clipnorm={global_clipnorm}"
+            )
+        if use_ema:
+            check_real(ema_momentum, "ema_momentum", allow_none=False)
+            if ema_momentum > 1:
+                raise ValueError(
+                    f"`ema_momentum` must be in the range [0, 1]. Received: ema_momentum={ema_momentum}"
+                )
+            if ema_overwrite_frequency and (
+                isinstance(ema_overwrite_frequency, bool)
+                or not isinstance(ema_overwrite_frequency, numbers.Integral)
+                or ema_overwrite_frequency < 1
+            ):
+                raise ValueError(
+                    "`ema_overwrite_frequency` must be an integer >= 1 or None. Received: "
+                    f"ema_overwrite_frequency={ema_overwrite_frequency}"
+                )
+        if loss_scale_factor is not None:
+            check_real(loss_scale_factor, "loss_scale_factor")
+            if loss_scale_factor == 0:
+                raise ValueError(
+                    "Argument `loss_scale_factor` must be > 0 or None. Received: "
+                    "loss_scale_factor=0"
+                )
+        if gradient_accumulation_steps and (
+            isinstance(gradient_accumulation_steps, bool)
+            or not isinstance(gradient_accumulation_steps, numbers.Integral)
+            or gradient_accumulation_steps < 2
+        ):
+            raise ValueError(
+                "`gradient_accumulation_steps` must be an integer >= 2. Received: "
+                f"gradient_accumulation_steps={gradient_accumulation_steps}"
+            )
+
+    # ----------------------------------------------------------------- variables
+    def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
+        var = Variable._owned(value, name, f"{self.name}/{name}", aggregation)
+        self._variables.append(var)
+        return var
+
+    def add_variable(self, shape: Sequence[int], initializer: Any = "zeros", dtype: Any = None,
+                     aggregation: str = "mean", name: str | None = None) -> Variable:
+        """Creates and tracks an optimizer variable.
+
+        Args:
+            shape: The variable's shape.
+            initializer: `"zeros"`, `"ones"`, a number, or a callable(shape, dtype).
+            dtype: The dtype (default float32).
+            aggregation: Kept for Keras compatibility.
+            name: The variable's name (its path is `optimizer_name/name`).
+
+        Returns:
+            The new `Variable`.
+        """
+        template = Variable(initializer if not isinstance(initializer, numbers.Real)
+                            or isinstance(initializer, bool) else float(initializer),
+                            shape=tuple(shape), dtype=dtype, name=name or "var")
+        return self._track(template.value, template.name, aggregation)
+
+    def add_variable_from_reference(self, reference_variable: Any, name: str | None = None,
+                                    initializer: Any = "zeros") -> Variable:
+        """Creates a variable with the shape and dtype of `reference_variable`.
+
+        Its name is the reference's path with `/` replaced by `_`, then `_name`.
+        """
+        ref_path = getattr(reference_variable, "path", None) or str(
+            getattr(reference_variable, "name", "variable"))
+        full_name = ref_path.replace("/", "_").replace(":", "_") + "_" + (name or "var")
+        return self.add_variable(np.shape(reference_variable), initializer,
+                                 np.asarray(reference_variable).dtype, "mean", full_name)
+
+    def add_optimizer_variables(self, trainable_variables: Sequence[Variable], name: str,
+                                initializer: Any = "zeros") -> list[Variable | None]:
+        """One slot per variable; None for `overwrite_with_gradient` variables (as Keras)."""
+        return [None if v.overwrite_with_gradient
+                else self.add_variable_from_reference(v, name, initializer)
+                for v in trainable_variables]
+
+    @property
+    def variables(self) -> list[Variable]:
+        """Optimizer variables in Keras' order (iteration, learning_rate, slots by kind)."""
+        return list(self._variables)
+
+    @property
+    def iterations(self) -> Variable:
+        """Completed optimizer steps (`apply` calls // accumulation steps)."""
+        k = self.gradient_accumulation_steps
+        if k:
+            return Variable._owned(self._iterations.value // k, "iterations", "iterations")
+        return self._iterations
+
+    # -------------------------------------------------------------- learning rate
+    @property
+    def learning_rate(self) -> Any:
+        """The current learning rate (the float32 variable when it is a number)."""
+        lr = self._learning_rate
+        if isinstance(lr, Variable):
+            return lr
+        if isinstance(lr, LearningRateSchedule):
+            return lr(int(self._iterations.value))
+        return lr()
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        current = self._learning_rate
+        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+            if isinstance(current, Variable):
+                self._variables.remove(current)
+            self._learning_rate = learning_rate
+            return
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
+            raise ValueError(
+                "Argument `learning_rate` should be a number, or an instance of "
+                "LearningRateSchedule, or a callable that takes no arguments and returns the "
+                f"learning rate. Received instead: learning_rate={learning_rate!r}"
+            )
+        check_real(learning_rate, "learning_rate", allow_none=False)
+        if isinstance(current, Variable):
+            current.value[...] = learning_rate
+        elif current is None:
+            self._learning_rate = self._track(np.array(learning_rate, np.float32),
+                                              "learning_rate", "only_first_replica")
+        else:
+            raise TypeError(
+                f"This optimizer was created with a {type(current).__name__} as its "
+                "`learning_rate`, hence its learning rate is not settable to a number. If you "
+                "need a settable learning rate, create the optimizer with a float "
+                f"`learning_rate`. Received: learning_rate={learning_rate!r}"
+            )
+
+    def _current_learning_rate(self) -> float:
+        lr = self.learning_rate
+        try:
+            return float(lr.value if isinstance(lr, Variable) else lr)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"The learning rate must evaluate to a number; received {lr!r} from "
+                f"{self._learning_rate!r}."
+            ) from err
+
+    # --------------------------------------------------------------------- build
+    def exclude_from_weight_decay(self, var_list: Iterable[Any] | None = None,
+                                  var_names: Iterable[str] | None = None) -> None:
+        """Excludes variables from weight decay; must be called before `build`.
+
+        Args:
+            var_list: Variables (or arrays) to exclude.
+            var_names: Strings; a variable whose name matches any of them (as a
+                regular expression searched in the name, like Keras) is excluded.
+
+        Raises:
+            ValueError: When the optimizer is already built (Keras' documented
+                rule, which its own guard never enforces).
+        """
+        if self.built:
+            raise ValueError(
+                "`exclude_from_weight_decay()` can only be configured before the optimizer is "
+                "built."
+            )
+        self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
+        names = list(var_names or ())
+        self._exclude_from_weight_decay_pattern = re.compile("|".join(set(names))) if names \
+            else None
+
+    def _use_weight_decay(self, user_variable: Any, variable: Variable) -> bool:
+        if id(user_variable) in self._exclude_from_weight_decay:
+            return False
+        pattern = self._exclude_from_weight_decay_pattern
+        return pattern is None or pattern.search(variable.name) is None
+
+    def _as_variables(self, var_list: Sequence[Any]) -> list[Variable]:
+        """Validates every trainable variable, wrapping numpy arrays without copying."""
+        variables, seen = [], set()
+        for i, v in enumerate(var_list):
+            if id(v) in seen:
+                raise ValueError(f"Trainable variable {i} ({_describe(v)}) appears twice in "
+                                 "the variable list.")
+            seen.add(id(v))
+            if isinstance(v, Variable):
+                check_updatable(v.value, f"Trainable variable {i} ('{v.path}')")
+                variables.append(v)
+            elif isinstance(v, np.ndarray):
+                check_updatable(v, f"Trainable variable {i} (a numpy array of shape {v.shape})")
+                variables.append(Variable._wrap(v, f"param_{i}"))
+            else:
+                raise TypeError(
+                    f"Trainable variable {i} must be an adagrad_native.Variable or a "
+                    f"numpy.ndarray; received {type(v).__name__}."
+                )
+        return variables
+
+    def build(self, var_list: Sequence[Any]) -> None:
+        """Creates the optimizer variables for `var_list` (once; later calls do nothing).
+
+        Args:
+            var_list: The trainable variables: `Variable`s or C-contiguous,
+                writeable float numpy arrays (updated in place).
+        """
+        with self._lock:
+            if self.built:
+                return
+            var_list = list(var_list)
+            variables = self._as_variables(var_list)
+            if self.use_ema:
+                self._model_variables_moving_average = self.add_optimizer_variables(
+                    variables, "average")
+            else:
+                self._model_variables_moving_average = [None] * len(variables)
+            self._accumulated_gradients = [
+                self.add_variable_from_reference(v, "gradient_accumulator")
+                if self.gradient_accumulation_steps else None
+                for v in variables
+            ]
+            self._build_slots(variables)
+            self._user_variables = var_list
+            self._trainable_variables = variables
+            self._trainable_variables_indices = {id(v): i for i, v in enumerate(var_list)}
+            self._trainable_variables_indices.update({id(v): i for i, v in enumerate(variables)})
+            self._array_indices = {_array_key(v.value): i for i, v in enumerate(variables)}
+            self._group = self._make_group(variables, var_list)
+            self.built = True
+
+    def _build_slots(self, variables: list[Variable]) -> None:
+        """Creates the algorithm's own slots (the Adagrad accumulators)."""
+        raise NotImplementedError
+
+    def _slot_arrays(self) -> list[np.ndarray | None]:
+        """The algorithm's per-variable state buffers, aligned with the variables."""
+        raise NotImplementedError
+
+    def _make_group(self, variables: list[Variable], user_variables: list[Any]) -> Any:
+        def arrays(slots: list[Variable | None]) -> list[np.ndarray | None]:
+            return [None if s is None else s.value for s in slots]
+
+        return _core.SlotGroup(
+            params=[v.value for v in variables],
+            accumulators=self._slot_arrays(),
+            averages=arrays(self._model_variables_moving_average),
+            grad_accumulators=arrays(self._accumulated_gradients),
+            weight_decay=[self._use_weight_decay(u, v) for u, v in zip(user_variables, variables)],
+            overwrite=[v.overwrite_with_gradient for v in variables],
+            names=[v.path for v in variables],
+        )
+
+    # --------------------------------------------------------------------- apply
+    def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
+        """Applies `(gradient, variable)` pairs; returns the raw iteration counter."""
+        pairs = list(grads_and_vars)
+        self.apply([g for g, _ in pairs], [v for _, v in pairs])
+        return self._iterations
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Updates the trainable variables in place from their gradients (one step).
+
+        Args:
+            grads: One gradient per variable (a numpy array of the variable's shape
+                and dtype, or None to skip that variable this step).
+            trainable_variables: The variables, in any order; builds the optimizer
+                on the first call. When omitted, `grads` follow the build order.
+
+        Raises:
+            ValueError: On a length mismatch, an unknown variable, a shape
+                mismatch, all gradients None, or an array that cannot be
+                updated in place. Nothing is modified when it raises.
+            TypeError: On a gradient whose dtype differs from its variable's.
+        """
+        grads = list(grads)
+        if not grads:
+            return
+        with self._lock:
+            if trainable_variables is None:
+                if not self.built:
+                    raise ValueError(
+                        "When passing `grads` without `variables`, the optimizer must already be "
+                        "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                        "first."
+                    )
+                n = len(self._trainable_variables)
+                if len(grads) != n:
+                    raise ValueError(
+                        "When passing `grads` as a list of gradient tensors, the gradients must "
+                        f"match `optimizer.variables` one-to-one. Received a list of {len(grads)} "
+                        f"gradients, but the optimizer is tracking {n} trainable variables."
+                    )
+                missing = [v.path for v, g in zip(self._trainable_variables, grads) if g is None]
+            else:
+                trainable_variables = list(trainable_variables)
+                if len(grads) != len(trainable_variables):
+                    raise ValueError(
+                        f"Received {len(grads)} gradients for {len(trainable_variables)} "
+                        "variables; pass exactly one gradient per variable."
+                    )
+                if not self.built:
+                    self.build(trainable_variables)
+                grads, missing = self._in_build_order(grads, trainable_variables)
+            self._step(grads, missing)
+
+    def _index_of(self, variable: Any, position: int) -> int:
+        index = self._trainable_variables_indices.get(id(variable))
+        if index is None and isinstance(variable, np.ndarray):
+            index = self._array_indices.get(_array_key(variable))
+        if index is None:
+            raise ValueError(
+                f"Unknown variable at position {position}: {_describe(variable)}. This optimizer "
+                "can only be called for the variables it was originally built with. When "
+                "working with a new set of variables, you should recreate a new optimizer "
+                "instance."
+            )
+        return index
+
+    def _in_build_order(self, grads: list[Any], variables: list[Any]) -> tuple[list[Any], list[str]]:
+        ordered: list[Any] = [None] * len(self._trainable_variables)
+        seen = [False] * len(ordered)
+        missing = []
+        for position, (g, v) in enumerate(zip(grads, variables)):
+            i = self._index_of(v, position)
+            if seen[i]:
+                raise ValueError(f"Variable '{self._trainable_variables[i].path}' appears twice "
+                                 f"in one call (again at position {position}).")
+            seen[i] = True
+            ordered[i] = g
+            if g is None:
+                missing.append(self._trainable_variables[i].path)
+        return ordered, missing
+
+    def _step(self, grads: list[Any], missing: list[str]) -> None:
+        """One step over gradients in build order (None: no gradient)."""
+        overwrite = [v.overwrite_with_gradient for v in self._trainable_variables]
+        with_grad = [g is not None for g in grads]
+        if not any(with_grad):
+            raise ValueError("No gradients provided for any variable.")
+        updated = [i for i, has in enumerate(with_grad) if has and not overwrite[i]]
+        plan = self._build_plan(bool(updated))
+        _core.step(self._group, grads, plan)  # validates every gradient before writing
+        if missing:
+            warnings.warn(
+                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
+                "using `model.compile()`, did you forget to provide a `loss` argument?",
+                stacklevel=3,
+            )
+        for i in updated:
+            v = self._trainable_variables[i]
+            if v.constraint is not None:
+                v.assign(v.constraint(v))
+        self._iterations.value[...] += 1
+
+    def _build_plan(self, any_update: bool) -> Any:
+        """Fills the StepPlan for this call from the hyperparameters and counters."""
+        plan = self._plan
+        raw = int(self._iterations.value)
+        k = self.gradient_accumulation_steps
+        is_update = not k or (raw + 1) % k == 0
+        if not k:
+            plan.phase = _core.Phase.update
+        else:
+            plan.phase = _core.Phase.accumulate_update if is_update else _core.Phase.accumulate
+        plan.accumulation_steps = k or 1
+        plan.loss_scale = float(self.loss_scale_factor or 0.0)
+        plan.reset_idle_accumulators = any_update
+        if is_update and any_update:
+            lr = self._current_learning_rate()  # Keras evaluates it only on update steps
+            plan.learning_rate = lr
+            plan.weight_decay = float(self.weight_decay or 0.0)
+            plan.epsilon = float(self.epsilon)
+            self._set_clip(plan)
+        iterations = raw // k if k else raw
+        plan.ema = self.use_ema and any_update
+        plan.ema_momentum = float(self.ema_momentum) if iterations else 0.0
+        freq = self.ema_overwrite_frequency
+        plan.ema_overwrite = bool(plan.ema and freq and (iterations + 1) % freq == 0)
+        return plan
+
+    def _set_clip(self, plan: Any) -> None:
+        # Keras' precedence when several are set after construction.
+        for arg, mode in ((self.clipnorm, _core.Clip.norm),
+                          (self.global_clipnorm, _core.Clip.global_norm),
+                          (self.clipvalue, _core.Clip.value)):
+            if arg and arg > 0:
+                plan.clip, plan.clip_value = mode, float(arg)
+                return
+        plan.clip, plan.clip_value = _core.Clip.none, 0.0
+
+    # ------------------------------------------------------------ other methods
+    def assign(self, variable: Any, value: Any) -> None:
+        """Assigns `value` to a variable (a `Variable` or a numpy array) in place."""
+        _as_variable(variable).assign(value)
+
+    def assign_add(self, variable: Any, value: Any) -> None:
+        """Adds `value` to a variable in place."""
+        _as_variable(variable).assign_add(value)
+
+    def assign_sub(self, variable: Any, value: Any) -> None:
+        """Subtracts `value` from a variable in place."""
+        _as_variable(variable).assign_sub(value)
+
+    def scale_loss(self, loss: Any) -> Any:
+        """Multiplies `loss` by `loss_scale_factor` when it is set."""
+        if self.loss_scale_factor is not None:
+            return loss * self.loss_scale_factor
+        return loss
+
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        """With `use_ema`, overwrites each variable with its moving average.
+
+        Args:
+            var_list: The trainable variables, in build order.
+
+        Raises:
+            ValueError: When `var_list` does not match the built variables.
+        """
+        if not self.use_ema:
+            return
+        var_list = list(var_list)
+        averages = self._model_variables_moving_average
+        if len(var_list) != len(averages):
+            raise ValueError(
+                f"`finalize_variable_values` expects the {len(averages)} variables the optimizer "
+                f"was built with; received {len(var_list)}."
+            )
+        indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
+        for v, i in zip(var_list, indices):
+            if averages[i] is not None:
+                _as_variable(v).assign(averages[i].value)
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments, in Keras' format.
+
+        Raises:
+            TypeError: For a learning-rate callable that cannot be serialized
+                (Keras would silently write 0.5).
+        """
+        lr = self._learning_rate
+        if isinstance(lr, Variable):
+            learning_rate: Any = float(lr.value)
+        elif isinstance(lr, LearningRateSchedule):
+            from adagrad_native import schedules
+
+            learning_rate = schedules.serialize(lr)
+        else:
+            raise TypeError(
+                f"Cannot serialize the learning rate {lr!r}: a plain callable has no config. Use "
+                "a number or a LearningRateSchedule subclass to get a config."
+            )
+        return {
+            "name": self.name,
+            "learning_rate": learning_rate,
+            "weight_decay": self.weight_decay,
+            "clipnorm": self.clipnorm,
+            "global_clipnorm": self.global_clipnorm,
+            "clipvalue": self.clipvalue,
+            "use_ema": self.use_ema,
+            "ema_momentum": self.ema_momentum,
+            "ema_overwrite_frequency": self.ema_overwrite_frequency,
+            "loss_scale_factor": self.loss_scale_factor,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Any:
+        """Creates an optimizer from `get_config()` output (ours or Keras')."""
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            from adagrad_native import schedules
+
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"],
+                                                            custom_objects=custom_objects)
+        return cls(**config)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, Variable):
+        return f"Variable '{v.path}' of shape {v.shape}"
+    if isinstance(v, np.ndarray):
+        return f"numpy array of shape {v.shape} and dtype {v.dtype}"
+    return repr(v)
+
+
+def _as_variable(v: Any) -> Variable:
+    if isinstance(v, Variable):
+        return v
+    if isinstance(v, np.ndarray):
+        return Variable._wrap(v, "array")
+    raise TypeError(f"Expected a Variable or a numpy array; received {type(v).__name__}.")
+

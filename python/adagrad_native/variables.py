@@ -1,0 +1,246 @@
+"""Variable: a named numpy buffer that the optimizer updates in place."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from adagrad_native._dtypes import resolve_dtype
+
+_name_counters: dict[str, itertools.count] = {}
+_name_lock = threading.Lock()
+
+
+def auto_name(prefix: str) -> str:
+    """Returns `prefix`, then `prefix_1`, `prefix_2`, ... (Keras' naming)."""
+    with _name_lock:
+        n = next(_name_counters.setdefault(prefix, itertools.count()))
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
+    if isinstance(initializer, str):
+        if shape is None:
+            raise ValueError(
+                f"A string initializer needs a `shape`. Received: initializer={initializer!r}, "
+                "shape=None."
+            )
+        fills = {"zeros": 0.0, "ones": 1.0}
+        if initializer not in fills:
+            raise ValueError(
+                f"Unknown initializer {initializer!r}; expected one of {sorted(fills)}, "
+                "a number, an array or a callable(shape, dtype)."
+            )
+        return np.full(shape, fills[initializer], dtype=dtype)
+    if callable(initializer):
+        if shape is None:
+            raise ValueError("A callable initializer needs a `shape`. Received: shape=None.")
+        value = np.asarray(initializer(shape, dtype=dtype.name))
+    else:
+        value = np.asarray(initializer)
+        if shape is not None and value.ndim == 0:
+            value = np.full(shape, value)
+    if shape is not None and value.shape != tuple(shape):
+        raise ValueError(
+            f"The initial value has shape {value.shape}, but `shape` is {tuple(shape)}."
+        )
+    return np.array(value, dtype=dtype, order="C", copy=True)
+
+
+class Variable:
+    """A named, trainable numpy buffer, the package's counterpart of `keras.Variable`.
+
+    The buffer is allocated once and every update (`assign`, the optimizer's
+    step) writes into it, so `variable.value` keeps the same address for the
+    variable's lifetime.
+
+    Args:
+        initializer: An array-like initial value, a number (with `shape`),
+            `"zeros"` / `"ones"` (with `shape`), or a callable
+            `initializer(shape, dtype=...)` returning an array.
+        shape: The shape; required for string and callable initializers.
+        dtype: Any numpy dtype name, or `"bfloat16"` (needs `ml_dtypes`). When
+            None, an array initializer keeps its dtype and anything else gets
+            `"float32"` (Keras' `floatx()`). The optimizer trains float16,
+            bfloat16, float32 and float64 variables.
+        trainable: Whether the variable is trainable.
+        name: A name without `/`; defaults to `"variable"`, `"variable_1"`, ...
+        constraint: Optional callable applied after each optimizer update:
+            `variable.assign(constraint(variable))`.
+        overwrite_with_gradient: When True, the optimizer sets the variable to
+            its gradient instead of applying Adagrad (Keras' float8 scaling use).
+        aggregation: Kept for Keras compatibility; it has no effect here.
+    """
+
+    def __init__(
+        self,
+        initializer: Any,
+        shape: tuple[int, ...] | list[int] | None = None,
+        dtype: Any = None,
+        trainable: bool = True,
+        name: str | None = None,
+        constraint: Callable[[Any], Any] | None = None,
+        overwrite_with_gradient: bool = False,
+        aggregation: str = "none",
+    ) -> None:
+        if name is not None and (not isinstance(name, str) or "/" in name):
+            raise ValueError(
+                f"Argument `name` must be a string without '/'. Received: name={name!r}"
+            )
+        if constraint is not None and not callable(constraint):
+            raise ValueError(f"Argument `constraint` must be callable. Received: {constraint!r}")
+        if dtype is None:
+            # Keras: an array keeps its dtype; numbers, lists and initializers get floatx.
+            dtype = getattr(initializer, "dtype", None) if not isinstance(initializer, str) \
+                else None
+        np_dtype = resolve_dtype("float32" if dtype is None else dtype)
+        self._value = _initial_value(initializer, None if shape is None else tuple(shape), np_dtype)
+        self._init(self._value, name or auto_name("variable"), trainable, constraint,
+                   overwrite_with_gradient, aggregation)
+
+    def _init(self, value: np.ndarray, name: str, trainable: bool, constraint: Any,
+              overwrite_with_gradient: bool, aggregation: str) -> None:
+        self._value = value
+        self.name = name
+        self._path = name
+        self.trainable = bool(trainable)
+        self.constraint = constraint
+        self.overwrite_with_gradient = bool(overwrite_with_gradient)
+        self.aggregation = aggregation
+
+    @classmethod
+    def _wrap(cls, array: np.ndarray, name: str) -> Variable:
+        """A Variable that shares `array`'s memory (used for plain numpy parameters)."""
+        var = cls.__new__(cls)
+        var._init(array, name, True, None, False, "none")
+        return var
+
+    @classmethod
+    def _owned(cls, value: np.ndarray, name: str, path: str, aggregation: str = "none",
+               trainable: bool = False) -> Variable:
+        """A Variable owning `value` as is (used for optimizer variables)."""
+        var = cls.__new__(cls)
+        var._init(value, name, trainable, None, False, aggregation)
+        var._path = path
+        return var
+
+    @property
+    def path(self) -> str:
+        """The full name: `optimizer_name/variable_name` for optimizer variables."""
+        return self._path
+
+    @property
+    def value(self) -> np.ndarray:
+        """The live numpy buffer (not a copy): writes to it change the variable."""
+        return self._value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape, as a tuple."""
+        return self._value.shape
+
+    @property
+    def dtype(self) -> str:
+        """The dtype name, as Keras reports it (e.g. `"float32"`)."""
+        return self._value.dtype.name
+
+    @property
+    def ndim(self) -> int:
+        """The number of dimensions."""
+        return self._value.ndim
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return self._value.size
+
+    def numpy(self) -> np.ndarray:
+        """Returns a copy of the value."""
+        return self._value.copy()
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if dtype is None and not copy:
+            return self._value
+        return np.array(self._value, dtype=dtype, copy=True)
+
+    def _checked(self, value: Any, what: str) -> np.ndarray:
+        value = np.asarray(value)
+        if value.shape != self.shape:
+            raise ValueError(
+                f"The shape of the target variable and the shape of the target value in "
+                f"`variable.{what}(value)` must match. Variable '{self.path}' has shape "
+                f"{self.shape}; received value.shape={value.shape}."
+            )
+        return value
+
+    def assign(self, value: Any) -> Variable:
+        """Copies `value` into the buffer (cast to the variable's dtype)."""
+        np.copyto(self._value, self._checked(value, "assign"), casting="unsafe")
+        return self
+
+    def assign_add(self, value: Any) -> Variable:
+        """Adds `value` in place."""
+        np.add(self._value, self._checked(value, "assign_add"), out=self._value,
+               casting="unsafe")
+        return self
+
+    def assign_sub(self, value: Any) -> Variable:
+        """Subtracts `value` in place."""
+        np.subtract(self._value, self._checked(value, "assign_sub"), out=self._value,
+                    casting="unsafe")
+        return self
+
+    def __repr__(self) -> str:
+        return (f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, "
+                f"value={self._value}>")
+
+    # Scalars (e.g. `iterations`) convert like Keras variables do.
+    def __int__(self) -> int:
+        return int(self._value)
+
+    def __float__(self) -> float:
+        return float(self._value)
+
+    def __index__(self) -> int:
+        return int(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._value[key]
+
+    def __eq__(self, other: Any) -> Any:
+        return self._value == np.asarray(other)
+
+    def __ne__(self, other: Any) -> Any:
+        return self._value != np.asarray(other)
+
+    __hash__ = object.__hash__
+
+
+def _binary(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[Variable, Any], Any]:
+    if reflected:
+        return lambda self, other: op(np.asarray(other), self._value)
+    return lambda self, other: op(self._value, np.asarray(other))
+
+
+# Arithmetic reads the value, like a Keras variable in an expression.
+for _name, _op in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
+                   ("truediv", np.true_divide), ("floordiv", np.floor_divide),
+                   ("mod", np.mod), ("pow", np.power), ("matmul", np.matmul),
+                   ("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
+                   ("ge", np.greater_equal)]:
+    setattr(Variable, f"__{_name}__", _binary(_op, reflected=False))
+    if _name not in ("lt", "le", "gt", "ge"):
+        setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
+Variable.__neg__ = lambda self: -self._value  # type: ignore[attr-defined]
+
+__all__ = ["Variable"]
