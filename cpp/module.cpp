@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dispatch.hpp"
+#include "roofline.hpp"
 #include "step.hpp"
 
 namespace py = pybind11;
@@ -197,6 +198,30 @@ py::dict step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pl
   return out;
 }
 
+void stream_probe(const py::list& read_only, const py::list& read_write) {
+  std::vector<const void*> reads;
+  std::vector<void*> writes;
+  py::ssize_t size = -1, itemsize = 0;
+  auto check = [&](const py::handle& obj, bool writeable) {
+    const py::array a = writeable ? writable_buffer(obj, "a read_write array")
+                                  : py::reinterpret_borrow<py::array>(obj);
+    if (!(a.flags() & kCContiguous)) throw py::value_error("stream_probe needs C-contiguous arrays.");
+    if (size < 0) {
+      size = a.size();
+      itemsize = a.itemsize();
+    }
+    if (a.size() != size || a.itemsize() != itemsize || (itemsize != 2 && itemsize != 4 && itemsize != 8)) {
+      throw py::value_error("stream_probe needs arrays of one size and one itemsize (2, 4 or 8).");
+    }
+    return a;
+  };
+  for (const py::handle& obj : read_only) reads.push_back(check(obj, false).data());
+  for (const py::handle& obj : read_write) writes.push_back(check(obj, true).mutable_data());
+  if (size <= 0) return;
+  py::gil_scoped_release release;
+  adagrad::stream_probe(reads, writes, size, static_cast<int>(itemsize));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -238,6 +263,9 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "Runs one optimizer step over every tensor of the group (GIL released).");
+  m.def("stream_probe", &stream_probe, py::arg("read_only"), py::arg("read_write"),
+        "Memory-roofline probe for benchmarks: reads every read_only array and reads and "
+        "writes every read_write array in place, with the step's threads and chunking.");
   m.def("get_num_threads", &adagrad::get_num_threads);
   m.def("set_num_threads", &adagrad::set_num_threads, py::arg("n"));
   m.def("openmp_enabled", &adagrad::openmp_enabled);
