@@ -20,6 +20,10 @@ class Adagrad(Optimizer):
     decay) and before EMA and constraints. Every element-wise operation of a
     step runs in one native call over all variables.
 
+    float16 and bfloat16 variables are computed in float32 and rounded once on
+    store (Keras computes in the variable's dtype, where the default epsilon
+    underflows). float64 variables are computed in float64.
+
     Deviations from Keras, each where Keras contradicts its own documentation:
     negative `initial_accumulator_value`, `learning_rate`, `epsilon`,
     `weight_decay` and clip values raise `ValueError`; any real number is
@@ -42,6 +46,12 @@ class Adagrad(Optimizer):
         loss_scale_factor: Gradients are divided by this.
         gradient_accumulation_steps: Update every N calls with the mean gradient.
         name: Defaults to "adagrad" ("adagrad_1", ... for later instances, as Keras).
+        accumulator_dtype: Not in Keras. None keeps each accumulator in its
+            variable's dtype (Keras' behaviour); "float32" stores the
+            accumulators of float16/bfloat16 variables in float32, which is
+            recommended: the accumulator only grows, and in 16 bits its small
+            increments are soon rounded away. float32/float64 variables keep
+            their own dtype either way.
         **kwargs: Only the deprecated `decay` (ignored with a warning).
     """
 
@@ -60,10 +70,16 @@ class Adagrad(Optimizer):
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         name: str | None = None,
+        accumulator_dtype: str | None = None,
         **kwargs: Any,
     ) -> None:
         check_real(initial_accumulator_value, "initial_accumulator_value", allow_none=False)
         check_real(epsilon, "epsilon", allow_none=False)
+        if accumulator_dtype not in (None, "float32"):
+            raise ValueError(
+                "Argument `accumulator_dtype` must be None (the variable's dtype, as Keras) or "
+                f"'float32'. Received: accumulator_dtype={accumulator_dtype!r}"
+            )
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -80,12 +96,23 @@ class Adagrad(Optimizer):
         )
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
+        self.accumulator_dtype = accumulator_dtype
         self._accumulators: list[Variable | None] = []
         self._single_groups: dict[int, Any] = {}
 
     def _build_slots(self, variables: list[Variable]) -> None:
-        self._accumulators = self.add_optimizer_variables(
-            variables, "accumulator", initializer=float(self.initial_accumulator_value))
+        init = float(self.initial_accumulator_value)
+        self._accumulators = [
+            None if v.overwrite_with_gradient
+            else self.add_variable_from_reference(v, "accumulator", init,
+                                                  dtype=self._accumulator_dtype_for(v))
+            for v in variables
+        ]
+
+    def _accumulator_dtype_for(self, variable: Variable) -> str:
+        low_precision = variable.dtype in ("float16", "bfloat16")
+        return self.accumulator_dtype if low_precision and self.accumulator_dtype \
+            else variable.dtype
 
     def _slot_arrays(self) -> list[np.ndarray | None]:
         return [None if a is None else a.value for a in self._accumulators]
@@ -124,4 +151,6 @@ class Adagrad(Optimizer):
             "initial_accumulator_value": self.initial_accumulator_value,
             "epsilon": self.epsilon,
         })
+        if self.accumulator_dtype is not None:  # only ours: keep Keras' configs loadable
+            config["accumulator_dtype"] = self.accumulator_dtype
         return config

@@ -193,16 +193,19 @@ class Optimizer:
         return self._track(template.value, template.name, aggregation)
 
     def add_variable_from_reference(self, reference_variable: Any, name: str | None = None,
-                                    initializer: Any = "zeros") -> Variable:
-        """Creates a variable with the shape and dtype of `reference_variable`.
+                                    initializer: Any = "zeros", dtype: Any = None) -> Variable:
+        """Creates a variable with the shape (and dtype) of `reference_variable`.
 
         Its name is the reference's path with `/` replaced by `_`, then `_name`.
+        `dtype` (not in Keras) overrides the reference's dtype.
         """
         ref_path = getattr(reference_variable, "path", None) or str(
             getattr(reference_variable, "name", "variable"))
         full_name = ref_path.replace("/", "_").replace(":", "_") + "_" + (name or "var")
-        return self.add_variable(np.shape(reference_variable), initializer,
-                                 np.asarray(reference_variable).dtype, "mean", full_name)
+        if dtype is None:
+            dtype = np.asarray(reference_variable).dtype
+        return self.add_variable(np.shape(reference_variable), initializer, dtype, "mean",
+                                 full_name)
 
     def add_optimizer_variables(self, trainable_variables: Sequence[Variable], name: str,
                                 initializer: Any = "zeros") -> list[Variable | None]:
