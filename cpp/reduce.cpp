@@ -19,24 +19,26 @@ struct ReduceOp {
   template <class P, class A, class C>
   ReduceResult operator()() const {
     double sums[kLanes] = {};
-    double probe[kLanes] = {};  // x * 0 is NaN exactly when x is inf or NaN
+    double probe[kLanes] = {};  // x * 0 is NaN exactly when x is inf or NaN (order-free)
     alignas(64) C gbuf[kBlock];
     alignas(64) C sbuf[kBlock];
     for (int64_t b = begin; b < end; b += kBlock) {
       const int64_t n = block_len(b, end);
+      // Finiteness of the gradient as passed (Keras' LossScaleOptimizer checks
+      // the scaled gradients, before any unscaling).
+      const C* raw = load_view<C>(static_cast<const P*>(ts.grad) + b, gbuf, n);
+      for (int64_t i = 0; i < n; ++i) probe[i % kLanes] += static_cast<double>(raw[i]) * 0.0;
       const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
       int64_t i = 0;
       for (; i + kLanes <= n; i += kLanes) {
         for (int j = 0; j < kLanes; ++j) {
           const double x = static_cast<double>(g[i + j]);
           sums[j] += x * x;
-          probe[j] += x * 0.0;
         }
       }
       for (; i < n; ++i) {  // tail: kBlock is a multiple of kLanes, so lanes stay aligned
         const double x = static_cast<double>(g[i]);
         sums[i % kLanes] += x * x;
-        probe[i % kLanes] += x * 0.0;
       }
     }
     for (int width = kLanes / 2; width >= 1; width /= 2) {
