@@ -7,12 +7,13 @@ element-wise work for every tensor in a single call with the GIL released.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -406,6 +407,13 @@ class Optimizer:
         if not grads:
             return
         with self._lock:
+            self._step(*self._ordered_gradients(grads, trainable_variables))
+
+    def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
+                           ) -> tuple[list[Any], list[str]]:
+        """Checks the call, builds on first use, and returns the gradients in build
+        order (None where a variable has none) with the paths of the missing ones."""
+        with self._lock:
             if trainable_variables is None:
                 if not self.built:
                     raise ValueError(
@@ -421,17 +429,16 @@ class Optimizer:
                         f"gradients, but the optimizer is tracking {n} trainable variables."
                     )
                 missing = [v.path for v, g in zip(self._trainable_variables, grads) if g is None]
-            else:
-                trainable_variables = list(trainable_variables)
-                if len(grads) != len(trainable_variables):
-                    raise ValueError(
-                        f"Received {len(grads)} gradients for {len(trainable_variables)} "
-                        "variables; pass exactly one gradient per variable."
-                    )
-                if not self.built:
-                    self.build(trainable_variables)
-                grads, missing = self._in_build_order(grads, trainable_variables)
-            self._step(grads, missing)
+                return grads, missing
+            trainable_variables = list(trainable_variables)
+            if len(grads) != len(trainable_variables):
+                raise ValueError(
+                    f"Received {len(grads)} gradients for {len(trainable_variables)} "
+                    "variables; pass exactly one gradient per variable."
+                )
+            if not self.built:
+                self.build(trainable_variables)
+            return self._in_build_order(grads, trainable_variables)
 
     def _index_of(self, variable: Any, position: int) -> int:
         index = self._trainable_variables_indices.get(id(variable))
@@ -461,26 +468,38 @@ class Optimizer:
                 missing.append(self._trainable_variables[i].path)
         return ordered, missing
 
-    def _step(self, grads: list[Any], missing: list[str]) -> None:
-        """One step over gradients in build order (None: no gradient)."""
+    def _step(self, grads: list[Any], missing: list[str], loss_scale: float | None = None,
+              check_finite: bool = False) -> bool:
+        """One step over gradients in build order (None: no gradient).
+
+        `loss_scale` replaces `loss_scale_factor` for this call and
+        `check_finite` skips the whole step when a gradient is not finite
+        (both for LossScaleOptimizer). Returns whether the step was applied.
+        """
         overwrite = [v.overwrite_with_gradient for v in self._trainable_variables]
         with_grad = [g is not None for g in grads]
         if not any(with_grad):
             raise ValueError("No gradients provided for any variable.")
         updated = [i for i, has in enumerate(with_grad) if has and not overwrite[i]]
         plan = self._build_plan(bool(updated))
-        _core.step(self._group, grads, plan)  # validates every gradient before writing
+        if loss_scale is not None:
+            plan.loss_scale = loss_scale
+        plan.check_finite = check_finite
+        # The core validates every gradient before it writes anything.
+        if not _core.step(self._group, grads, plan)["applied"]:
+            return False
         if missing:
             warnings.warn(
                 f"Gradients do not exist for variables {missing} when minimizing the loss. If "
                 "using `model.compile()`, did you forget to provide a `loss` argument?",
-                stacklevel=3,
+                stacklevel=4,
             )
         for i in updated:
             v = self._trainable_variables[i]
             if v.constraint is not None:
                 v.assign(v.constraint(v))
         self._iterations.value[...] += 1
+        return True
 
     def _build_plan(self, any_update: bool) -> Any:
         """Fills the StepPlan for this call from the hyperparameters and counters."""
@@ -517,6 +536,121 @@ class Optimizer:
                 plan.clip, plan.clip_value = mode, float(arg)
                 return
         plan.clip, plan.clip_value = _core.Clip.none, 0.0
+
+    # --------------------------------------------------------------------- state
+    def _state_arrays(self, values: Sequence[Any], variables: Sequence[Variable],
+                      what: str) -> list[np.ndarray]:
+        """Fresh C-contiguous copies of `values`, checked against `variables`."""
+        values = list(values)
+        if len(values) != len(variables):
+            raise ValueError(
+                f"Argument `{what}` must have one entry per variable: expected "
+                f"{len(variables)} ({[v.path for v in variables]}), received {len(values)}."
+            )
+        arrays = []
+        for i, (value, var) in enumerate(zip(values, variables)):
+            array = np.asarray(value)
+            if array.shape != var.shape:
+                raise ValueError(
+                    f"`{what}[{i}]` is for '{var.path}' of shape {var.shape}; received shape "
+                    f"{array.shape}."
+                )
+            arrays.append(np.array(array, dtype=var.value.dtype, order="C", copy=True))
+        return arrays
+
+    @contextlib.contextmanager
+    def _swapped_state(self, optimizer_values: list[np.ndarray],
+                       trainable_values: list[np.ndarray]) -> Iterator[None]:
+        """Temporarily points every variable (and the native group) at other buffers."""
+        variables = self.variables + self._trainable_variables
+        saved = [v._value for v in variables]
+        for v, value in zip(variables, optimizer_values + trainable_values):
+            v._value = value
+        saved_groups = self._swap_groups()
+        try:
+            yield
+        finally:
+            for v, value in zip(variables, saved):
+                v._value = value
+            self._restore_groups(saved_groups)
+
+    def _swap_groups(self) -> Any:
+        saved = self._group
+        self._group = self._make_group(self._trainable_variables, self._user_variables)
+        return saved
+
+    def _restore_groups(self, saved: Any) -> None:
+        self._group = saved
+
+    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any],
+                        trainable_variables: Sequence[Any]) -> tuple[list[np.ndarray],
+                                                                    list[np.ndarray]]:
+        """One step computed on copies: neither the inputs nor the optimizer change.
+
+        Args:
+            optimizer_variables: Values for `self.variables`, in that order.
+            grads: Gradients in build order (None to skip a variable).
+            trainable_variables: Values for the built trainable variables, in order.
+
+        Returns:
+            `(new_trainable_variables, new_optimizer_variables)`: new numpy arrays
+            with the same results `apply` would give from that state.
+        """
+        if not self.built:
+            raise ValueError(
+                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its "
+                "variables must have been created). You can build it via "
+                "`optimizer.build(trainable_variables)`."
+            )
+        with self._lock:
+            new_optimizer = self._state_arrays(optimizer_variables, self.variables,
+                                               "optimizer_variables")
+            new_trainable = self._state_arrays(trainable_variables, self._trainable_variables,
+                                               "trainable_variables")
+            with self._swapped_state(new_optimizer, new_trainable):
+                self.apply(list(grads))
+        return new_trainable, new_optimizer
+
+    def save_own_variables(self, store: Any) -> None:
+        """Writes `self.variables` to `store` (a dict or h5py group) under "0", "1", ...
+
+        The keys and order are Keras', so a real Keras optimizer built on the
+        same variables can load the store, and the reverse.
+        """
+        for i, variable in enumerate(self.variables):
+            store[str(i)] = variable.numpy()
+
+    def load_own_variables(self, store: Any) -> None:
+        """Reads `self.variables` from a store written by `save_own_variables` or Keras.
+
+        Raises:
+            ValueError: When the store's entries do not match the variables (Keras
+                warns and loads nothing); the message lists what was expected and
+                what was stored. Nothing changes when it raises.
+        """
+        variables = self.variables
+        keys = sorted(store.keys(), key=lambda k: (len(str(k)), str(k)))
+        stored = [np.asarray(store[k]) for k in keys]
+        expected_keys = [str(i) for i in range(len(variables))]
+        shapes_ok = len(stored) == len(variables) and all(
+            a.shape == v.shape for a, v in zip(stored, variables))
+        if [str(k) for k in keys] != expected_keys or not shapes_ok:
+            raise ValueError(
+                f"Cannot load the state of optimizer '{self.name}': expected "
+                f"{len(variables)} entries "
+                f"{[(k, v.path, v.shape) for k, v in zip(expected_keys, variables)]}; the store "
+                f"has {len(stored)} {[(str(k), a.shape) for k, a in zip(keys, stored)]}."
+                + (" The optimizer is not built yet: call build(variables) first."
+                   if not self.built else "")
+            )
+        for variable, value in zip(variables, stored):
+            variable.assign(value)
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Assigns `weights` to `self.variables`, after checking count and shapes."""
+        arrays = self._state_arrays(weights, self.variables, "weights")
+        for variable, value in zip(self.variables, arrays):
+            variable.assign(value)
 
     # ------------------------------------------------------------ other methods
     def assign(self, variable: Any, value: Any) -> None:
