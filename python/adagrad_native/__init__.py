@@ -1,7 +1,8 @@
 """adagrad_native: Keras 3's Adagrad optimizer for numpy, with a fused C++ core.
 
-Public names: `Adagrad`, `Variable`, `schedules`, `build_info`,
-`set_num_threads`, `get_num_threads`.
+Public names: `Adagrad`, `LossScaleOptimizer`, `Variable`, `schedules`,
+`serialize` / `deserialize` / `get`, `save_state` / `load_state`,
+`build_info`, `set_num_threads`, `get_num_threads`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 from adagrad_native import _core, schedules
 from adagrad_native.adagrad import Adagrad
+from adagrad_native.loss_scale import LossScaleOptimizer
+from adagrad_native.serialization import deserialize, get, load_state, save_state, serialize
 from adagrad_native.variables import Variable
 
 try:
@@ -49,10 +52,16 @@ def build_info() -> dict[str, Any]:
 
 __all__ = [
     "Adagrad",
+    "LossScaleOptimizer",
     "Variable",
     "build_info",
+    "deserialize",
+    "get",
     "get_num_threads",
+    "load_state",
+    "save_state",
     "schedules",
+    "serialize",
     "set_num_threads",
     "__version__",
 ]

@@ -1,0 +1,192 @@
+"""LossScaleOptimizer: Keras 3's dynamic loss scaling around an optimizer of this package."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adagrad_native.optimizer import Optimizer, check_real
+from adagrad_native.variables import Variable
+
+_BASE_DEFAULTS = {
+    "weight_decay": None,
+    "clipnorm": None,
+    "global_clipnorm": None,
+    "clipvalue": None,
+    "use_ema": False,
+    "ema_momentum": 0.99,
+    "ema_overwrite_frequency": None,
+    "loss_scale_factor": None,
+    "gradient_accumulation_steps": None,
+}
+
+
+class LossScaleOptimizer(Optimizer):
+    """Dynamic loss scaling, as `keras.optimizers.LossScaleOptimizer`.
+
+    On a step whose (scaled) gradients are all finite, the inner optimizer
+    applies them divided by the current scale, and after `dynamic_growth_steps`
+    such steps in a row the scale doubles. On a step with any inf or NaN
+    gradient nothing is written: the scale halves and the count restarts.
+    The finiteness check and the unscaling are fused into the inner
+    optimizer's single native call (one extra read of the gradients).
+
+    Args:
+        inner_optimizer: The optimizer to wrap (e.g. `Adagrad`).
+        initial_scale: The starting loss scale.
+        dynamic_growth_steps: Finite steps after which the scale doubles.
+        name: The optimizer's name.
+        **kwargs: Base optimizer arguments are refused (set them on the inner
+            optimizer), as Keras does; `dynamic=False` is refused too.
+    """
+
+    def __init__(self, inner_optimizer: Optimizer, initial_scale: float = 2.0**15,
+                 dynamic_growth_steps: int = 2000, name: str | None = None,
+                 **kwargs: Any) -> None:
+        if not kwargs.pop("dynamic", True):
+            raise ValueError(
+                "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
+                "`loss_scale_factor` directly on the `inner_optimizer`."
+            )
+        for arg, default in _BASE_DEFAULTS.items():
+            if arg in kwargs and kwargs.pop(arg) != default:
+                raise ValueError(
+                    f"LossScaleOptimizer does not support `{arg}`. Instead, set `{arg}` on the "
+                    "`inner_optimizer`."
+                )
+        if kwargs:
+            raise ValueError(
+                f"LossScaleOptimizer does not support arguments: `{'`, `'.join(kwargs)}`."
+            )
+        if not isinstance(inner_optimizer, Optimizer):
+            raise TypeError(
+                "Argument `inner_optimizer` must be an optimizer of this package (e.g. "
+                f"adagrad_native.Adagrad). Received: {inner_optimizer!r}"
+            )
+        check_real(initial_scale, "initial_scale", allow_none=False)
+        if initial_scale <= 0:
+            raise ValueError(f"Argument `initial_scale` must be > 0. Received: {initial_scale}")
+        if (isinstance(dynamic_growth_steps, bool)
+                or not isinstance(dynamic_growth_steps, numbers.Integral)
+                or dynamic_growth_steps < 1):
+            raise ValueError(
+                "Argument `dynamic_growth_steps` must be an integer >= 1. Received: "
+                f"dynamic_growth_steps={dynamic_growth_steps!r}"
+            )
+        super().__init__(learning_rate=0.0, name=name)
+        self.inner_optimizer = inner_optimizer
+        self.initial_scale = initial_scale
+        self.dynamic_growth_steps = int(dynamic_growth_steps)
+        self.inner_optimizer.loss_scale_factor = None  # the dynamic scale replaces it
+
+    def build(self, var_list: Sequence[Any]) -> None:
+        """Creates `step_counter` and `dynamic_scale`, then builds the inner optimizer."""
+        with self._lock:
+            if self.built:
+                return
+            self.inner_optimizer._as_variables(list(var_list))  # validate before creating
+            self.step_counter = self.add_variable((), "zeros", "int64", "none", "step_counter")
+            self.dynamic_scale = self.add_variable((), float(self.initial_scale), "float32",
+                                                   "none", "dynamic_scale")
+            self.inner_optimizer.build(var_list)
+            self.built = True
+
+    @property
+    def _trainable_variables(self) -> list[Variable]:  # type: ignore[override]
+        return self.inner_optimizer._trainable_variables
+
+    @_trainable_variables.setter
+    def _trainable_variables(self, value: list[Variable]) -> None:
+        pass  # the inner optimizer owns them
+
+    @property
+    def variables(self) -> list[Variable]:
+        """This optimizer's variables, then the inner optimizer's (Keras' order)."""
+        return self._variables + self.inner_optimizer.variables
+
+    @property
+    def iterations(self) -> Variable:
+        """The inner optimizer's iterations."""
+        return self.inner_optimizer.iterations
+
+    @property
+    def learning_rate(self) -> Any:
+        """The inner optimizer's learning rate (settable)."""
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate: Any) -> None:
+        if "inner_optimizer" not in self.__dict__:  # the base constructor's placeholder 0.0
+            Optimizer.learning_rate.fset(self, learning_rate)  # type: ignore[attr-defined]
+            return
+        self.inner_optimizer.learning_rate = learning_rate
+
+    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+        """Applies the unscaled gradients if all are finite; adapts the scale.
+
+        Args:
+            grads: Gradients of the scaled loss.
+            trainable_variables: As for `Optimizer.apply`.
+        """
+        grads = list(grads)
+        with self._lock:
+            if not self.built:
+                if trainable_variables is None:
+                    raise ValueError(
+                        "When passing `grads` without `variables`, the optimizer must already "
+                        "be built. Call `optimizer.build(trainable_variables)` first."
+                    )
+                self.build(trainable_variables)
+            inner = self.inner_optimizer
+            with inner._lock:
+                ordered, missing = inner._ordered_gradients(grads, trainable_variables)
+                scale = float(self.dynamic_scale.value)
+                finite = inner._step(ordered, missing, loss_scale=scale, check_finite=True)
+            counter, dyn = self.step_counter.value, self.dynamic_scale.value
+            if not finite:
+                counter[...] = 0
+                dyn[...] = dyn * np.float32(0.5)
+            elif counter == self.dynamic_growth_steps - 1:
+                counter[...] = 0
+                dyn[...] = dyn * np.float32(2.0)
+            else:
+                counter[...] += 1
+
+    def _swap_groups(self) -> Any:
+        return self.inner_optimizer._swap_groups()
+
+    def _restore_groups(self, saved: Any) -> None:
+        self.inner_optimizer._restore_groups(saved)
+
+    def scale_loss(self, loss: Any) -> Any:
+        """Multiplies `loss` by the current scale (the initial one before build)."""
+        scale = float(self.dynamic_scale.value) if self.built else self.initial_scale
+        return loss * scale
+
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        """Delegates to the inner optimizer."""
+        self.inner_optimizer.finalize_variable_values(var_list)
+
+    def get_config(self) -> dict[str, Any]:
+        """Keras' four keys: name, inner_optimizer (serialized), initial_scale, growth steps."""
+        from adagrad_native.serialization import serialize
+
+        return {
+            "name": self.name,
+            "inner_optimizer": serialize(self.inner_optimizer),
+            "initial_scale": self.initial_scale,
+            "dynamic_growth_steps": self.dynamic_growth_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any],
+                    custom_objects: dict[str, Any] | None = None) -> LossScaleOptimizer:
+        """Recreates the optimizer (and its inner optimizer) from `get_config()` output."""
+        from adagrad_native.serialization import deserialize
+
+        config = dict(config)
+        inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
+        return cls(inner, **config)
