@@ -170,7 +170,7 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
   return a;
 }
 
-py::dict step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+bool step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
   const size_t n = g.group.tensors().size();
   if (grads.size() != n) {
     throw py::value_error("Expected " + std::to_string(n) + " gradients (one per variable); received " +
@@ -190,12 +190,7 @@ py::dict step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pl
     py::gil_scoped_release release;
     r = adagrad::run_step(g.group, steps, plan);
   }
-  py::dict out;
-  out["applied"] = r.applied;
-  out["finite"] = r.finite;
-  out["first_nonfinite"] = r.first_nonfinite;
-  out["global_norm"] = r.global_norm;
-  return out;
+  return r.applied;
 }
 
 void stream_probe(const py::list& read_only, const py::list& read_write) {
@@ -259,10 +254,12 @@ PYBIND11_MODULE(_core, m) {
            py::arg("overwrite"), py::arg("names"))
       .def_property_readonly("num_tensors",
                              [](const PyGroup& g) { return g.group.tensors().size(); })
-      .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); });
+      .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })
+      .def_property_readonly("chunk_elements", [](const PyGroup& g) { return g.group.work().chunk; });
 
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
-        "Runs one optimizer step over every tensor of the group (GIL released).");
+        "Runs one optimizer step over every tensor of the group (GIL released). Returns False "
+        "when plan.check_finite found a non-finite gradient and nothing was written.");
   m.def("stream_probe", &stream_probe, py::arg("read_only"), py::arg("read_write"),
         "Memory-roofline probe for benchmarks: reads every read_only array and reads and "
         "writes every read_write array in place, with the step's threads and chunking.");
@@ -272,5 +269,4 @@ PYBIND11_MODULE(_core, m) {
   m.def("isa", []() { return std::string(adagrad::kernels().isa); });
   m.def("available_isas", &adagrad::available_isas);
   m.def("select_isa", &adagrad::select_isa, py::arg("name"));
-  m.attr("chunk_elements") = adagrad::kChunk;
 }

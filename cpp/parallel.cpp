@@ -11,17 +11,21 @@ namespace adagrad {
 
 WorkList make_work_list(const std::vector<int64_t>& sizes) {
   WorkList work;
+  for (int64_t size : sizes) work.total += size;
+  constexpr int64_t kAlign = 256;  // whole kernel blocks, cache-line aligned starts
+  const int64_t wanted = (work.total / kTargetTasks + kAlign - 1) / kAlign * kAlign;
+  const int64_t chunk = std::clamp(wanted, kMinChunk, kChunk);
+  work.chunk = chunk;
   for (size_t t = 0; t < sizes.size(); ++t) {
-    for (int64_t b = 0; b < sizes[t]; b += kChunk) {
-      work.items.push_back({static_cast<int32_t>(t), b, std::min(sizes[t], b + kChunk)});
+    for (int64_t b = 0; b < sizes[t]; b += chunk) {
+      work.items.push_back({static_cast<int32_t>(t), b, std::min(sizes[t], b + chunk)});
     }
-    work.total += sizes[t];
   }
   work.task_begin.push_back(0);
   int64_t filled = 0;
   for (size_t i = 0; i < work.items.size(); ++i) {
     filled += work.items[i].end - work.items[i].begin;
-    if (filled >= kChunk) {
+    if (filled >= chunk) {
       work.task_begin.push_back(static_cast<int64_t>(i) + 1);
       filled = 0;
     }

@@ -6,9 +6,13 @@
 
 namespace adagrad {
 
-// Elements per task. Fixed (never derived from the thread count), so the
-// chunking, and with it every reduction, is the same for any thread count.
+// Elements per task: kChunk for large steps; smaller ones (down to kMinChunk)
+// so that a small model still splits into about kTargetTasks tasks. Derived
+// from the sizes only, never from the thread count, so the chunking, and with
+// it every reduction, is the same for any thread count.
 constexpr int64_t kChunk = 16384;
+constexpr int64_t kMinChunk = 2048;
+constexpr int64_t kTargetTasks = 8;
 
 struct WorkItem {
   int32_t tensor;
@@ -16,9 +20,10 @@ struct WorkItem {
   int64_t end;
 };
 
-// Tensors are cut into items of at most kChunk elements; consecutive items are
-// packed into tasks of about kChunk elements, so tiny tensors share a task.
+// Tensors are cut into items of at most `chunk` elements; consecutive items
+// are packed into tasks of about `chunk` elements, so tiny tensors share a task.
 struct WorkList {
+  int64_t chunk = kChunk;
   std::vector<WorkItem> items;
   std::vector<int64_t> task_begin;  // n_tasks + 1 offsets into items
   int64_t total = 0;

@@ -46,7 +46,6 @@ def build_info() -> dict[str, Any]:
         "available_isas": list(_core.available_isas()),
         "openmp": _core.openmp_enabled(),
         "num_threads": _core.get_num_threads(),
-        "chunk_elements": _core.chunk_elements,
     }
 
 

@@ -24,6 +24,7 @@ from adagrad_native.schedules import LearningRateSchedule
 from adagrad_native.variables import Variable, auto_name
 
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
+_IDENTITY = "identity"  # a call's variables are exactly the build order
 
 
 def check_real(value: Any, name: str, *, allow_none: bool = True, minimum: float = 0.0) -> Any:
@@ -118,6 +119,9 @@ class Optimizer:
         self._accumulated_gradients: list[Variable | None] = []
         self._group: Any = None
         self._plan = _core.StepPlan()
+        self._plan_key: tuple[Any, ...] | None = None
+        self._plan_lr: float | None = None
+        self._order_cache: dict[tuple[int, ...], Any] = {}
         self._iterations = self._track(np.zeros((), np.int64), "iteration",
                                        aggregation="only_first_replica")
         self._learning_rate: Any = None
@@ -356,6 +360,9 @@ class Optimizer:
             self._trainable_variables_indices = {id(v): i for i, v in enumerate(var_list)}
             self._trainable_variables_indices.update({id(v): i for i, v in enumerate(variables)})
             self._array_indices = {_array_key(v.value): i for i, v in enumerate(variables)}
+            self._overwrite = tuple(v.overwrite_with_gradient for v in variables)
+            self._has_overwrite = any(self._overwrite)
+            self._all_indices = list(range(len(variables)))
             self._group = self._make_group(variables, var_list)
             self.built = True
 
@@ -410,35 +417,49 @@ class Optimizer:
             self._step(*self._ordered_gradients(grads, trainable_variables))
 
     def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
-                           ) -> tuple[list[Any], list[str]]:
+                           ) -> tuple[list[Any], list[int]]:
         """Checks the call, builds on first use, and returns the gradients in build
-        order (None where a variable has none) with the paths of the missing ones."""
-        with self._lock:
-            if trainable_variables is None:
-                if not self.built:
-                    raise ValueError(
-                        "When passing `grads` without `variables`, the optimizer must already be "
-                        "built on a list of variables. Call `optimizer.build(trainable_variables)` "
-                        "first."
-                    )
-                n = len(self._trainable_variables)
-                if len(grads) != n:
-                    raise ValueError(
-                        "When passing `grads` as a list of gradient tensors, the gradients must "
-                        f"match `optimizer.variables` one-to-one. Received a list of {len(grads)} "
-                        f"gradients, but the optimizer is tracking {n} trainable variables."
-                    )
-                missing = [v.path for v, g in zip(self._trainable_variables, grads) if g is None]
-                return grads, missing
-            trainable_variables = list(trainable_variables)
-            if len(grads) != len(trainable_variables):
-                raise ValueError(
-                    f"Received {len(grads)} gradients for {len(trainable_variables)} "
-                    "variables; pass exactly one gradient per variable."
-                )
+        order (None where a variable has none) with the indices of the variables
+        of this call whose gradient is None."""
+        if trainable_variables is None:
             if not self.built:
-                self.build(trainable_variables)
-            return self._in_build_order(grads, trainable_variables)
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                    "first."
+                )
+            n = len(self._trainable_variables)
+            if len(grads) != n:
+                raise ValueError(
+                    "When passing `grads` as a list of gradient tensors, the gradients must "
+                    f"match `optimizer.variables` one-to-one. Received a list of {len(grads)} "
+                    f"gradients, but the optimizer is tracking {n} trainable variables."
+                )
+            return grads, [i for i, g in enumerate(grads) if g is None]
+        trainable_variables = list(trainable_variables)
+        if len(grads) != len(trainable_variables):
+            raise ValueError(
+                f"Received {len(grads)} gradients for {len(trainable_variables)} "
+                "variables; pass exactly one gradient per variable."
+            )
+        if not self.built:
+            self.build(trainable_variables)
+        ids = tuple(map(id, trainable_variables))
+        order = self._order_cache.get(ids)
+        if order is None:
+            order = self._build_order(trainable_variables)
+            if len(self._order_cache) > 8:  # a few call patterns at most; keep it bounded
+                self._order_cache.clear()
+            self._order_cache[ids] = order
+        if order is _IDENTITY:
+            return grads, [i for i, g in enumerate(grads) if g is None]
+        ordered: list[Any] = [None] * len(self._trainable_variables)
+        missing = []
+        for i, g in zip(order, grads):
+            ordered[i] = g
+            if g is None:
+                missing.append(i)
+        return ordered, missing
 
     def _index_of(self, variable: Any, position: int) -> int:
         index = self._trainable_variables_indices.get(id(variable))
@@ -453,78 +474,87 @@ class Optimizer:
             )
         return index
 
-    def _in_build_order(self, grads: list[Any], variables: list[Any]) -> tuple[list[Any], list[str]]:
-        ordered: list[Any] = [None] * len(self._trainable_variables)
-        seen = [False] * len(ordered)
-        missing = []
-        for position, (g, v) in enumerate(zip(grads, variables)):
-            i = self._index_of(v, position)
-            if seen[i]:
+    def _build_order(self, variables: list[Any]) -> Any:
+        """The build-order index of each variable of a call (or _IDENTITY)."""
+        order = [self._index_of(v, position) for position, v in enumerate(variables)]
+        seen: set[int] = set()
+        for position, i in enumerate(order):
+            if i in seen:
                 raise ValueError(f"Variable '{self._trainable_variables[i].path}' appears twice "
                                  f"in one call (again at position {position}).")
-            seen[i] = True
-            ordered[i] = g
-            if g is None:
-                missing.append(self._trainable_variables[i].path)
-        return ordered, missing
+            seen.add(i)
+        return _IDENTITY if order == list(range(len(self._trainable_variables))) else order
 
-    def _step(self, grads: list[Any], missing: list[str], loss_scale: float | None = None,
+    def _step(self, grads: list[Any], missing: list[int], loss_scale: float | None = None,
               check_finite: bool = False) -> bool:
         """One step over gradients in build order (None: no gradient).
 
-        `loss_scale` replaces `loss_scale_factor` for this call and
-        `check_finite` skips the whole step when a gradient is not finite
-        (both for LossScaleOptimizer). Returns whether the step was applied.
+        `missing` lists the variables of the call with a None gradient (for the
+        warning). `loss_scale` replaces `loss_scale_factor` for this call and
+        `check_finite` skips the whole step when a gradient is not finite (both
+        for LossScaleOptimizer). Returns whether the step was applied.
         """
-        overwrite = [v.overwrite_with_gradient for v in self._trainable_variables]
-        with_grad = [g is not None for g in grads]
-        if not any(with_grad):
-            raise ValueError("No gradients provided for any variable.")
-        updated = [i for i, has in enumerate(with_grad) if has and not overwrite[i]]
-        plan = self._build_plan(bool(updated))
-        if loss_scale is not None:
-            plan.loss_scale = loss_scale
-        plan.check_finite = check_finite
+        if self._has_overwrite or any(g is None for g in grads):
+            if all(g is None for g in grads):
+                raise ValueError("No gradients provided for any variable.")
+            overwrite = self._overwrite
+            updated = [i for i, g in enumerate(grads) if g is not None and not overwrite[i]]
+        else:
+            updated = self._all_indices
+        raw = int(self._iterations.value)
+        if loss_scale is None:
+            loss_scale = self.loss_scale_factor
+        plan = self._build_plan(raw, bool(updated), float(loss_scale or 0.0), check_finite)
         # The core validates every gradient before it writes anything.
-        if not _core.step(self._group, grads, plan)["applied"]:
+        if not _core.step(self._group, grads, plan):
             return False
         if missing:
+            paths = [self._trainable_variables[i].path for i in missing]
             warnings.warn(
-                f"Gradients do not exist for variables {missing} when minimizing the loss. If "
+                f"Gradients do not exist for variables {paths} when minimizing the loss. If "
                 "using `model.compile()`, did you forget to provide a `loss` argument?",
                 stacklevel=4,
             )
+        variables = self._trainable_variables
         for i in updated:
-            v = self._trainable_variables[i]
-            if v.constraint is not None:
-                v.assign(v.constraint(v))
-        self._iterations.value[...] += 1
+            if variables[i].constraint is not None:
+                variables[i].assign(variables[i].constraint(variables[i]))
+        self._iterations.value[()] = raw + 1
         return True
 
-    def _build_plan(self, any_update: bool) -> Any:
-        """Fills the StepPlan for this call from the hyperparameters and counters."""
+    def _build_plan(self, raw: int, any_update: bool, loss_scale: float,
+                    check_finite: bool) -> Any:
+        """Fills the StepPlan for this call. Fields that only change with the
+        hyperparameters are rewritten only when those change (a step must cost
+        a few microseconds of Python at most)."""
         plan = self._plan
-        raw = int(self._iterations.value)
         k = self.gradient_accumulation_steps
+        key = (self.epsilon, self.weight_decay, self.clipnorm, self.global_clipnorm,
+               self.clipvalue, k, loss_scale, check_finite, any_update, self.use_ema)
+        if key != self._plan_key:
+            plan.epsilon = float(self.epsilon)
+            plan.weight_decay = float(self.weight_decay or 0.0)
+            self._set_clip(plan)
+            plan.accumulation_steps = k or 1
+            plan.loss_scale = loss_scale
+            plan.check_finite = check_finite
+            plan.reset_idle_accumulators = any_update
+            plan.ema = self.use_ema and any_update
+            if not k:
+                plan.phase = _core.Phase.update
+            self._plan_key = key
         is_update = not k or (raw + 1) % k == 0
-        if not k:
-            plan.phase = _core.Phase.update
-        else:
+        if k:
             plan.phase = _core.Phase.accumulate_update if is_update else _core.Phase.accumulate
-        plan.accumulation_steps = k or 1
-        plan.loss_scale = float(self.loss_scale_factor or 0.0)
-        plan.reset_idle_accumulators = any_update
         if is_update and any_update:
             lr = self._current_learning_rate()  # Keras evaluates it only on update steps
-            plan.learning_rate = lr
-            plan.weight_decay = float(self.weight_decay or 0.0)
-            plan.epsilon = float(self.epsilon)
-            self._set_clip(plan)
-        iterations = raw // k if k else raw
-        plan.ema = self.use_ema and any_update
-        plan.ema_momentum = float(self.ema_momentum) if iterations else 0.0
-        freq = self.ema_overwrite_frequency
-        plan.ema_overwrite = bool(plan.ema and freq and (iterations + 1) % freq == 0)
+            if lr != self._plan_lr:
+                plan.learning_rate = self._plan_lr = lr
+        if plan.ema:
+            iterations = raw // k if k else raw
+            plan.ema_momentum = float(self.ema_momentum) if iterations else 0.0
+            freq = self.ema_overwrite_frequency
+            plan.ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
         return plan
 
     def _set_clip(self, plan: Any) -> None:
