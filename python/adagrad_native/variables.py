@@ -109,7 +109,7 @@ class Variable:
         self._path = name
         self.trainable = bool(trainable)
         self.constraint = constraint
-        self.overwrite_with_gradient = bool(overwrite_with_gradient)
+        self.overwrite_with_gradient = overwrite_with_gradient
         self.aggregation = aggregation
 
     @classmethod
@@ -127,6 +127,17 @@ class Variable:
         var._init(value, name, trainable, None, False, aggregation)
         var._path = path
         return var
+
+    @property
+    def overwrite_with_gradient(self) -> bool:
+        """Whether the optimizer sets this variable to its gradient (read at `build`)."""
+        return self._overwrite_with_gradient
+
+    @overwrite_with_gradient.setter
+    def overwrite_with_gradient(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"`overwrite_with_gradient` must be a boolean. Received: {value!r}")
+        self._overwrite_with_gradient = value
 
     @property
     def path(self) -> str:
