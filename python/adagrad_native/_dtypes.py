@@ -27,7 +27,9 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     try:
         return np.dtype(dtype)
     except TypeError as err:
-        raise TypeError(f"Argument `dtype` is not a numpy dtype. Received: dtype={dtype!r}") from err
+        raise TypeError(
+            f"Argument `dtype` is not a numpy dtype. Received: dtype={dtype!r}"
+        ) from err
 
 
 def check_updatable(array: np.ndarray, what: str) -> None:

@@ -118,8 +118,9 @@ class Adagrad(Optimizer):
         return [None if a is None else a.value for a in self._accumulators]
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        """Applies only the Adagrad update to one built variable (no clipping,
-        decay, EMA or counter), as Keras' `update_step` does.
+        """Applies only the Adagrad update to one built variable, as Keras does.
+
+        No clipping, weight decay, EMA or counter increment.
 
         Args:
             gradient: The gradient, of the variable's shape and dtype.

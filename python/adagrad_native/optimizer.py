@@ -144,7 +144,8 @@ class Optimizer:
             check_real(ema_momentum, "ema_momentum", allow_none=False)
             if ema_momentum > 1:
                 raise ValueError(
-                    f"`ema_momentum` must be in the range [0, 1]. Received: ema_momentum={ema_momentum}"
+                    "`ema_momentum` must be in the range [0, 1]. Received: "
+                    f"ema_momentum={ema_momentum}"
                 )
             if ema_overwrite_frequency and (
                 isinstance(ema_overwrite_frequency, bool)
@@ -418,9 +419,12 @@ class Optimizer:
 
     def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
                            ) -> tuple[list[Any], list[int]]:
-        """Checks the call, builds on first use, and returns the gradients in build
-        order (None where a variable has none) with the indices of the variables
-        of this call whose gradient is None."""
+        """Checks the call and builds on first use.
+
+        Returns:
+            The gradients in build order (None where a variable has none) and the
+            indices of the variables of this call whose gradient is None.
+        """
         if trainable_variables is None:
             if not self.built:
                 raise ValueError(
@@ -524,9 +528,11 @@ class Optimizer:
 
     def _build_plan(self, raw: int, any_update: bool, loss_scale: float,
                     check_finite: bool) -> Any:
-        """Fills the StepPlan for this call. Fields that only change with the
-        hyperparameters are rewritten only when those change (a step must cost
-        a few microseconds of Python at most)."""
+        """Fills the StepPlan for this call.
+
+        Fields that only change with the hyperparameters are rewritten only when
+        those change: a step must cost a few microseconds of Python at most.
+        """
         plan = self._plan
         k = self.gradient_accumulation_steps
         key = (self.epsilon, self.weight_decay, self.clipnorm, self.global_clipnorm,
@@ -758,7 +764,8 @@ class Optimizer:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None) -> Any:
+    def from_config(cls, config: dict[str, Any],
+                    custom_objects: dict[str, Any] | None = None) -> Any:
         """Creates an optimizer from `get_config()` output (ours or Keras')."""
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):
