@@ -1,0 +1,68 @@
+"""Shared fixtures: seeded random numbers and array snapshots for no-mutation checks."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# `reference.py` is imported as a top-level module whatever pytest's import mode is.
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def rng():
+    """A freshly seeded generator, so every test sees the same numbers on every run."""
+    return np.random.default_rng(20240611)
+
+
+def optimizer_arrays(opt, variables=()):
+    """Every array the optimizer and the given variables own: copies, in a fixed order.
+
+    Covers the optimizer's `variables` (iteration, learning_rate, slots) and its
+    Keras-named slot lists, so a change in any of them is seen.
+    """
+    arrays = [np.array(v, copy=True) for v in variables]
+    arrays += [np.array(v, copy=True) for v in opt.variables]
+    for attr in ("_accumulators", "_model_variables_moving_average", "_accumulated_gradients"):
+        for v in getattr(opt, attr, None) or ():
+            if v is not None:
+                arrays.append(np.array(v, copy=True))
+    arrays.append(np.array(int(opt._iterations)))
+    return arrays
+
+
+def _assert_same(before, after):
+    assert len(before) == len(after), "the number of arrays changed"
+    for i, (b, a) in enumerate(zip(before, after, strict=True)):
+        assert b.shape == a.shape and b.dtype == a.dtype, f"array {i} changed shape/dtype"
+        assert b.tobytes() == a.tobytes(), f"array {i} changed: {b!r} -> {a!r}"
+
+
+class Snapshot:
+    """Bitwise snapshot of an optimizer's arrays plus some variables."""
+
+    def __init__(self, opt, variables=()):
+        self.opt, self.variables = opt, list(variables)
+        self.before = optimizer_arrays(opt, self.variables)
+
+    def assert_unchanged(self):
+        _assert_same(self.before, optimizer_arrays(self.opt, self.variables))
+
+
+@pytest.fixture
+def snapshot():
+    """`snapshot(opt, variables)` -> Snapshot; call `.assert_unchanged()` after the bad call."""
+    return Snapshot
+
+
+@pytest.fixture
+def restore_threads():
+    """Restore the native thread count after a test changes it."""
+    import adagrad_native as an
+
+    n = an.get_num_threads()
+    yield n
+    an.set_num_threads(n)

@@ -1,0 +1,282 @@
+"""Bad input (issue 2, DESIGN §6/§8): the right error, a message naming the variable and
+the received value, and not one byte changed in any parameter or optimizer variable."""
+
+from __future__ import annotations
+
+import re
+import sys
+import warnings
+
+import adagrad_native as an
+import numpy as np
+import pytest
+
+F32, F64 = np.float32, np.float64
+ANY_ERROR = (ValueError, TypeError)
+
+
+def _message(excinfo):
+    return str(excinfo.value)
+
+
+def _assert_fragments(msg, fragments):
+    for frag in fragments:
+        assert frag in msg, f"{frag!r} not in error message: {msg!r}"
+
+
+def _good_grads():
+    return [np.array([0.5, -1.0, 2.0], F32), np.full((2, 2), 0.25, F64), np.array([3.0, -4.0], F32)]
+
+
+@pytest.fixture
+def trained():
+    """An optimizer with every slot kind (EMA, accumulation, overwrite var), one step in."""
+    alpha = an.Variable(np.arange(3, dtype=F32), name="alpha")
+    beta = an.Variable(np.ones((2, 2), F64), name="beta")
+    omega = an.Variable(np.zeros(2, F32), name="omega", overwrite_with_gradient=True)
+    opt = an.Adagrad(learning_rate=0.1, use_ema=True, gradient_accumulation_steps=2,
+                     weight_decay=0.01)
+    variables = [alpha, beta, omega]
+    opt.apply(_good_grads(), variables)
+    return opt, variables
+
+
+# ------------------------------------------------------------- bad steps
+def _bad_grad_cases():
+    g = _good_grads()
+    return {
+        # id: (grads, pass variables?, fragments)
+        "too_few_grads_without_vars": ([g[0], g[1]], False, ["2", "3"]),
+        "too_few_grads_with_vars": ([g[0], g[1]], True, ["2", "3"]),
+        "too_many_grads_with_vars": (g + [g[0]], True, ["4", "3"]),
+        "shape_mismatch_last": ([g[0], g[1], np.ones(3, F32)], True, ["omega", "(3,)", "(2,)"]),
+        "shape_mismatch_middle": ([g[0], np.ones((2, 3), F64), g[2]], True,
+                                  ["beta", "(2, 3)", "(2, 2)"]),
+        "shape_mismatch_no_vars": ([g[0], np.ones((4,), F64), g[2]], False,
+                                   ["beta", "(4,)", "(2, 2)"]),
+        "shape_mismatch_after_none": ([None, np.ones((1,), F64), g[2]], True, ["beta", "(1,)"]),
+        "dtype_mismatch": ([g[0], g[1].astype(F32), g[2]], True, ["beta", "float32", "float64"]),
+        "dtype_mismatch_first": ([g[0].astype(F64), g[1], g[2]], True,
+                                 ["alpha", "float64", "float32"]),
+        "int_gradient": ([np.array([1, 2, 3], np.int32), g[1], g[2]], True, ["alpha", "int32"]),
+        "all_none": ([None, None, None], True, ["No gradients provided for any variable"]),
+        "all_none_without_vars": ([None, None, None], False,
+                                  ["No gradients provided for any variable"]),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_grad_cases()))
+def test_bad_step_raises_and_changes_nothing(case, trained, snapshot):
+    opt, variables = trained
+    grads, with_vars, fragments = _bad_grad_cases()[case]
+    snap = snapshot(opt, variables)
+    with pytest.raises(ANY_ERROR) as excinfo, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if with_vars:
+            opt.apply(grads, variables)
+        else:
+            opt.apply(grads)
+    _assert_fragments(_message(excinfo), fragments)
+    snap.assert_unchanged()
+    # The optimizer is still usable afterwards.
+    opt.apply(_good_grads(), variables)
+    assert int(opt._iterations) == 2
+
+
+def test_length_mismatch_is_a_value_error(trained):
+    opt, variables = trained
+    with pytest.raises(ValueError):
+        opt.apply(_good_grads()[:2])
+
+
+def test_unknown_variable(trained, snapshot):
+    opt, variables = trained
+    gamma = an.Variable(np.ones((2, 2), F64), name="gamma")
+    snap = snapshot(opt, variables + [gamma])
+    with pytest.raises(ValueError) as excinfo:
+        opt.apply(_good_grads(), [variables[0], gamma, variables[2]])
+    _assert_fragments(_message(excinfo), ["gamma"])
+    snap.assert_unchanged()
+
+
+def test_unknown_plain_array(trained, snapshot):
+    opt, variables = trained
+    stranger = np.ones(3, F32)
+    snap = snapshot(opt, variables + [stranger])
+    with pytest.raises(ValueError):
+        opt.apply(_good_grads(), [stranger, variables[1], variables[2]])
+    snap.assert_unchanged()
+
+
+# ----------------------------------------------- arrays that cannot be updated in place
+def _noncontiguous():
+    return np.ones((3, 4), F32)[:, ::2]
+
+
+def _readonly():
+    a = np.ones((3, 2), F32)
+    a.setflags(write=False)
+    return a
+
+
+def _byteswapped():
+    other = ">" if sys.byteorder == "little" else "<"
+    return np.ones((3, 2), np.dtype(F32).newbyteorder(other))
+
+
+def _integer():
+    return np.ones((3, 2), np.int32)
+
+
+BAD_ARRAYS = {
+    "noncontiguous": (_noncontiguous, r"contiguous"),
+    "fortran_order": (lambda: np.asfortranarray(np.ones((3, 2), F32)), r"contiguous"),
+    "readonly": (_readonly, r"read-only|read only|writeable|writable"),
+    "byteswapped": (_byteswapped, r"byte.?order|endian|native"),
+    "int32": (_integer, r"int32|float"),
+}
+
+
+@pytest.mark.parametrize("entry", ["apply", "build"])
+@pytest.mark.parametrize("kind", list(BAD_ARRAYS))
+def test_unusable_array_is_rejected(kind, entry, snapshot):
+    make, pattern = BAD_ARRAYS[kind]
+    bad = make()
+    good = an.Variable(np.arange(3, dtype=F32), name="alpha")
+    opt = an.Adagrad(learning_rate=0.1)
+    snap = snapshot(opt, [good, bad])
+    with pytest.raises(ANY_ERROR) as excinfo:
+        if entry == "apply":
+            opt.apply([np.ones(3, F32), np.ones(bad.shape, bad.dtype)], [good, bad])
+        else:
+            opt.build([good, bad])
+    assert re.search(pattern, _message(excinfo), re.IGNORECASE), _message(excinfo)
+    snap.assert_unchanged()
+
+
+# ------------------------------------------------------------- constructor
+CTOR_CASES = {
+    "clipnorm_and_clipvalue": (dict(clipnorm=1.0, clipvalue=0.5),
+                               ["Only one of", "clipnorm=1.0", "clipvalue=0.5"]),
+    "clipnorm_and_global": (dict(clipnorm=1.0, global_clipnorm=2.0),
+                            ["Only one of", "global_clipnorm=2.0"]),
+    "clipvalue_and_global": (dict(clipvalue=0.5, global_clipnorm=2.0), ["Only one of"]),
+    # Keras counts `is not None`, so a zero clip still counts as set.
+    "clipnorm_zero_and_clipvalue": (dict(clipnorm=0.0, clipvalue=0.5), ["Only one of"]),
+    "ema_momentum_above_1": (dict(use_ema=True, ema_momentum=1.5),
+                             ["ema_momentum", "1.5"]),
+    "ema_momentum_negative": (dict(use_ema=True, ema_momentum=-0.1),
+                              ["ema_momentum", "-0.1"]),
+    "ema_overwrite_frequency_negative": (dict(use_ema=True, ema_overwrite_frequency=-1),
+                                         ["ema_overwrite_frequency", "-1"]),
+    "ema_overwrite_frequency_float": (dict(use_ema=True, ema_overwrite_frequency=2.5),
+                                      ["ema_overwrite_frequency", "2.5"]),
+    "accumulation_1": (dict(gradient_accumulation_steps=1), ["gradient_accumulation_steps", "1"]),
+    "accumulation_negative": (dict(gradient_accumulation_steps=-2),
+                              ["gradient_accumulation_steps", "-2"]),
+    "initial_accumulator_negative": (dict(initial_accumulator_value=-0.1),
+                                     ["initial_accumulator_value", "-0.1"]),
+    "learning_rate_negative": (dict(learning_rate=-0.1), ["learning_rate", "-0.1"]),
+    "learning_rate_string": (dict(learning_rate="fast"), ["learning_rate", "fast"]),
+    "epsilon_negative": (dict(epsilon=-1e-07), ["epsilon", "-1e-07"]),
+    "weight_decay_negative": (dict(weight_decay=-0.01), ["weight_decay", "-0.01"]),
+    "clipnorm_negative": (dict(clipnorm=-1.0), ["clipnorm", "-1.0"]),
+    "clipvalue_negative": (dict(clipvalue=-1.0), ["clipvalue", "-1.0"]),
+    "global_clipnorm_negative": (dict(global_clipnorm=-1.0), ["global_clipnorm", "-1.0"]),
+    "unknown_kwarg": (dict(foo=1), ["not recognized", "foo"]),
+    "misspelled_kwarg": (dict(learningrate=0.1), ["not recognized", "learningrate"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CTOR_CASES))
+def test_constructor_rejects(case):
+    kwargs, fragments = CTOR_CASES[case]
+    errors = ANY_ERROR if case == "learning_rate_string" else ValueError
+    with pytest.raises(errors) as excinfo:
+        an.Adagrad(**kwargs)
+    _assert_fragments(_message(excinfo), fragments)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param(dict(use_ema=False, ema_momentum=1.5), id="ema_momentum_unused"),
+        pytest.param(dict(gradient_accumulation_steps=0), id="accumulation_zero_is_off"),
+        pytest.param(dict(learning_rate=1), id="int_learning_rate"),
+        pytest.param(dict(learning_rate=np.float32(0.5)), id="numpy_learning_rate"),
+        pytest.param(dict(initial_accumulator_value=0.0, epsilon=0.0), id="zeros"),
+        pytest.param(dict(clipnorm=0.0), id="clipnorm_zero_is_off"),
+    ],
+)
+def test_constructor_accepts(kwargs):
+    # Keras validates ema_* only with use_ema and gradient_accumulation_steps only when
+    # truthy; §8 accepts any real learning rate.
+    opt = an.Adagrad(**kwargs)
+    v = an.Variable(np.ones(2, F32))
+    opt.apply([np.ones(2, F32)], [v])
+    assert np.isfinite(v.numpy()).all()
+
+
+def test_decay_kwarg_warns_and_is_ignored():
+    with pytest.warns(UserWarning, match="decay"):
+        an.Adagrad(decay=0.1)
+
+
+# ------------------------------------------------------------- misc API misuse
+def test_apply_without_variables_before_build():
+    opt = an.Adagrad()
+    with pytest.raises(ValueError, match="built"):
+        opt.apply([np.ones(3, F32)])
+    assert int(opt._iterations) == 0
+
+
+def test_exclude_from_weight_decay_after_build_raises(trained, snapshot):
+    opt, variables = trained
+    snap = snapshot(opt, variables)
+    with pytest.raises(ValueError, match="before"):
+        opt.exclude_from_weight_decay(var_names=["alpha"])
+    snap.assert_unchanged()
+
+
+def test_finalize_with_wrong_length_raises(trained, snapshot):
+    opt, variables = trained
+    snap = snapshot(opt, variables)
+    with pytest.raises(ValueError) as excinfo:
+        opt.finalize_variable_values(variables[:2])
+    _assert_fragments(_message(excinfo), ["2", "3"])
+    snap.assert_unchanged()
+
+
+def test_setting_float_learning_rate_over_a_schedule_raises():
+    base = getattr(getattr(an, "schedules", None), "LearningRateSchedule", None)
+    if base is None:
+        pytest.skip("adagrad_native.schedules.LearningRateSchedule is missing")
+
+    class Constant(base):
+        def __call__(self, step):
+            return 0.1
+
+        def get_config(self):
+            return {}
+
+    opt = an.Adagrad(learning_rate=Constant())
+    with pytest.raises(TypeError, match="not settable"):
+        opt.learning_rate = 0.5
+
+
+def test_none_gradient_warning_names_the_variables(trained):
+    opt, variables = trained
+    g = _good_grads()
+    with pytest.warns(UserWarning) as record:
+        opt.apply([g[0], None, g[2]], variables)
+    msg = " ".join(str(w.message) for w in record)
+    assert "beta" in msg and "alpha" not in msg, msg
+    assert "Gradients do not exist" in msg
+
+
+def test_non_finite_gradient_is_not_rejected_by_default():
+    # Keras propagates NaN/inf (DESIGN §6: the raise/skip policies are opt-in).
+    v = an.Variable(np.ones(2, F32), name="v")
+    opt = an.Adagrad()
+    opt.apply([np.array([np.nan, 1.0], F32)], [v])
+    assert np.isnan(v.numpy()[0]) and np.isfinite(v.numpy()[1])

@@ -1,0 +1,67 @@
+"""Determinism across thread counts (DESIGN §3): chunking never depends on the number of
+threads and norms are combined in chunk order, so 1 and 2 threads agree bit for bit."""
+
+from __future__ import annotations
+
+import adagrad_native as an
+import numpy as np
+import pytest
+
+CONFIGS = {
+    "global_clipnorm_ema_wd": dict(global_clipnorm=1.0, use_ema=True, ema_momentum=0.9,
+                                   ema_overwrite_frequency=2, weight_decay=0.01),
+    "clipnorm_accum2_ema": dict(clipnorm=1.0, gradient_accumulation_steps=2, use_ema=True),
+    "plain": dict(),
+}
+LAYOUTS = {
+    # > 1M elements per tensor, not a multiple of any chunk size.
+    "large": [((1_200_003,), np.float32), ((1_048_583,), np.float64), ((1000, 1031), np.float32)],
+    # Many small tensors of mixed sizes and dtypes.
+    "many_small": [((i % 37 + 1,), np.float32 if i % 3 else np.float64) for i in range(400)],
+}
+
+
+def _run(threads, layout, config, seed=7, steps=3):
+    an.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(shape).astype(dt) for shape, dt in layout]
+    opt = an.Adagrad(learning_rate=0.1, **config)
+    for _ in range(steps):
+        grads = [(rng.standard_normal(p.shape) * 3).astype(p.dtype) for p in params]
+        opt.apply(grads, params)
+    return params + [np.array(v, copy=True) for v in opt.variables]
+
+
+@pytest.mark.parametrize("layout_id", list(LAYOUTS))
+@pytest.mark.parametrize("config_id", list(CONFIGS))
+def test_one_and_two_threads_are_bit_identical(layout_id, config_id, restore_threads):
+    one = _run(1, LAYOUTS[layout_id], CONFIGS[config_id])
+    two = _run(2, LAYOUTS[layout_id], CONFIGS[config_id])
+    assert len(one) == len(two)
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes(), f"array {i} differs between 1 and 2 threads"
+
+
+def test_thread_count_round_trip(restore_threads):
+    if not an.build_info()["openmp"]:
+        pytest.skip("built without OpenMP: the thread count is fixed at 1")
+    for n in (1, 2, 3):
+        an.set_num_threads(n)
+        assert an.get_num_threads() == n
+        info = an.build_info()
+        assert info["num_threads"] == n
+
+
+def test_build_info_keys():
+    info = an.build_info()
+    assert {"version", "isa", "openmp", "num_threads"} <= set(info)
+    assert isinstance(info["openmp"], bool)
+    assert isinstance(info["isa"], str) and info["isa"]
+    assert info["version"] == an.__version__
+
+
+def test_invalid_thread_count_raises(restore_threads):
+    with pytest.raises(ValueError):
+        an.set_num_threads(0)
+    assert an.get_num_threads() == restore_threads
