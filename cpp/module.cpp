@@ -170,7 +170,7 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
   return a;
 }
 
-bool step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
   const size_t n = g.group.tensors().size();
   if (grads.size() != n) {
     throw py::value_error("Expected " + std::to_string(n) + " gradients (one per variable); received " +
@@ -190,7 +190,7 @@ bool step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) 
     py::gil_scoped_release release;
     r = adagrad::run_step(g.group, steps, plan);
   }
-  return r.applied;
+  return r.applied ? -1 : r.first_nonfinite;
 }
 
 void stream_probe(const py::list& read_only, const py::list& read_write) {
@@ -258,8 +258,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("chunk_elements", [](const PyGroup& g) { return g.group.work().chunk; });
 
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
-        "Runs one optimizer step over every tensor of the group (GIL released). Returns False "
-        "when plan.check_finite found a non-finite gradient and nothing was written.");
+        "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
+        "the index of the first tensor with a non-finite gradient when plan.check_finite "
+        "stopped the step before anything was written.");
   m.def("stream_probe", &stream_probe, py::arg("read_only"), py::arg("read_write"),
         "Memory-roofline probe for benchmarks: reads every read_only array and reads and "
         "writes every read_write array in place, with the step's threads and chunking.");

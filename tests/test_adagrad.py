@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-import adagrad_native as an
 import numpy as np
 import pytest
 from reference import ReferenceAdagrad
+
+import adagrad_native as an
 
 STEPS = 6
 

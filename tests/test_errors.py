@@ -7,9 +7,10 @@ import re
 import sys
 import warnings
 
-import adagrad_native as an
 import numpy as np
 import pytest
+
+import adagrad_native as an
 
 F32, F64 = np.float32, np.float64
 ANY_ERROR = (ValueError, TypeError)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import warnings
 
-import adagrad_native as an
 import numpy as np
 import pytest
+
+import adagrad_native as an
 
 DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
 

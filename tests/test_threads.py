@@ -3,9 +3,10 @@ threads and norms are combined in chunk order, so 1 and 2 threads agree bit for 
 
 from __future__ import annotations
 
-import adagrad_native as an
 import numpy as np
 import pytest
+
+import adagrad_native as an
 
 CONFIGS = {
     "global_clipnorm_ema_wd": dict(global_clipnorm=1.0, use_ema=True, ema_momentum=0.9,

@@ -3,10 +3,11 @@ trainable variables: construction, in-place updates (the buffer address never ch
 
 from __future__ import annotations
 
-import adagrad_native as an
 import numpy as np
 import pytest
 from reference import ReferenceAdagrad
+
+import adagrad_native as an
 
 F32, F64 = np.float32, np.float64
 

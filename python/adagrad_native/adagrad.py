@@ -52,6 +52,8 @@ class Adagrad(Optimizer):
             recommended: the accumulator only grows, and in 16 bits its small
             increments are soon rounded away. float32/float64 variables keep
             their own dtype either way.
+        on_nonfinite: Not in Keras: "propagate" (default, as Keras), "raise" or
+            "skip"; see `Optimizer`.
         **kwargs: Only the deprecated `decay` (ignored with a warning).
     """
 
@@ -71,6 +73,7 @@ class Adagrad(Optimizer):
         gradient_accumulation_steps: int | None = None,
         name: str | None = None,
         accumulator_dtype: str | None = None,
+        on_nonfinite: str = "propagate",
         **kwargs: Any,
     ) -> None:
         check_real(initial_accumulator_value, "initial_accumulator_value", allow_none=False)
@@ -92,6 +95,7 @@ class Adagrad(Optimizer):
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps,
             name=name,
+            on_nonfinite=on_nonfinite,
             **kwargs,
         )
         self.initial_accumulator_value = initial_accumulator_value
@@ -152,6 +156,9 @@ class Adagrad(Optimizer):
             "initial_accumulator_value": self.initial_accumulator_value,
             "epsilon": self.epsilon,
         })
-        if self.accumulator_dtype is not None:  # only ours: keep Keras' configs loadable
+        # Our own options only when set, so that Keras can load the config.
+        if self.accumulator_dtype is not None:
             config["accumulator_dtype"] = self.accumulator_dtype
+        if self.on_nonfinite != "propagate":
+            config["on_nonfinite"] = self.on_nonfinite
         return config

@@ -35,7 +35,8 @@ class LossScaleOptimizer(Optimizer):
     optimizer's single native call (one extra read of the gradients).
 
     Args:
-        inner_optimizer: The optimizer to wrap (e.g. `Adagrad`).
+        inner_optimizer: The optimizer to wrap (e.g. `Adagrad`). Its
+            `loss_scale_factor` is cleared: the dynamic scale replaces it.
         initial_scale: The starting loss scale.
         dynamic_growth_steps: Finite steps after which the scale doubles.
         name: The optimizer's name.

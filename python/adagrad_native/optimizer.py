@@ -25,6 +25,7 @@ from adagrad_native.variables import Variable, auto_name
 
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 _IDENTITY = "identity"  # a call's variables are exactly the build order
+_NONFINITE_POLICIES = ("propagate", "raise", "skip")
 
 
 def check_real(value: Any, name: str, *, allow_none: bool = True, minimum: float = 0.0) -> Any:
@@ -67,6 +68,12 @@ class Optimizer:
         gradient_accumulation_steps: Update every this many calls with the mean
             gradient, or None.
         name: The optimizer's name; the prefix of its variables' paths.
+        on_nonfinite: Not in Keras. "propagate" (Keras' behaviour: inf/NaN flow
+            into the variables; with `global_clipnorm` every gradient becomes
+            NaN), "raise" (a `ValueError` naming the first variable whose
+            gradient has inf or NaN; nothing changes) or "skip" (the step is
+            dropped: nothing changes, not even the iteration count). Costs one
+            extra read of the gradients.
         **kwargs: Only the deprecated `decay` (ignored with a warning) is accepted.
     """
 
@@ -83,8 +90,14 @@ class Optimizer:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         name: str | None = None,
+        on_nonfinite: str = "propagate",
         **kwargs: Any,
     ) -> None:
+        if on_nonfinite not in _NONFINITE_POLICIES:
+            raise ValueError(
+                f"Argument `on_nonfinite` must be one of {_NONFINITE_POLICIES}. Received: "
+                f"on_nonfinite={on_nonfinite!r}"
+            )
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.",
                           stacklevel=2)
@@ -107,6 +120,7 @@ class Optimizer:
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self.loss_scale_factor = loss_scale_factor
         self.gradient_accumulation_steps = gradient_accumulation_steps or None
+        self.on_nonfinite = on_nonfinite
         self.built = False
         self._lock = threading.RLock()
         self._variables: list[Variable] = []
@@ -508,9 +522,16 @@ class Optimizer:
         raw = int(self._iterations.value)
         if loss_scale is None:
             loss_scale = self.loss_scale_factor
-        plan = self._build_plan(raw, bool(updated), float(loss_scale or 0.0), check_finite)
+        plan = self._build_plan(raw, bool(updated), float(loss_scale or 0.0),
+                                check_finite or self.on_nonfinite != "propagate")
         # The core validates every gradient before it writes anything.
-        if not _core.step(self._group, grads, plan):
+        bad = _core.step(self._group, grads, plan)
+        if bad >= 0:
+            if self.on_nonfinite == "raise" and not check_finite:
+                raise ValueError(
+                    f"The gradient for variable '{self._trainable_variables[bad].path}' (index "
+                    f"{bad}) contains inf or NaN; nothing was updated (on_nonfinite='raise')."
+                )
             return False
         if missing:
             paths = [self._trainable_variables[i].path for i in missing]

@@ -1,0 +1,57 @@
+"""Every compiled ISA path gives the same bits (-ffp-contract=off, fixed reductions)."""
+
+import numpy as np
+import pytest
+
+import adagrad_native as an
+from adagrad_native import _core
+
+FEATURES = {
+    "plain": {},
+    "global_clip_ema": {"global_clipnorm": 0.5, "use_ema": True, "ema_overwrite_frequency": 2},
+    "clipnorm_wd_scale": {"clipnorm": 0.3, "weight_decay": 0.01, "loss_scale_factor": 8.0},
+    "clipvalue_accum": {"clipvalue": 0.2, "gradient_accumulation_steps": 2},
+}
+DTYPES = ["float32", "float64", "float16", "bfloat16"]
+
+
+def _run(isa, dtype, features):
+    assert _core.select_isa(isa)
+    rng = np.random.default_rng(7)
+    dt = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(__import__("ml_dtypes").bfloat16)
+    shapes = [(70_001,), (3, 33), (), (17,)]
+    params = [rng.normal(size=s).astype(dt) for s in shapes]
+    opt = an.Adagrad(0.05, **features)
+    for _ in range(4):
+        opt.apply([rng.normal(size=s).astype(dt) for s in shapes], params)
+    return [p.tobytes() for p in params] + [v.value.tobytes() for v in opt.variables]
+
+
+@pytest.fixture
+def restore_isa():
+    yield
+    _core.select_isa("auto")
+
+
+@pytest.mark.parametrize("features", FEATURES.values(), ids=FEATURES.keys())
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_isa_paths_bit_identical(dtype, features, restore_isa):
+    isas = _core.available_isas()
+    if len(isas) < 2:
+        pytest.skip(f"only one ISA path runs on this CPU: {isas}")
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    runs = {isa: _run(isa, dtype, features) for isa in isas}
+    first = runs[isas[0]]
+    for isa in isas[1:]:
+        for a, b in zip(first, runs[isa]):
+            assert a == b, f"{isas[0]} vs {isa}"
+
+
+def test_build_info_reports_the_active_path(restore_isa):
+    info = an.build_info()
+    assert info["isa"] in info["available_isas"]
+    assert "baseline" in info["available_isas"]
+    assert _core.select_isa("baseline") and an.build_info()["isa"] == "baseline"
+    assert not _core.select_isa("no-such-isa")
+    assert an.build_info()["isa"] == "baseline"  # a refused selection changes nothing
