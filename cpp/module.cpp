@@ -34,6 +34,12 @@ std::string shape_str(const py::array& a) {
 
 std::string dtype_name(const py::dtype& dt) { return py::str(dt.attr("name")).cast<std::string>(); }
 
+// '=' and '|' are native by definition; only explicit '<'/'>' need numpy's verdict.
+bool is_native(const py::dtype& dt) {
+  const char order = dt.byteorder();
+  return order == '=' || order == '|' || dt.attr("isnative").cast<bool>();
+}
+
 DType dtype_code(const py::dtype& dt, const std::string& what) {
   if (dt.kind() == 'f') {
     if (dt.itemsize() == 4) return DType::f32;
@@ -58,7 +64,7 @@ py::array writable_buffer(const py::handle& obj, const std::string& what) {
   if (!(flags & kCContiguous)) problem = "is not C-contiguous";
   else if (!(flags & kWriteable)) problem = "is read-only";
   else if (!(flags & kAligned)) problem = "is not aligned";
-  else if (!a.dtype().attr("isnative").cast<bool>()) problem = "is not in native byte order";
+  else if (!is_native(a.dtype())) problem = "is not in native byte order";
   if (problem != nullptr) {
     throw py::value_error(what + " " + problem +
                           "; it must be updated in place, so pass a C-contiguous, writeable, "
@@ -163,7 +169,7 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
                           ", but the variable has shape " + shape_str(p) + ".");
   }
   const int need = kCContiguous | kAligned;
-  if ((a.flags() & need) != need || !a.dtype().attr("isnative").cast<bool>()) {
+  if ((a.flags() & need) != need || !is_native(a.dtype())) {
     a = py::array::ensure(a, need | kNotSwapped);
     if (!a) throw py::error_already_set();
   }

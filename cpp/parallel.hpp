@@ -41,13 +41,16 @@ template <class Fn>
 void for_each_item(const WorkList& work, Fn&& fn) {
   const int64_t n_tasks = work.n_tasks();
   const int threads = get_num_threads();
+  if (threads <= 1 || n_tasks <= 1) {  // no parallel region at all: it costs microseconds
+    for (int64_t i = 0; i < static_cast<int64_t>(work.items.size()); ++i) fn(i);
+    return;
+  }
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n_tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
 #endif
   for (int64_t task = 0; task < n_tasks; ++task) {
     for (int64_t i = work.task_begin[task]; i < work.task_begin[task + 1]; ++i) fn(i);
   }
-  (void)threads;
 }
 
 }  // namespace adagrad

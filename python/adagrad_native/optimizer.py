@@ -26,6 +26,7 @@ from adagrad_native.variables import Variable, auto_name
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
 _IDENTITY = "identity"  # a call's variables are exactly the build order
 _NONFINITE_POLICIES = ("propagate", "raise", "skip")
+_NONE_ID = id(None)  # `_NONE_ID in map(id, grads)`: a None check at C speed, safe for arrays
 
 
 def check_real(value: Any, name: str, *, allow_none: bool = True, minimum: float = 0.0) -> Any:
@@ -136,6 +137,7 @@ class Optimizer:
         self._plan_key: tuple[Any, ...] | None = None
         self._plan_lr: float | None = None
         self._order_cache: dict[tuple[int, ...], Any] = {}
+        self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(np.zeros((), np.int64), "iteration",
                                        aggregation="only_first_replica")
         self._learning_rate: Any = None
@@ -287,6 +289,8 @@ class Optimizer:
             )
 
     def _current_learning_rate(self) -> float:
+        if type(self._learning_rate) is Variable:  # the common case, read directly
+            return float(self._learning_rate.value)
         lr = self.learning_rate
         try:
             return float(lr.value if isinstance(lr, Variable) else lr)
@@ -453,7 +457,7 @@ class Optimizer:
                     f"match `optimizer.variables` one-to-one. Received a list of {len(grads)} "
                     f"gradients, but the optimizer is tracking {n} trainable variables."
                 )
-            return grads, [i for i, g in enumerate(grads) if g is None]
+            return grads, _none_positions(grads)
         trainable_variables = list(trainable_variables)
         if len(grads) != len(trainable_variables):
             raise ValueError(
@@ -470,7 +474,7 @@ class Optimizer:
                 self._order_cache.clear()
             self._order_cache[ids] = order
         if order is _IDENTITY:
-            return grads, [i for i, g in enumerate(grads) if g is None]
+            return grads, _none_positions(grads)
         ordered: list[Any] = [None] * len(self._trainable_variables)
         missing = []
         for i, g in zip(order, grads):
@@ -512,17 +516,17 @@ class Optimizer:
         `check_finite` skips the whole step when a gradient is not finite (both
         for LossScaleOptimizer). Returns whether the step was applied.
         """
-        if self._has_overwrite or any(g is None for g in grads):
+        if self._has_overwrite or _NONE_ID in map(id, grads):
             if all(g is None for g in grads):
                 raise ValueError("No gradients provided for any variable.")
             overwrite = self._overwrite
-            updated = [i for i, g in enumerate(grads) if g is not None and not overwrite[i]]
+            any_update = any(g is not None and not overwrite[i] for i, g in enumerate(grads))
         else:
-            updated = self._all_indices
+            any_update = True
         raw = int(self._iterations.value)
         if loss_scale is None:
             loss_scale = self.loss_scale_factor
-        plan = self._build_plan(raw, bool(updated), float(loss_scale or 0.0),
+        plan = self._build_plan(raw, any_update, float(loss_scale or 0.0),
                                 check_finite or self.on_nonfinite != "propagate")
         # The core validates every gradient before it writes anything.
         bad = _core.step(self._group, grads, plan)
@@ -540,12 +544,20 @@ class Optimizer:
                 "using `model.compile()`, did you forget to provide a `loss` argument?",
                 stacklevel=4,
             )
-        variables = self._trainable_variables
-        for i in updated:
-            if variables[i].constraint is not None:
-                variables[i].assign(variables[i].constraint(variables[i]))
+        for i in self._constrained():
+            if grads[i] is not None and not self._overwrite[i]:
+                v = self._trainable_variables[i]
+                v.assign(v.constraint(v))
         self._iterations.value[()] = raw + 1
         return True
+
+    def _constrained(self) -> list[int]:
+        """Indices of the variables that have a constraint (cached)."""
+        if self._constrained_cache[0] != Variable.constraint_version:
+            indices = [i for i, v in enumerate(self._trainable_variables)
+                       if v.constraint is not None]
+            self._constrained_cache = (Variable.constraint_version, indices)
+        return self._constrained_cache[1]
 
     def _build_plan(self, raw: int, any_update: bool, loss_scale: float,
                     check_finite: bool) -> Any:
@@ -795,6 +807,12 @@ class Optimizer:
             config["learning_rate"] = schedules.deserialize(config["learning_rate"],
                                                             custom_objects=custom_objects)
         return cls(**config)
+
+
+def _none_positions(grads: list[Any]) -> list[int]:
+    if _NONE_ID not in map(id, grads):
+        return []
+    return [i for i, g in enumerate(grads) if g is None]
 
 
 def _describe(v: Any) -> str:

@@ -91,8 +91,6 @@ class Variable:
             raise ValueError(
                 f"Argument `name` must be a string without '/'. Received: name={name!r}"
             )
-        if constraint is not None and not callable(constraint):
-            raise ValueError(f"Argument `constraint` must be callable. Received: {constraint!r}")
         if dtype is None:
             # Keras: an array keeps its dtype; numbers, lists and initializers get floatx.
             dtype = getattr(initializer, "dtype", None) if not isinstance(initializer, str) \
@@ -127,6 +125,22 @@ class Variable:
         var._init(value, name, trainable, None, False, aggregation)
         var._path = path
         return var
+
+    # Bumped whenever any variable's constraint changes, so optimizers can cache
+    # which of their variables have one instead of checking all on every step.
+    constraint_version = 0
+
+    @property
+    def constraint(self) -> Callable[[Any], Any] | None:
+        """Optional callable applied after each optimizer update."""
+        return self._constraint
+
+    @constraint.setter
+    def constraint(self, value: Callable[[Any], Any] | None) -> None:
+        if value is not None and not callable(value):
+            raise ValueError(f"Argument `constraint` must be callable. Received: {value!r}")
+        self._constraint = value
+        Variable.constraint_version += 1
 
     @property
     def overwrite_with_gradient(self) -> bool:
