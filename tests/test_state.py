@@ -1,0 +1,145 @@
+"""Optimizer state: Keras-keyed stores, set_weights, name-keyed checkpoints, stateless_apply."""
+
+import os
+
+import numpy as np
+import pytest
+
+import adagrad_native as an
+
+F32 = np.float32
+
+
+def _trained(seed=0, steps=3, **kwargs):
+    rng = np.random.default_rng(seed)
+    variables = [an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel"),
+                 an.Variable(rng.normal(size=3).astype(F32), name="bias")]
+    opt = an.Adagrad(0.1, use_ema=True, gradient_accumulation_steps=2, **kwargs)
+    for _ in range(steps):
+        opt.apply([rng.normal(size=v.shape).astype(F32) for v in variables], variables)
+    return opt, variables
+
+
+def _values(opt):
+    return [v.numpy() for v in opt.variables]
+
+
+def test_store_round_trip_uses_keras_keys():
+    opt, _ = _trained()
+    store = {}
+    opt.save_own_variables(store)
+    assert list(store) == [str(i) for i in range(len(opt.variables))]
+    fresh, _ = _trained(seed=1, steps=1)
+    fresh.load_own_variables(store)
+    for a, b in zip(_values(opt), _values(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_h5py_group_store(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    opt, _ = _trained()
+    with h5py.File(tmp_path / "state.h5", "w") as f:
+        opt.save_own_variables(f.create_group("optimizer"))
+    fresh, _ = _trained(seed=1, steps=1)
+    with h5py.File(tmp_path / "state.h5", "r") as f:
+        fresh.load_own_variables(f["optimizer"])
+    for a, b in zip(_values(opt), _values(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["drop", "extra", "shape"])
+def test_mismatched_store_raises_and_changes_nothing(damage):
+    opt, _ = _trained()
+    store = {}
+    opt.save_own_variables(store)
+    if damage == "drop":
+        del store[str(len(store) - 1)]
+    elif damage == "extra":
+        store[str(len(store))] = np.zeros(2, F32)
+    else:
+        store["3"] = np.zeros((5, 5), F32)
+    target, _ = _trained(seed=1, steps=1)
+    before = _values(target)
+    with pytest.raises(ValueError, match=r"expected \d+ entries.*the store has"):
+        target.load_own_variables(store)
+    for a, b in zip(before, _values(target)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_set_weights_checks_length_and_shape():
+    opt, _ = _trained()
+    before = _values(opt)
+    with pytest.raises(ValueError, match="one entry per variable"):
+        opt.set_weights(before[:-1])
+    bad = list(before)
+    bad[-1] = np.zeros((9,), F32)
+    with pytest.raises(ValueError, match=r"weights\[\d+\].*shape \(9,\)"):
+        opt.set_weights(bad)
+    for a, b in zip(before, _values(opt)):
+        np.testing.assert_array_equal(a, b)
+    opt.set_weights([v * 2 for v in before])
+    np.testing.assert_array_equal(_values(opt)[-1], before[-1] * 2)
+
+
+def test_checkpoint_is_name_keyed_and_survives_reordering(tmp_path):
+    opt, variables = _trained(name="first")
+    path = tmp_path / "ckpt.npz"
+    an.save_state(opt, path)
+    assert os.listdir(tmp_path) == ["ckpt.npz"]  # no temporary file left behind
+    rng = np.random.default_rng(5)
+    reordered = [an.Variable(rng.normal(size=(3,)).astype(F32), name="bias"),
+                 an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel")]
+    other = an.Adagrad(0.1, use_ema=True, gradient_accumulation_steps=2, name="renamed")
+    other.build(reordered)
+    config = an.load_state(other, path)
+    assert config["name"] == "first"
+    for name in ("kernel_accumulator", "bias_average", "kernel_gradient_accumulator"):
+        want = next(v for v in opt.variables if v.path.endswith("/" + name))
+        got = next(v for v in other.variables if v.path.endswith("/" + name))
+        np.testing.assert_array_equal(want.numpy(), got.numpy())
+    assert int(other._iterations) == int(opt._iterations)
+
+
+def test_checkpoint_mismatch_lists_the_problems(tmp_path):
+    opt, _ = _trained()
+    path = tmp_path / "ckpt.npz"
+    an.save_state(opt, path)
+    other = an.Adagrad(0.1)  # no EMA, no accumulation: fewer variables
+    other.build([an.Variable(np.ones((4, 3), F32), name="kernel"),
+                 an.Variable(np.ones(7, F32), name="bias")])
+    before = _values(other)
+    with pytest.raises(ValueError, match=r"unexpected \['bias_average'.*mismatched \['bias_acc"):
+        an.load_state(other, path)
+    for a, b in zip(before, _values(other)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stateless_apply_matches_apply_and_touches_nothing():
+    opt, variables = _trained()
+    rng = np.random.default_rng(9)
+    grads = [rng.normal(size=v.shape).astype(F32) for v in variables]
+    opt_in = _values(opt)
+    train_in = [v.numpy() for v in variables]
+    snapshot = [a.copy() for a in opt_in + train_in]
+    new_train, new_opt = opt.stateless_apply(opt_in, grads, train_in)
+    for a, b in zip(snapshot, opt_in + train_in):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+    for a, b in zip(opt_in, _values(opt)):
+        np.testing.assert_array_equal(a, b)  # optimizer untouched
+    opt.apply(grads, variables)
+    for a, b in zip(new_train, variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    for a, b in zip(new_opt, _values(opt)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stateless_apply_errors():
+    opt = an.Adagrad()
+    with pytest.raises(ValueError, match="must be built"):
+        opt.stateless_apply([], [np.ones(2, F32)], [np.ones(2, F32)])
+    opt, variables = _trained()
+    with pytest.raises(ValueError, match="optimizer_variables.*expected"):
+        opt.stateless_apply(_values(opt)[:-1], [np.ones(v.shape, F32) for v in variables],
+                            [v.numpy() for v in variables])
+    with pytest.raises(ValueError, match="trainable_variables.*expected 2"):
+        opt.stateless_apply(_values(opt), [np.ones((4, 3), F32)], [variables[0].numpy()])
