@@ -18,16 +18,22 @@ bool cpu_has(const std::string& isa) {
   return isa == "baseline";
 }
 
+#define ADAGRAD_KERNEL_SET(ns)                                                        \
+  Kernels {                                                                           \
+    #ns, isa_##ns::dense_item, isa_##ns::reduce_item, isa_##ns::sparse_rows,           \
+        isa_##ns::sparse_reduce_rows, isa_##ns::sparse_gather, isa_##ns::rowwise_rows \
+  }
+
 // Best first.
 const std::vector<Kernels>& compiled() {
   static const std::vector<Kernels> all = {
 #if defined(ADAGRAD_HAVE_AVX512)
-      {"avx512", isa_avx512::dense_item, isa_avx512::reduce_item},
+      ADAGRAD_KERNEL_SET(avx512),
 #endif
 #if defined(ADAGRAD_HAVE_AVX2)
-      {"avx2", isa_avx2::dense_item, isa_avx2::reduce_item},
+      ADAGRAD_KERNEL_SET(avx2),
 #endif
-      {"baseline", isa_baseline::dense_item, isa_baseline::reduce_item},
+      ADAGRAD_KERNEL_SET(baseline),
   };
   return all;
 }

@@ -12,6 +12,10 @@ struct Kernels {
   const char* isa;
   DenseItemFn dense_item;
   ReduceItemFn reduce_item;
+  SparseRowsFn sparse_rows;
+  SparseReduceRowsFn sparse_reduce_rows;
+  SparseGatherFn sparse_gather;
+  RowwiseRowsFn rowwise_rows;
 };
 
 // The active kernel set: the best supported ISA, or the one named by the

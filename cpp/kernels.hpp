@@ -21,11 +21,37 @@ using DenseItemFn = void (*)(const TensorSlots&, const TensorStep&, const StepPl
 using ReduceItemFn = ReduceResult (*)(const TensorSlots&, const TensorStep&, const StepPlan&,
                                       int64_t, int64_t);
 
+struct SparseRows;
+
+// Sparse gradients (sparse.cpp). Row mode: the update of distinct rows
+// [d0, d1) of a de-duplicated sparse gradient (copies summed in index order).
+using SparseRowsFn = void (*)(const TensorSlots&, const TensorStep&, const SparseRows&,
+                              const StepPlan&, int64_t, int64_t);
+// Row mode, pass 1: one ReduceResult per distinct row in [d0, d1), into out.
+using SparseReduceRowsFn = void (*)(const TensorSlots&, const TensorStep&, const SparseRows&,
+                                    const StepPlan&, int64_t, int64_t, ReduceResult*);
+// Full pass: writes the dense-equivalent gradient of elements [begin, end) into
+// a zero-filled buffer of the parameter's dtype.
+using SparseGatherFn = void (*)(const TensorSlots&, const TensorStep&, const SparseRows&,
+                                int64_t, int64_t, void*);
+// Row-wise Adagrad update of rows [r0, r1), whose gradient rows are
+// consecutive at `grad_rows` (parameter dtype).
+using RowwiseRowsFn = void (*)(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t,
+                               int64_t, const void*);
+
 #define ADAGRAD_DECLARE_KERNELS(ns)                                                       \
   namespace ns {                                                                          \
   void dense_item(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t, int64_t); \
   ReduceResult reduce_item(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t,  \
                            int64_t);                                                      \
+  void sparse_rows(const TensorSlots&, const TensorStep&, const SparseRows&, const StepPlan&, \
+                   int64_t, int64_t);                                                     \
+  void sparse_reduce_rows(const TensorSlots&, const TensorStep&, const SparseRows&,         \
+                          const StepPlan&, int64_t, int64_t, ReduceResult*);              \
+  void sparse_gather(const TensorSlots&, const TensorStep&, const SparseRows&, int64_t,     \
+                     int64_t, void*);                                                     \
+  void rowwise_rows(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t, int64_t, \
+                    const void*);                                                         \
   }
 
 ADAGRAD_DECLARE_KERNELS(isa_baseline)

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -86,7 +87,7 @@ struct PyGroup {
 };
 
 void* optional_slot(const py::handle& obj, const py::array& param, const std::string& what,
-                    bool wide_ok, std::vector<py::array>& keep) {
+                    bool wide_ok, std::vector<py::array>& keep, py::ssize_t expected_size = -1) {
   if (obj.is_none()) return nullptr;
   py::array a = writable_buffer(obj, what);
   const bool same_dtype = a.dtype().num() == param.dtype().num();
@@ -95,9 +96,10 @@ void* optional_slot(const py::handle& obj, const py::array& param, const std::st
     throw py::type_error(what + " has dtype " + dtype_name(a.dtype()) + "; expected " +
                          dtype_name(param.dtype()) + ".");
   }
-  if (a.size() != param.size()) {
+  const py::ssize_t want = expected_size >= 0 ? expected_size : param.size();
+  if (a.size() != want) {
     throw py::value_error(what + " has " + std::to_string(a.size()) + " elements; expected " +
-                          std::to_string(param.size()) + ".");
+                          std::to_string(want) + ".");
   }
   keep.push_back(a);
   return a.mutable_data();
@@ -107,8 +109,12 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
                                     const py::list& averages, const py::list& grad_accumulators,
                                     const std::vector<bool>& weight_decay,
                                     const std::vector<bool>& overwrite,
-                                    const std::vector<std::string>& names) {
+                                    const std::vector<std::string>& names,
+                                    const std::optional<std::vector<bool>>& rowwise) {
   const size_t n = params.size();
+  if (rowwise && rowwise->size() != n) {
+    throw py::value_error("SlotGroup: every list must have one entry per parameter.");
+  }
   if (accumulators.size() != n || averages.size() != n || grad_accumulators.size() != n ||
       weight_decay.size() != n || overwrite.size() != n || names.size() != n) {
     throw py::value_error("SlotGroup: every list must have one entry per parameter.");
@@ -124,8 +130,14 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
     s.dtype = dtype_code(p.dtype(), var);
     s.param = p.mutable_data();
     s.size = p.size();
-    s.accumulator =
-        optional_slot(accumulators[i], p, "the accumulator of " + var, true, keep);
+    s.rows = p.ndim() >= 1 ? p.shape(0) : 0;
+    s.row_len = s.rows > 0 ? p.size() / s.rows : 0;
+    s.rowwise = rowwise && (*rowwise)[i];
+    if (s.rowwise && p.ndim() < 2) {
+      throw py::value_error(var + ": row-wise accumulators need a variable with 2+ dimensions.");
+    }
+    s.accumulator = optional_slot(accumulators[i], p, "the accumulator of " + var, true, keep,
+                                  s.rowwise ? s.rows : -1);
     s.accumulator_dtype =
         accumulators[i].is_none() ? s.dtype : dtype_code(py::array(accumulators[i]).dtype(), var);
     s.average = optional_slot(averages[i], p, "the EMA average of " + var, false, keep);
@@ -176,6 +188,106 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
   return a;
 }
 
+// A row-sparse gradient: an object with `indices` and `values` (and optionally
+// `dense_shape`), e.g. adagrad_native.SparseGradient or tf.IndexedSlices.
+bool is_sparse(const py::handle& obj) {
+  return !py::isinstance<py::array>(obj) && py::hasattr(obj, "indices") &&
+         py::hasattr(obj, "values");
+}
+
+py::array as_array(const py::handle& obj, const std::string& what) {
+  py::array a = py::array::ensure(obj, kCContiguous | kAligned | kNotSwapped);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error(what + " must be array-like; received " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>() + ".");
+  }
+  return a;
+}
+
+// Checks a sparse gradient completely (before anything is written) and fills
+// the step's fields. Returns the arrays to keep alive for the call.
+std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, const py::handle& obj,
+                                                adagrad::TensorStep& ts) {
+  const std::string var = "variable '" + g.names[i] + "' (index " + std::to_string(i) + ")";
+  const py::array& p = g.params[i];
+  if (p.ndim() == 0) {
+    throw py::value_error("The gradient for " + var +
+                          " is a sparse gradient, but the variable is 0-d (a scalar has no "
+                          "rows). Pass a dense gradient.");
+  }
+  py::array idx = as_array(obj.attr("indices"), "The sparse gradient's indices for " + var);
+  const char kind = idx.dtype().kind();
+  if ((kind != 'i' && kind != 'u') || (idx.itemsize() != 4 && idx.itemsize() != 8) ||
+      (kind == 'u' && idx.itemsize() == 8)) {
+    throw py::type_error("The sparse gradient's indices for " + var + " have dtype " +
+                         dtype_name(idx.dtype()) + "; expected int32 or int64 row ids.");
+  }
+  if (idx.ndim() != 1) {
+    throw py::value_error("The sparse gradient's indices for " + var + " have shape " +
+                          shape_str(idx) + "; expected a 1-D array of row ids.");
+  }
+  if (kind == 'u') {  // uint32: widen, so the core sees int32/int64 only
+    idx = py::array::ensure(idx.attr("astype")("int64"));
+  }
+  py::array values = as_array(obj.attr("values"), "The sparse gradient's values for " + var);
+  if (values.dtype().num() != g.dtype_nums[i]) {
+    throw py::type_error("The sparse gradient's values for " + var + " have dtype " +
+                         dtype_name(values.dtype()) + ", but the variable has dtype " +
+                         dtype_name(p.dtype()) + ". Cast the values, e.g. values.astype(np." +
+                         dtype_name(p.dtype()) + ").");
+  }
+  const py::ssize_t n = idx.shape(0);
+  bool same = values.ndim() == p.ndim() && values.shape(0) == n;
+  for (py::ssize_t d = 1; same && d < p.ndim(); ++d) same = values.shape(d) == p.shape(d);
+  if (!same) {
+    std::ostringstream want;
+    want << '(' << n;
+    for (py::ssize_t d = 1; d < p.ndim(); ++d) want << ", " << p.shape(d);
+    want << (p.ndim() == 1 ? ",)" : ")");
+    throw py::value_error("The sparse gradient's values for " + var + " have shape " +
+                          shape_str(values) + "; expected " + want.str() +
+                          " (one row of the variable's shape " + shape_str(p) + " per index).");
+  }
+  if (py::hasattr(obj, "dense_shape") && !obj.attr("dense_shape").is_none()) {
+    py::array ds = as_array(obj.attr("dense_shape"), "The sparse gradient's dense_shape");
+    bool ok = ds.ndim() == 1 && ds.shape(0) == p.ndim();
+    for (py::ssize_t d = 0; ok && d < p.ndim(); ++d) {
+      ok = py::int_(ds.attr("__getitem__")(d)).cast<int64_t>() == p.shape(d);
+    }
+    if (!ok) {
+      throw py::value_error("The sparse gradient's dense_shape for " + var + " is " +
+                            py::str(obj.attr("dense_shape")).cast<std::string>() +
+                            ", but the variable has shape " + shape_str(p) + ".");
+    }
+  }
+  const int64_t rows = p.shape(0);
+  auto check_range = [&](auto* ids) {
+    for (py::ssize_t j = 0; j < n; ++j) {
+      const int64_t r = static_cast<int64_t>(ids[j]);
+      if (r < 0 || r >= rows) {
+        throw py::value_error("The sparse gradient for " + var + " has row id " +
+                              std::to_string(r) + " at position " + std::to_string(j) +
+                              "; row ids must be in [0, " + std::to_string(rows) +
+                              ") for a variable of shape " + shape_str(p) + ".");
+      }
+    }
+  };
+  ts.sparse = true;
+  ts.n_indices = n;
+  ts.index_bytes = static_cast<int>(idx.itemsize());
+  ts.indices = idx.data();
+  if (ts.index_bytes == 4) {
+    check_range(static_cast<const int32_t*>(ts.indices));
+  } else {
+    check_range(static_cast<const int64_t*>(ts.indices));
+  }
+  // A present gradient must have a non-null pointer, also with no rows.
+  static const double kEmpty = 0.0;
+  ts.grad = values.size() > 0 ? values.data() : static_cast<const void*>(&kEmpty);
+  return {idx, values};
+}
+
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
   const size_t n = g.group.tensors().size();
   if (grads.size() != n) {
@@ -183,11 +295,17 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
                           std::to_string(grads.size()) + ".");
   }
   std::vector<py::array> held;
-  held.reserve(n);
+  held.reserve(2 * n);
   std::vector<adagrad::TensorStep> steps(n);
   for (size_t i = 0; i < n; ++i) {
     py::handle obj = grads[i];
     if (obj.is_none()) continue;
+    if (is_sparse(obj)) {
+      auto [idx, values] = sparse_gradient(g, i, obj, steps[i]);
+      held.push_back(idx);
+      held.push_back(values);
+      continue;
+    }
     held.push_back(gradient_buffer(g, i, obj));
     steps[i].grad = held.back().data();
   }
@@ -252,12 +370,13 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("ema_momentum", &adagrad::StepPlan::ema_momentum)
       .def_readwrite("ema_overwrite", &adagrad::StepPlan::ema_overwrite)
       .def_readwrite("check_finite", &adagrad::StepPlan::check_finite)
-      .def_readwrite("reset_idle_accumulators", &adagrad::StepPlan::reset_idle_accumulators);
+      .def_readwrite("reset_idle_accumulators", &adagrad::StepPlan::reset_idle_accumulators)
+      .def_readwrite("sparse_lazy", &adagrad::StepPlan::sparse_lazy);
 
   py::class_<PyGroup>(m, "SlotGroup")
       .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"),
            py::arg("averages"), py::arg("grad_accumulators"), py::arg("weight_decay"),
-           py::arg("overwrite"), py::arg("names"))
+           py::arg("overwrite"), py::arg("names"), py::arg("rowwise") = py::none())
       .def_property_readonly("num_tensors",
                              [](const PyGroup& g) { return g.group.tensors().size(); })
       .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })

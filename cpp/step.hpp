@@ -3,9 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "parallel.hpp"
+
+namespace adagrad {
+struct SparseRows;
+}
 
 namespace adagrad {
 
@@ -23,6 +28,11 @@ struct TensorSlots {
   DType accumulator_dtype = DType::f32;  // the Adagrad accumulator (may be wider)
   bool weight_decay = true;        // false when excluded from weight decay
   bool overwrite = false;          // overwrite_with_gradient: v = g, no Adagrad
+  // Row-wise Adagrad: one accumulator element per row (accumulator has `rows`
+  // elements). Only for variables with 2+ dimensions.
+  bool rowwise = false;
+  int64_t rows = 0;     // the first dimension (0 for a 0-d variable)
+  int64_t row_len = 0;  // elements per row: size / rows
 };
 
 // Which part of a gradient-accumulation cycle this call is.
@@ -52,12 +62,21 @@ struct StepPlan {
   // On an accumulation update step, also zero the gradient accumulators of
   // variables without a gradient this call (Keras' update step resets all).
   bool reset_idle_accumulators = true;
+  // Row-sparse gradients: weight decay and EMA only on the touched rows
+  // (a documented deviation from dense semantics), instead of a full pass.
+  bool sparse_lazy = false;
 };
 
 // Per-call, per-tensor inputs.
 struct TensorStep {
-  const void* grad = nullptr;  // null: no gradient this step
+  const void* grad = nullptr;  // null: no gradient this step; sparse: the values
   double norm = 0.0;           // clip norm input (per-tensor or global), from pass 1
+  // A row-sparse gradient: `grad` holds n_indices rows of row_len elements,
+  // row i belonging to row indices[i] (validated: 0 <= id < rows) of the tensor.
+  bool sparse = false;
+  const void* indices = nullptr;
+  int64_t n_indices = 0;
+  int index_bytes = 8;  // 4 (int32) or 8 (int64)
 };
 
 struct StepResult {
@@ -76,12 +95,15 @@ class SlotGroup {
   // Per-item partial sums of squares; scratch reused by every step.
   std::vector<double>& partial_sums() { return partial_sums_; }
   std::vector<unsigned char>& partial_finite() { return partial_finite_; }
+  // One de-duplication result per tensor (used by sparse gradients only).
+  std::vector<SparseRows>& sparse_rows();
 
  private:
   std::vector<TensorSlots> tensors_;
   WorkList work_;
   std::vector<double> partial_sums_;
   std::vector<unsigned char> partial_finite_;
+  std::shared_ptr<std::vector<SparseRows>> sparse_rows_;
 };
 
 // Runs one whole step over every tensor. `steps` is aligned with the group's
