@@ -66,3 +66,9 @@ def test_get():
 def test_callable_learning_rate_is_refused_not_guessed():
     with pytest.raises(TypeError, match="plain callable has no config"):
         an.Adagrad(learning_rate=lambda: 0.1).get_config()
+
+
+def test_rowwise_deserializes_by_name():
+    outer = an.serialize(an.RowWiseAdagrad(0.2))
+    assert outer["class_name"] == "RowWiseAdagrad"
+    assert isinstance(an.deserialize(outer), an.RowWiseAdagrad)

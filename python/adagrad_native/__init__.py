@@ -1,6 +1,7 @@
 """adagrad_native: Keras 3's Adagrad optimizer for numpy, with a fused C++ core.
 
-Public names: `Adagrad`, `LossScaleOptimizer`, `Variable`, `schedules`,
+Public names: `Adagrad`, `RowWiseAdagrad`, `SparseGradient`, `LossScaleOptimizer`,
+`Variable`, `schedules`,
 `serialize` / `deserialize` / `get`, `save_state` / `load_state`,
 `build_info`, `set_num_threads`, `get_num_threads`.
 """
@@ -13,7 +14,9 @@ from typing import Any
 from adagrad_native import _core, schedules
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.loss_scale import LossScaleOptimizer
+from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import deserialize, get, load_state, save_state, serialize
+from adagrad_native.sparse import SparseGradient
 from adagrad_native.variables import Variable
 
 try:
@@ -52,6 +55,8 @@ def build_info() -> dict[str, Any]:
 __all__ = [
     "Adagrad",
     "LossScaleOptimizer",
+    "RowWiseAdagrad",
+    "SparseGradient",
     "Variable",
     "build_info",
     "deserialize",

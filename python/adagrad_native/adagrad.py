@@ -54,6 +54,18 @@ class Adagrad(Optimizer):
             their own dtype either way.
         on_nonfinite: Not in Keras: "propagate" (default, as Keras), "raise" or
             "skip"; see `Optimizer`.
+        sparse_updates: Not in Keras; how row-sparse gradients (`SparseGradient`)
+            are applied. "dense" (default): exactly as the dense gradient with
+            duplicate rows summed. A plain step then only touches the distinct
+            rows (an untouched row's Adagrad update is exactly zero), but weight
+            decay, EMA and `overwrite_with_gradient` act on every row by
+            definition, and a gradient-accumulation update step uses the dense
+            accumulated gradient, so those steps make one full pass over the
+            table. "lazy": weight decay and EMA (and its overwrite) act only on
+            the touched rows, so no step without an accumulation update needs a
+            full pass -- a deliberate deviation from dense semantics for large
+            embedding tables (like TensorFlow's lazy Adam). Accumulation update
+            steps remain full passes.
         **kwargs: Only the deprecated `decay` (ignored with a warning).
     """
 
@@ -74,8 +86,14 @@ class Adagrad(Optimizer):
         name: str | None = None,
         accumulator_dtype: str | None = None,
         on_nonfinite: str = "propagate",
+        sparse_updates: str = "dense",
         **kwargs: Any,
     ) -> None:
+        if sparse_updates not in ("dense", "lazy"):
+            raise ValueError(
+                "Argument `sparse_updates` must be 'dense' or 'lazy'. Received: "
+                f"sparse_updates={sparse_updates!r}"
+            )
         check_real(initial_accumulator_value, "initial_accumulator_value", allow_none=False)
         check_real(epsilon, "epsilon", allow_none=False)
         if accumulator_dtype not in (None, "float32"):
@@ -101,6 +119,7 @@ class Adagrad(Optimizer):
         self.initial_accumulator_value = initial_accumulator_value
         self.epsilon = epsilon
         self.accumulator_dtype = accumulator_dtype
+        self.sparse_updates = sparse_updates
         self._accumulators: list[Variable | None] = []
         self._single_groups: dict[int, Any] = {}
 
@@ -143,7 +162,7 @@ class Adagrad(Optimizer):
                     raise ValueError(f"Variable '{v.path}' has overwrite_with_gradient=True; it "
                                      "has no Adagrad accumulator to update.")
                 group = _core.SlotGroup([v.value], [acc.value], [None], [None], [False], [False],
-                                        [v.path])
+                                        [v.path], [self._rowwise(v)])
                 self._single_groups[i] = group
             plan = _core.StepPlan()
             plan.learning_rate, plan.epsilon = lr, float(self.epsilon)
@@ -161,4 +180,6 @@ class Adagrad(Optimizer):
             config["accumulator_dtype"] = self.accumulator_dtype
         if self.on_nonfinite != "propagate":
             config["on_nonfinite"] = self.on_nonfinite
+        if self.sparse_updates != "dense":
+            config["sparse_updates"] = self.sparse_updates
         return config

@@ -405,7 +405,12 @@ class Optimizer:
             weight_decay=[self._use_weight_decay(u, v) for u, v in zip(user_variables, variables)],
             overwrite=[v.overwrite_with_gradient for v in variables],
             names=[v.path for v in variables],
+            rowwise=[self._rowwise(v) for v in variables],
         )
+
+    def _rowwise(self, variable: Variable) -> bool:
+        """Whether the variable's accumulator has one element per row (RowWiseAdagrad)."""
+        return False
 
     # --------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
@@ -419,7 +424,8 @@ class Optimizer:
 
         Args:
             grads: One gradient per variable (a numpy array of the variable's shape
-                and dtype, or None to skip that variable this step).
+                and dtype, a row-sparse `SparseGradient` or `tf.IndexedSlices`-like
+                object, or None to skip that variable this step).
             trainable_variables: The variables, in any order; builds the optimizer
                 on the first call. When omitted, `grads` follow the build order.
 
@@ -569,7 +575,8 @@ class Optimizer:
         plan = self._plan
         k = self.gradient_accumulation_steps
         key = (self.epsilon, self.weight_decay, self.clipnorm, self.global_clipnorm,
-               self.clipvalue, k, loss_scale, check_finite, any_update, self.use_ema)
+               self.clipvalue, k, loss_scale, check_finite, any_update, self.use_ema,
+               getattr(self, "sparse_updates", "dense"))
         if key != self._plan_key:
             plan.epsilon = float(self.epsilon)
             plan.weight_decay = float(self.weight_decay or 0.0)
@@ -579,6 +586,7 @@ class Optimizer:
             plan.check_finite = check_finite
             plan.reset_idle_accumulators = any_update
             plan.ema = self.use_ema and any_update
+            plan.sparse_lazy = getattr(self, "sparse_updates", "dense") == "lazy"
             if not k:
                 plan.phase = _core.Phase.update
             self._plan_key = key

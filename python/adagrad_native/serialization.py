@@ -16,8 +16,10 @@ _CONFIG_KEY = "__config__"
 def _classes() -> dict[str, type]:
     from adagrad_native.adagrad import Adagrad
     from adagrad_native.loss_scale import LossScaleOptimizer
+    from adagrad_native.rowwise import RowWiseAdagrad
 
-    return {"adagrad": Adagrad, "lossscaleoptimizer": LossScaleOptimizer}
+    return {"adagrad": Adagrad, "rowwiseadagrad": RowWiseAdagrad,
+            "lossscaleoptimizer": LossScaleOptimizer}
 
 
 def serialize(optimizer: Any) -> dict[str, Any]:
@@ -54,7 +56,8 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = 
     if cls is None:
         raise ValueError(
             f"Unknown optimizer class_name {class_name!r}: adagrad_native implements "
-            "'Adagrad' and 'LossScaleOptimizer' (pass others in `custom_objects`)."
+            "'Adagrad', 'RowWiseAdagrad' and 'LossScaleOptimizer' (pass others in "
+            "`custom_objects`)."
         )
     return cls.from_config(dict(config.get("config", {})), custom_objects=custom_objects)
 
