@@ -9,6 +9,10 @@
 
 #include "step.hpp"
 
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #ifndef ADAGRAD_ISA_NS
 #error "compile kernel files with -DADAGRAD_ISA_NS=<namespace>"
 #endif
@@ -85,6 +89,67 @@ inline void store_view(X* p, const C* buf, int64_t n) {
     (void)buf;
     (void)n;
   }
+}
+
+// 16-bit conversions, eight at a time where the ISA has them (GCC does not
+// vectorize _Float16 or bit-manipulated bf16 conversions by itself). The
+// scalar tails use the same rounding, so every ISA path gives the same bits.
+template <>
+inline float* load_view<float, f16>(f16* p, float* buf, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < n; ++i) buf[i] = static_cast<float>(p[i]);
+  return buf;
+}
+template <>
+inline void store_view<float, f16>(f16* p, const float* buf, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(buf + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), h);
+  }
+#endif
+  for (; i < n; ++i) p[i] = static_cast<f16>(buf[i]);
+}
+template <>
+inline float* load_view<float, bf16>(bf16* p, float* buf, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+    _mm256_storeu_ps(buf + i, _mm256_castsi256_ps(u));
+  }
+#endif
+  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
+  return buf;
+}
+template <>
+inline void store_view<float, bf16>(bf16* p, const float* buf, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  const __m256i lsb = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
+  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+  const __m256i quiet = _mm256_set1_epi32(0x40);
+  for (; i + 8 <= n; i += 8) {
+    const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(buf + i));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), lsb);
+    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), odd), 16);
+    const __m256i nan_bits = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
+    const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
+    const __m256i r = _mm256_blendv_epi8(rounded, nan_bits, is_nan);
+    // Pack the eight 32-bit lanes (each < 2^16) to 16 bits, in order.
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_castsi256_si128(packed));
+  }
+#endif
+  for (; i < n; ++i) p[i] = from_c<bf16>(buf[i]);
 }
 
 // The gradient the update sees before clipping: g / loss_scale, and on an
