@@ -13,6 +13,9 @@ namespace adagrad {
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kMinChunk = 2048;
 constexpr int64_t kTargetTasks = 8;
+// Below this many elements a step is one task on the calling thread: its
+// compute takes a few microseconds, less than waking a second thread.
+constexpr int64_t kSerialBelow = 16384;
 
 struct WorkItem {
   int32_t tensor;
