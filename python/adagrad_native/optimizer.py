@@ -116,11 +116,12 @@ class Optimizer:
         self.clipnorm = clipnorm
         self.clipvalue = clipvalue
         self.global_clipnorm = global_clipnorm
-        self.use_ema = bool(use_ema)
+        self.use_ema = use_ema
         self.ema_momentum = ema_momentum
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self.loss_scale_factor = loss_scale_factor
-        self.gradient_accumulation_steps = gradient_accumulation_steps or None
+        # Stored as given (0 and None both mean off), as Keras reports them back.
+        self.gradient_accumulation_steps = gradient_accumulation_steps
         self.on_nonfinite = on_nonfinite
         self.built = False
         self._lock = threading.RLock()
@@ -585,7 +586,7 @@ class Optimizer:
             plan.loss_scale = loss_scale
             plan.check_finite = check_finite
             plan.reset_idle_accumulators = any_update
-            plan.ema = self.use_ema and any_update
+            plan.ema = bool(self.use_ema) and any_update
             plan.sparse_lazy = getattr(self, "sparse_updates", "dense") == "lazy"
             if not k:
                 plan.phase = _core.Phase.update
