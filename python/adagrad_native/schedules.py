@@ -259,7 +259,35 @@ class LearningRateSchedule:
         return f"{type(self).__name__}({arguments})"
 
 
-class ExponentialDecay(LearningRateSchedule):
+class _RateDecay(LearningRateSchedule):
+    """The shared arguments, checks and config of ExponentialDecay and InverseTimeDecay."""
+
+    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
+                 staircase: bool, name: str | None) -> None:
+        super().__init__()
+        _check_real("initial_learning_rate", initial_learning_rate)
+        _check_positive("decay_steps", decay_steps)
+        _check_real("decay_rate", decay_rate)
+        staircase = _check_flag("staircase", staircase)
+        _check_name(name)
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.staircase = staircase
+        self.name = name
+
+    def get_config(self) -> dict[str, Any]:
+        """Returns the constructor arguments (the same keys as Keras)."""
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+            "name": self.name,
+        }
+
+
+class ExponentialDecay(_RateDecay):
     """Exponential decay: ``initial_learning_rate * decay_rate ** (step / decay_steps)``.
 
     With ``staircase=True`` the exponent ``step / decay_steps`` is floored, so the
@@ -286,17 +314,7 @@ class ExponentialDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str | None = "ExponentialDecay",
     ) -> None:
-        super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("decay_rate", decay_rate)
-        staircase = _check_flag("staircase", staircase)
-        _check_name(name)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: Step) -> float:
         """Returns the decayed learning rate at ``step`` as a Python float."""
@@ -306,16 +324,6 @@ class ExponentialDecay(LearningRateSchedule):
                 exponent = np.floor(exponent)
             rate = _f32(self.initial_learning_rate) * _pow(_f32(self.decay_rate), exponent)
         return _result(rate)
-
-    def get_config(self) -> dict[str, Any]:
-        """Returns the constructor arguments (the same keys as Keras)."""
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
 
 
 class PiecewiseConstantDecay(LearningRateSchedule):
@@ -476,7 +484,7 @@ class PolynomialDecay(LearningRateSchedule):
         }
 
 
-class InverseTimeDecay(LearningRateSchedule):
+class InverseTimeDecay(_RateDecay):
     """Inverse-time decay: ``initial_learning_rate / (1 + decay_rate * step / decay_steps)``.
 
     With ``staircase=True`` the ratio ``step / decay_steps`` is floored.
@@ -501,17 +509,7 @@ class InverseTimeDecay(LearningRateSchedule):
         staircase: bool = False,
         name: str | None = "InverseTimeDecay",
     ) -> None:
-        super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("decay_rate", decay_rate)
-        staircase = _check_flag("staircase", staircase)
-        _check_name(name)
-        self.initial_learning_rate = initial_learning_rate
-        self.decay_steps = decay_steps
-        self.decay_rate = decay_rate
-        self.staircase = staircase
-        self.name = name
+        super().__init__(initial_learning_rate, decay_steps, decay_rate, staircase, name)
 
     def __call__(self, step: Step) -> float:
         """Returns the decayed learning rate at ``step`` as a Python float."""
@@ -522,16 +520,6 @@ class InverseTimeDecay(LearningRateSchedule):
             denominator = _ONE32 + _f32(self.decay_rate) * ratio
             rate = _f32(self.initial_learning_rate) / denominator
         return _result(rate)
-
-    def get_config(self) -> dict[str, Any]:
-        """Returns the constructor arguments (the same keys as Keras)."""
-        return {
-            "initial_learning_rate": self.initial_learning_rate,
-            "decay_steps": self.decay_steps,
-            "decay_rate": self.decay_rate,
-            "staircase": self.staircase,
-            "name": self.name,
-        }
 
 
 class CosineDecay(LearningRateSchedule):
