@@ -49,7 +49,7 @@ void for_each_item(const WorkList& work, Fn&& fn) {
     return;
   }
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads)
 #endif
   for (int64_t task = 0; task < n_tasks; ++task) {
     for (int64_t i = work.task_begin[task]; i < work.task_begin[task + 1]; ++i) fn(i);

@@ -80,7 +80,7 @@ void for_each_task(const WorkList& work, const std::vector<int64_t>* dense_tasks
     return;
   }
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads)
 #endif
   for (int64_t task = 0; task < n; ++task) run(task);
 }
