@@ -1,0 +1,318 @@
+"""The implementations timed side by side: this package, numpy, torch, optax, Keras, roofline.
+
+Each implementation is an `Impl`: it says whether it is installed, whether it can express a
+workload's options, roughly how many array copies it holds, and prepares a `step()` closure
+that performs one full, synchronous optimizer step on its own copy of the parameters.
+
+Peer configuration (closest equivalent of Keras 3 Adagrad, lr=0.01, initial accumulator 0.1,
+epsilon 1e-7 inside the square root):
+- torch: `initial_accumulator_value=0.1, eps=1e-7`; torch adds eps *outside* the square root.
+- optax: `adagrad(lr, initial_accumulator_value=0.1, eps=1e-7)`; optax adds eps inside the
+  square root, like Keras 3.  Gradient accumulation uses `optax.MultiSteps`.
+- Keras 3 (jax backend): the same Keras optimizer through a jitted `stateless_apply`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from workloads import LEARNING_RATE, Data, Roofline, Workload, to_numpy_dtype
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+INIT_ACC = 0.1
+EPSILON = 1e-7
+REFERENCE_PATH = Path(__file__).resolve().parent.parent / "tests" / "reference.py"
+SLOW_ELEMENTS = 50_000_000  # numpy implementations get 1 warm-up + 2 timed steps above this
+
+StepFn = Callable[[], None]
+
+
+def _installed(module: str) -> str | None:
+    """None when the module can be imported, else a note saying it is missing."""
+    return None if importlib.util.find_spec(module) else f"`{module}` is not installed"
+
+
+def _state_slots(wl: Workload) -> int:
+    """Number of per-parameter optimizer buffers Keras-style Adagrad keeps."""
+    return 1 + bool(wl.options.get("use_ema")) + bool(wl.options.get("gradient_accumulation_steps"))
+
+
+@dataclass(frozen=True)
+class Impl:
+    """An implementation of an Adagrad step that the suite can time."""
+
+    key: str
+    label: str
+    prepare: Callable[[Workload, Data], StepFn]
+    module: str | None = None
+    plain_only: bool = False  # cannot express clipnorm / weight decay / EMA
+    accumulation: bool = True  # can express gradient accumulation
+    copies: float = 3.0  # rough number of parameter-sized arrays held (for memory grouping)
+    slow: bool = False  # limited steps on very large workloads
+
+    def unavailable(self, wl: Workload) -> str | None:
+        """Why this implementation is not run on the workload, or None."""
+        if self.module and (missing := _installed(self.module)):
+            return missing
+        if wl.options.get("gradient_accumulation_steps") and not self.accumulation:
+            return "no gradient-accumulation equivalent"
+        if self.plain_only and not wl.plain:
+            return "no equivalent of clipnorm/weight_decay/use_ema in this optimizer"
+        return None
+
+    def memory_bytes(self, wl: Workload) -> float:
+        itemsize = np.dtype(to_numpy_dtype(wl.dtype)).itemsize
+        return wl.elements * itemsize * (self.copies + _state_slots(wl))
+
+
+# -- this package --------------------------------------------------------------------------
+
+
+def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]:
+    def prepare(wl: Workload, data: Data) -> StepFn:
+        import adagrad_native as an
+
+        params = [p.copy() for p in data.params]
+        kwargs: dict[str, Any] = dict(wl.options)
+        if accumulator_dtype:
+            kwargs["accumulator_dtype"] = accumulator_dtype
+        opt = an.Adagrad(
+            learning_rate=LEARNING_RATE,
+            initial_accumulator_value=INIT_ACC,
+            epsilon=EPSILON,
+            **kwargs,
+        )
+        opt.build(params)
+        grads = data.grads
+
+        def step() -> None:
+            opt.apply(grads, params)
+
+        return step
+
+    return prepare
+
+
+# -- numpy ---------------------------------------------------------------------------------
+
+
+def _load_reference() -> Any:
+    spec = importlib.util.spec_from_file_location("adagrad_reference", REFERENCE_PATH)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {REFERENCE_PATH}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["adagrad_reference"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _oracle(wl: Workload, data: Data) -> StepFn:
+    ref = _load_reference().ReferenceAdagrad(
+        learning_rate=LEARNING_RATE,
+        initial_accumulator_value=INIT_ACC,
+        epsilon=EPSILON,
+        **wl.options,
+    )
+    ref.build(data.params)  # copies the parameters
+    grads = data.grads
+
+    def step() -> None:
+        ref.apply(grads)
+
+    return step
+
+
+def _numpy_loop(wl: Workload, data: Data) -> StepFn:
+    """The smallest in-place numpy loop of the Keras 3 update (one scratch array per tensor)."""
+    params = [p.copy() for p in data.params]
+    accs = [np.full_like(p, INIT_ACC) for p in params]
+    scratch = [np.empty_like(p) for p in params]
+    grads = data.grads
+    lr = [p.dtype.type(LEARNING_RATE) for p in params]
+    eps = [p.dtype.type(EPSILON) for p in params]
+
+    def step() -> None:
+        for p, g, a, t, lr_i, eps_i in zip(params, grads, accs, scratch, lr, eps, strict=True):
+            np.multiply(g, g, out=t)
+            a += t
+            np.add(a, eps_i, out=t)
+            np.sqrt(t, out=t)
+            np.divide(g, t, out=t)
+            t *= lr_i
+            p -= t
+
+    return step
+
+
+# -- torch ---------------------------------------------------------------------------------
+
+
+def _torch_tensor(a: np.ndarray) -> Any:
+    """A torch tensor sharing the numpy buffer (bfloat16 through an int16 view)."""
+    import torch
+
+    if a.dtype == to_numpy_dtype("bfloat16"):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+def _torch(**flags: bool) -> Callable[[Workload, Data], StepFn]:
+    def prepare(wl: Workload, data: Data) -> StepFn:
+        import torch
+
+        import adagrad_native as an
+
+        torch.set_num_threads(an.get_num_threads())
+        params = []
+        for p, g in zip(data.params, data.grads, strict=True):
+            t = _torch_tensor(p.copy()).requires_grad_(True)
+            t.grad = _torch_tensor(g)  # shares the numpy gradient, no copy
+            params.append(t)
+        opt = torch.optim.Adagrad(
+            params, lr=LEARNING_RATE, initial_accumulator_value=INIT_ACC, eps=EPSILON, **flags
+        )
+
+        def step() -> None:
+            with torch.no_grad():
+                opt.step()
+
+        return step
+
+    return prepare
+
+
+# -- jax: optax and Keras ------------------------------------------------------------------
+
+
+def _optax(wl: Workload, data: Data) -> StepFn:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    tx = optax.adagrad(LEARNING_RATE, initial_accumulator_value=INIT_ACC, eps=EPSILON)
+    if wl.accumulation_steps > 1:
+        tx = optax.MultiSteps(tx, every_k_schedule=wl.accumulation_steps)
+    params = [jnp.asarray(p) for p in data.params]
+    grads = [jnp.asarray(g) for g in data.grads]
+    state = tx.init(params)
+
+    def update(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    jitted = jax.jit(update, donate_argnums=(0, 1))
+    box = [params, state]
+
+    def step() -> None:
+        box[0], box[1] = jitted(box[0], box[1], grads)
+        jax.block_until_ready(box[0])
+
+    return step
+
+
+def _keras(wl: Workload, data: Data) -> StepFn:
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}, not 'jax'")
+    variables = [keras.Variable(p, dtype=wl.dtype) for p in data.params]
+    opt = keras.optimizers.Adagrad(
+        learning_rate=LEARNING_RATE,
+        initial_accumulator_value=INIT_ACC,
+        epsilon=EPSILON,
+        **wl.options,
+    )
+    opt.build(variables)
+    box = [[v.value for v in opt.variables], [v.value for v in variables]]
+    del variables  # the jax buffers now belong to `box` (and are donated every step)
+    grads = [jnp.asarray(g) for g in data.grads]
+    jitted = jax.jit(opt.stateless_apply, donate_argnums=(0, 2))
+
+    def step() -> None:
+        box[1], box[0] = jitted(box[0], grads, box[1])
+        jax.block_until_ready(box[1])
+
+    return step
+
+
+IMPLS: tuple[Impl, ...] = (
+    Impl("native", "adagrad_native", _native(None), module="adagrad_native", copies=1),
+    Impl(
+        "torch-fused",
+        "torch fused=True",
+        _torch(fused=True),
+        module="torch",
+        plain_only=True,
+        accumulation=False,
+        copies=1,
+    ),
+    Impl(
+        "torch-loop",
+        "torch foreach=False",
+        _torch(foreach=False),
+        module="torch",
+        plain_only=True,
+        accumulation=False,
+        copies=1,
+    ),
+    Impl("optax", "optax adagrad (jit)", _optax, module="optax", plain_only=True, copies=3),
+    Impl("keras", "Keras 3 jax (jit stateless_apply)", _keras, module="keras", copies=3),
+    Impl(
+        "numpy-loop",
+        "numpy loop (minimal)",
+        _numpy_loop,
+        plain_only=True,
+        accumulation=False,
+        copies=2,
+        slow=True,
+    ),
+    Impl("oracle", "numpy oracle (tests/reference.py)", _oracle, copies=4, slow=True),
+)
+
+NATIVE_ACC32 = Impl(
+    "native-acc32",
+    "adagrad_native accumulator_dtype=float32",
+    _native("float32"),
+    module="adagrad_native",
+    copies=3,
+)
+
+
+# -- the roofline probe --------------------------------------------------------------------
+
+
+def roofline_step(roofline: Roofline, elements: int) -> StepFn:
+    """A step that moves the roofline's bytes over `elements` with the native probe."""
+    from adagrad_native import _core
+
+    calls = []
+    for p in roofline.passes:
+        dt = to_numpy_dtype(p.dtype)
+        ro = [np.ones(elements, dt) for _ in range(p.read_only)]
+        rw = [np.ones(elements, dt) for _ in range(p.read_write)]
+        calls.append((ro, rw))
+
+    def step() -> None:
+        for ro, rw in calls:
+            _core.stream_probe(ro, rw)
+
+    return step
+
+
+def probe_unavailable() -> str | None:
+    """Why the roofline probe cannot run, or None."""
+    try:
+        from adagrad_native import _core
+    except ImportError as e:
+        return f"adagrad_native is not importable ({e})"
+    return None if hasattr(_core, "stream_probe") else "_core.stream_probe is missing"

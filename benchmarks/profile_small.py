@@ -1,0 +1,79 @@
+"""Where the time of a small-model `apply()` goes: Python orchestration vs the native call.
+
+Usage: python benchmarks/profile_small.py [--steps 20000] [--threads 1]
+
+Prints, for the 4-tensor MLP of workload 3: the time per `apply()`, the time of the native
+probe over the same bytes, the time of `apply()` on 4 one-element tensors (≈ fixed per-call
+overhead), and a cProfile listing of the Python functions by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from workloads import LEARNING_RATE, MLP_SHAPES  # noqa: E402
+
+
+def per_call(fn: object, steps: int) -> float:
+    """Median over 5 batches of the time per call, in µs."""
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(steps // 5):
+            fn()  # type: ignore[operator]
+        times.append((time.perf_counter() - t0) / (steps // 5))
+    return float(np.median(times)) * 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    import adagrad_native as an
+    from adagrad_native import _core
+
+    if args.threads:
+        an.set_num_threads(args.threads)
+    params = [np.zeros(s, np.float32) for s in MLP_SHAPES]
+    grads = [np.full(s, 1e-2, np.float32) for s in MLP_SHAPES]
+    opt = an.Adagrad(learning_rate=LEARNING_RATE)
+    opt.build(params)
+    tiny_p = [np.zeros(1, np.float32) for _ in MLP_SHAPES]
+    tiny_g = [np.ones(1, np.float32) for _ in MLP_SHAPES]
+    tiny = an.Adagrad(learning_rate=LEARNING_RATE)
+    tiny.build(tiny_p)
+    n = sum(p.size for p in params)
+    flat = [np.ones(n, np.float32) for _ in range(3)]
+
+    apply_us = per_call(lambda: opt.apply(grads, params), args.steps)
+    tiny_us = per_call(lambda: tiny.apply(tiny_g, tiny_p), args.steps)
+    probe_us = per_call(lambda: _core.stream_probe(flat[:1], flat[1:]), args.steps)
+    print(f"threads {an.get_num_threads()}, MLP {n} elements")
+    print(f"apply() MLP              {apply_us:8.2f} µs")
+    print(f"apply() 4 x 1 element    {tiny_us:8.2f} µs  (per-call overhead)")
+    print(f"probe over MLP bytes     {probe_us:8.2f} µs  (20 B/elem, includes its own call)")
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(args.steps):
+        opt.apply(grads, params)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(12)
+    print(out.getvalue())
+
+
+if __name__ == "__main__":
+    main()
