@@ -230,9 +230,9 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
         // Keras: sqrt only of a positive sum (a NaN sum stays NaN).
         steps[t].norm = tensor_sums[t] > 0.0 ? std::sqrt(tensor_sums[t]) : tensor_sums[t];
       }
-      result.global_norm = std::sqrt(total);
       if (plan.clip == Clip::global_norm) {
-        for (TensorStep& ts : steps) ts.norm = result.global_norm;
+        const double global_norm = std::sqrt(total);
+        for (TensorStep& ts : steps) ts.norm = global_norm;
       }
     }
   }

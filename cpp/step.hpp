@@ -82,7 +82,6 @@ struct TensorStep {
 struct StepResult {
   bool finite = true;
   int64_t first_nonfinite = -1;  // tensor index, when !finite
-  double global_norm = 0.0;      // only when a norm was computed
   bool applied = true;           // false when check_finite stopped the step
 };
 
