@@ -2,7 +2,8 @@
 
 Each implementation is an `Impl`: it says whether it is installed, whether it can express a
 workload's options, roughly how many array copies it holds, and prepares a `step()` closure
-that performs one full, synchronous optimizer step on its own copy of the parameters.
+that performs one full, synchronous optimizer step. The in-place implementations share the
+workload's buffers (see `workloads.Data`); the jax peers and the oracle hold copies.
 
 Peer configuration (closest equivalent of Keras 3 Adagrad, lr=0.01, initial accumulator 0.1,
 epsilon 1e-7 inside the square root):
@@ -76,11 +77,17 @@ class Impl:
 # -- this package --------------------------------------------------------------------------
 
 
+def shared_accumulators(data: Data) -> list[np.ndarray]:
+    """The accumulators every in-place implementation updates (made on first use)."""
+    if data.accumulators is None:
+        data.accumulators = [np.full_like(p, INIT_ACC) for p in data.params]
+    return data.accumulators
+
+
 def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]:
     def prepare(wl: Workload, data: Data) -> StepFn:
         import adagrad_native as an
 
-        params = [p.copy() for p in data.params]
         kwargs: dict[str, Any] = dict(wl.options)
         if accumulator_dtype:
             kwargs["accumulator_dtype"] = accumulator_dtype
@@ -90,7 +97,10 @@ def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]
             epsilon=EPSILON,
             **kwargs,
         )
+        params = data.params
         opt.build(params)
+        if not accumulator_dtype:
+            _adopt_accumulators(opt, shared_accumulators(data))
         grads = data.grads
 
         def step() -> None:
@@ -99,6 +109,21 @@ def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]
         return step
 
     return prepare
+
+
+def _adopt_accumulators(opt: Any, buffers: list[np.ndarray]) -> None:
+    """Points the optimizer's accumulators at `buffers` (benchmark only: private API).
+
+    The package has no public way to adopt outside state buffers (Keras has none either);
+    this makes it step the same accumulator memory as the other implementations.
+    """
+    accumulators = [
+        v for v in opt.variables
+        if v.path.endswith("_accumulator") and not v.path.endswith("_gradient_accumulator")
+    ]
+    for variable, buffer in zip(accumulators, buffers, strict=True):
+        variable._value = buffer
+    opt._group = opt._make_group(opt._trainable_variables, opt._user_variables)
 
 
 # -- numpy ---------------------------------------------------------------------------------
@@ -132,8 +157,8 @@ def _oracle(wl: Workload, data: Data) -> StepFn:
 
 def _numpy_loop(wl: Workload, data: Data) -> StepFn:
     """The smallest in-place numpy loop of the Keras 3 update (one scratch array per tensor)."""
-    params = [p.copy() for p in data.params]
-    accs = [np.full_like(p, INIT_ACC) for p in params]
+    params = data.params
+    accs = shared_accumulators(data)
     scratch = [np.empty_like(p) for p in params]
     grads = data.grads
     lr = [p.dtype.type(LEARNING_RATE) for p in params]
@@ -173,12 +198,14 @@ def _torch(**flags: bool) -> Callable[[Workload, Data], StepFn]:
         torch.set_num_threads(an.get_num_threads())
         params = []
         for p, g in zip(data.params, data.grads, strict=True):
-            t = _torch_tensor(p.copy()).requires_grad_(True)
-            t.grad = _torch_tensor(g)  # shares the numpy gradient, no copy
+            t = _torch_tensor(p).requires_grad_(True)  # shares the numpy buffers, no copies
+            t.grad = _torch_tensor(g)
             params.append(t)
         opt = torch.optim.Adagrad(
             params, lr=LEARNING_RATE, initial_accumulator_value=INIT_ACC, eps=EPSILON, **flags
         )
+        for t, acc in zip(params, shared_accumulators(data), strict=True):
+            opt.state[t]["sum"] = _torch_tensor(acc)
 
         def step() -> None:
             with torch.no_grad():
@@ -291,15 +318,33 @@ NATIVE_ACC32 = Impl(
 # -- the roofline probe --------------------------------------------------------------------
 
 
-def roofline_step(roofline: Roofline, elements: int) -> StepFn:
-    """A step that moves the roofline's bytes over `elements` with the native probe."""
+def roofline_step(roofline: Roofline, elements: int, data: Data | None = None) -> StepFn:
+    """A step that moves the roofline's bytes over `elements` with the native probe.
+
+    For a one-tensor workload whose roofline is the plain step (gradient read, parameter
+    and accumulator read and written, one dtype), the probe streams the workload's own
+    shared buffers; otherwise flat arrays of its own.
+    """
     from adagrad_native import _core
 
     calls = []
     for p in roofline.passes:
         dt = to_numpy_dtype(p.dtype)
-        ro = [np.ones(elements, dt) for _ in range(p.read_only)]
-        rw = [np.ones(elements, dt) for _ in range(p.read_write)]
+        shared = (
+            data is not None
+            and len(roofline.passes) == 1
+            and len(data.params) == 1
+            and (p.read_only, p.read_write) == (1, 2)
+            and data.params[0].dtype == dt
+        )
+        if shared:
+            assert data is not None
+            acc = shared_accumulators(data)[0]
+            ro = [data.grads[0].reshape(-1)]
+            rw = [data.params[0].reshape(-1), acc.reshape(-1)]
+        else:
+            ro = [np.ones(elements, dt) for _ in range(p.read_only)]
+            rw = [np.ones(elements, dt) for _ in range(p.read_write)]
         calls.append((ro, rw))
 
     def step() -> None:

@@ -84,7 +84,7 @@ def run_workload(
         for rf in wl.rooflines:
 
             def prepare_probe(rf: Roofline = rf) -> Timed:
-                return Timed(peers.roofline_step(rf, wl.elements), args.warmup, args.repeats)
+                return Timed(peers.roofline_step(rf, wl.elements, data), args.warmup, args.repeats)
 
             entries.append((_roofline_name(rf), prepare_probe, _roofline_bytes(rf, wl.elements)))
     chosen = list(impls)
@@ -262,7 +262,7 @@ def thread_table(args: argparse.Namespace, with_roofline: bool) -> report.Table:
             )
             if with_roofline:
                 steps[(_roofline_name(wl.rooflines[0]), threads)] = Timed(
-                    peers.roofline_step(wl.rooflines[0], n),
+                    peers.roofline_step(wl.rooflines[0], n, data),
                     args.warmup,
                     args.repeats,
                     before=set_an,

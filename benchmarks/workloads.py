@@ -184,10 +184,18 @@ def thread_sizes(quick: bool = False) -> tuple[int, ...]:
 
 @dataclass
 class Data:
-    """The initial parameters and the (fixed) gradients of a workload, as numpy arrays."""
+    """The buffers of a workload, shared by every implementation that can work in place.
 
-    params: list[np.ndarray]
-    grads: list[np.ndarray]
+    On this VM the speed of a memory stream depends on where its pages landed: identical
+    16M-element buffers probed in one process differ by up to 30%, consistently per buffer.
+    So the implementations that update numpy memory in place (this package, torch, the
+    numpy loop, the roofline probe) all step the same parameter, gradient and accumulator
+    buffers; only the jax peers and the oracle hold copies.
+    """
+
+    params: list[np.ndarray]  # updated in place by every in-place implementation
+    grads: list[np.ndarray]  # fixed
+    accumulators: list[np.ndarray] | None = None  # made by `shared_accumulators`
 
     @property
     def nbytes(self) -> int:
@@ -195,7 +203,11 @@ class Data:
 
 
 def make_data(wl: Workload, seed: int = 0) -> Data:
-    """Random parameters (N(0,1)) and small random gradients (N(0, 1e-2)) of the workload."""
+    """Random parameters (N(0,1)) and small random gradients (N(0, 1e-2)) of the workload.
+
+    Every implementation steps the same parameters, so each starts from where the previous
+    one left them; an Adagrad step keeps them finite, which is all the timing needs.
+    """
     rng = np.random.default_rng(seed)
     dt = to_numpy_dtype(wl.dtype)
     params, grads = [], []
