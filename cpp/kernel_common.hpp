@@ -9,7 +9,7 @@
 
 #include "step.hpp"
 
-#if defined(__AVX2__) || defined(__F16C__)
+#if defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -91,66 +91,68 @@ inline void store_view(X* p, const C* buf, int64_t n) {
   }
 }
 
-// 16-bit conversions, eight at a time where the ISA has them (GCC does not
-// vectorize _Float16 or bit-manipulated bf16 conversions by itself). The
-// scalar tails use the same rounding, so every ISA path gives the same bits.
+// 16-bit conversions, eight lanes in a register where the ISA has them (GCC
+// does not vectorize _Float16 or bit-manipulated bf16 conversions by itself).
+// The scalar tails use the same rounding, so every ISA path gives the same bits.
+#if defined(__AVX2__) && defined(__F16C__)
+#define ADAGRAD_HAVE_LANES8 1
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const f16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load8(const bf16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+inline void store8(float* p, __m256 x) { _mm256_storeu_ps(p, x); }
+inline void store8(f16* p, __m256 x) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+}
+// Same rounding as from_c<bf16>: nearest even, NaN stays a quiet NaN. Few
+// shift/shuffle operations: they share the execution ports of sqrt and div.
+inline void store8(bf16* p, __m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd);
+  const __m256i quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x00400000));
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+  const __m256i r = _mm256_blendv_epi8(rounded, quiet, is_nan);
+  // The high 16 bits of each lane, in order: bytes 2,3,6,7,.. of each 128-bit
+  // half to its low 8 bytes, then the two halves' low quadwords together.
+  const __m256i high = _mm256_shuffle_epi8(
+      r, _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7,
+                          10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+  const __m256i packed = _mm256_permute4x64_epi64(high, 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
 template <>
 inline float* load_view<float, f16>(f16* p, float* buf, int64_t n) {
   int64_t i = 0;
-#if defined(__F16C__) && defined(__AVX__)
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    _mm256_storeu_ps(buf + i, _mm256_cvtph_ps(h));
-  }
-#endif
-  for (; i < n; ++i) buf[i] = static_cast<float>(p[i]);
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(p + i));
+  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
+  return buf;
+}
+template <>
+inline float* load_view<float, bf16>(bf16* p, float* buf, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(p + i));
+  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
   return buf;
 }
 template <>
 inline void store_view<float, f16>(f16* p, const float* buf, int64_t n) {
   int64_t i = 0;
-#if defined(__F16C__) && defined(__AVX__)
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(buf + i), _MM_FROUND_TO_NEAREST_INT);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), h);
-  }
-#endif
-  for (; i < n; ++i) p[i] = static_cast<f16>(buf[i]);
-}
-template <>
-inline float* load_view<float, bf16>(bf16* p, float* buf, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX2__)
-  for (; i + 8 <= n; i += 8) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    const __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
-    _mm256_storeu_ps(buf + i, _mm256_castsi256_ps(u));
-  }
-#endif
-  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
-  return buf;
+  for (; i + 8 <= n; i += 8) store8(p + i, _mm256_loadu_ps(buf + i));
+  for (; i < n; ++i) p[i] = from_c<f16>(buf[i]);
 }
 template <>
 inline void store_view<float, bf16>(bf16* p, const float* buf, int64_t n) {
   int64_t i = 0;
-#if defined(__AVX2__)
-  const __m256i lsb = _mm256_set1_epi32(1), bias = _mm256_set1_epi32(0x7FFF);
-  const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
-  const __m256i quiet = _mm256_set1_epi32(0x40);
-  for (; i + 8 <= n; i += 8) {
-    const __m256i u = _mm256_castps_si256(_mm256_loadu_ps(buf + i));
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), lsb);
-    const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), odd), 16);
-    const __m256i nan_bits = _mm256_or_si256(_mm256_srli_epi32(u, 16), quiet);
-    const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs_mask), inf);
-    const __m256i r = _mm256_blendv_epi8(rounded, nan_bits, is_nan);
-    // Pack the eight 32-bit lanes (each < 2^16) to 16 bits, in order.
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xD8);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + i), _mm256_castsi256_si128(packed));
-  }
-#endif
+  for (; i + 8 <= n; i += 8) store8(p + i, _mm256_loadu_ps(buf + i));
   for (; i < n; ++i) p[i] = from_c<bf16>(buf[i]);
 }
+#endif
 
 // The gradient the update sees before clipping: g / loss_scale, and on an
 // accumulation update step (g + gacc) / k (Keras' operation order). Returns

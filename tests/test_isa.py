@@ -11,6 +11,8 @@ FEATURES = {
     "global_clip_ema": {"global_clipnorm": 0.5, "use_ema": True, "ema_overwrite_frequency": 2},
     "clipnorm_wd_scale": {"clipnorm": 0.3, "weight_decay": 0.01, "loss_scale_factor": 8.0},
     "clipvalue_accum": {"clipvalue": 0.2, "gradient_accumulation_steps": 2},
+    "wd_acc32": {"weight_decay": 0.01, "accumulator_dtype": "float32"},
+    "nonfinite": {},  # NaN and inf in the gradients propagate into the stored values
 }
 DTYPES = ["float32", "float64", "float16", "bfloat16"]
 
@@ -21,9 +23,13 @@ def _run(isa, dtype, features):
     dt = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(__import__("ml_dtypes").bfloat16)
     shapes = [(70_001,), (3, 33), (), (17,)]
     params = [rng.normal(size=s).astype(dt) for s in shapes]
+    nonfinite = features is FEATURES["nonfinite"]
     opt = an.Adagrad(0.05, **features)
-    for _ in range(4):
-        opt.apply([rng.normal(size=s).astype(dt) for s in shapes], params)
+    for step in range(4):
+        grads = [rng.normal(size=s).astype(dt) for s in shapes]
+        if nonfinite and step == 2:
+            grads[0][[3, 40, 41, 69_999]] = [np.nan, np.inf, -np.inf, np.nan]
+        opt.apply(grads, params)
     return [p.tobytes() for p in params] + [v.value.tobytes() for v in opt.variables]
 
 
