@@ -18,9 +18,15 @@ U& probe_sink() {
 // denormal or NaN slow paths. The first read-only array is added into every
 // read-write one in a single fused loop when there are at most three of them
 // (every step's shape); other arrays are folded in block-wise through L1.
+// A zero the compiler cannot see: every written value is `old + (read & zero)`,
+// so the probe loads and stores every byte but leaves the values as they were
+// (benchmarks run it on the same buffers as the optimizers).
+volatile uint64_t opaque_zero = 0;
+
 template <class U>
 void probe_range(const std::vector<const void*>& read_only, const std::vector<void*>& read_write,
                  int64_t begin, int64_t end) {
+  const U zero = static_cast<U>(opaque_zero);
   constexpr int64_t kBlock = 1024;
   const std::size_t nr = read_only.size(), nw = read_write.size();
   for (int64_t b = begin; b < end; b += kBlock) {
@@ -44,24 +50,25 @@ void probe_range(const std::vector<const void*>& read_only, const std::vector<vo
     U* __restrict w0 = static_cast<U*>(read_write[0]) + b;
     U* __restrict w1 = nw > 1 ? static_cast<U*>(read_write[1]) + b : nullptr;
     U* __restrict w2 = nw > 2 ? static_cast<U*>(read_write[2]) + b : nullptr;
-    const U one = 1;
     if (nw == 1) {
-      for (int64_t i = 0; i < n; ++i) w0[i] = static_cast<U>(w0[i] + (src ? src[i] : one));
+      for (int64_t i = 0; i < n; ++i) w0[i] = static_cast<U>(w0[i] + ((src ? src[i] : 1) & zero));
     } else if (nw == 2 && src) {
       for (int64_t i = 0; i < n; ++i) {
-        w0[i] = static_cast<U>(w0[i] + src[i]);
-        w1[i] = static_cast<U>(w1[i] + src[i]);
+        w0[i] = static_cast<U>(w0[i] + (src[i] & zero));
+        w1[i] = static_cast<U>(w1[i] + (src[i] & zero));
       }
     } else if (nw == 3 && src) {
       for (int64_t i = 0; i < n; ++i) {
-        w0[i] = static_cast<U>(w0[i] + src[i]);
-        w1[i] = static_cast<U>(w1[i] + src[i]);
-        w2[i] = static_cast<U>(w2[i] + src[i]);
+        w0[i] = static_cast<U>(w0[i] + (src[i] & zero));
+        w1[i] = static_cast<U>(w1[i] + (src[i] & zero));
+        w2[i] = static_cast<U>(w2[i] + (src[i] & zero));
       }
     } else {
       for (void* w : read_write) {
         U* __restrict dst = static_cast<U*>(w) + b;
-        for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<U>(dst[i] + (src ? src[i] : one));
+        for (int64_t i = 0; i < n; ++i) {
+          dst[i] = static_cast<U>(dst[i] + ((src ? src[i] : 1) & zero));
+        }
       }
     }
   }

@@ -9,7 +9,8 @@
 namespace adagrad {
 
 // All arrays have `size` elements of `itemsize` bytes (2, 4 or 8). Every
-// read_only array is read once; every read_write array is read and written.
+// read_only array is read once; every read_write array is read and written
+// back unchanged.
 void stream_probe(const std::vector<const void*>& read_only,
                   const std::vector<void*>& read_write, int64_t size, int itemsize);
 
