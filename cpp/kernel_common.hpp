@@ -62,35 +62,6 @@ inline bf16 from_c<bf16, float>(float f) {
   return bf16{static_cast<uint16_t>(is_nan ? quiet_nan : rounded)};
 }
 
-// A compute-typed view of n elements: the buffer itself when the storage type
-// is the compute type, otherwise a converted copy in `buf` (L1-resident).
-template <class C, class X>
-inline C* load_view(X* p, C* buf, int64_t n) {
-  if constexpr (std::is_same_v<C, X>) {
-    (void)buf;
-    (void)n;
-    return p;
-  } else {
-    for (int64_t i = 0; i < n; ++i) buf[i] = to_c<C>(p[i]);
-    return buf;
-  }
-}
-template <class C, class X>
-inline const C* load_view(const X* p, C* buf, int64_t n) {
-  return load_view<C>(const_cast<X*>(p), buf, n);
-}
-// Writes a view back; a no-op when the view was the buffer itself.
-template <class C, class X>
-inline void store_view(X* p, const C* buf, int64_t n) {
-  if constexpr (!std::is_same_v<C, X>) {
-    for (int64_t i = 0; i < n; ++i) p[i] = from_c<X>(buf[i]);
-  } else {
-    (void)p;
-    (void)buf;
-    (void)n;
-  }
-}
-
 // 16-bit conversions, eight lanes in a register where the ISA has them (GCC
 // does not vectorize _Float16 or bit-manipulated bf16 conversions by itself).
 // The scalar tails use the same rounding, so every ISA path gives the same bits.
@@ -126,33 +97,48 @@ inline void store8(bf16* p, __m256 x) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
-template <>
-inline float* load_view<float, f16>(f16* p, float* buf, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(p + i));
-  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
-  return buf;
-}
-template <>
-inline float* load_view<float, bf16>(bf16* p, float* buf, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(p + i));
-  for (; i < n; ++i) buf[i] = to_c<float>(p[i]);
-  return buf;
-}
-template <>
-inline void store_view<float, f16>(f16* p, const float* buf, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) store8(p + i, _mm256_loadu_ps(buf + i));
-  for (; i < n; ++i) p[i] = from_c<f16>(buf[i]);
-}
-template <>
-inline void store_view<float, bf16>(bf16* p, const float* buf, int64_t n) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) store8(p + i, _mm256_loadu_ps(buf + i));
-  for (; i < n; ++i) p[i] = from_c<bf16>(buf[i]);
-}
 #endif
+
+// A compute-typed view of n elements: the buffer itself when the storage type
+// is the compute type, otherwise a converted copy in `buf` (L1-resident).
+template <class C, class X>
+inline C* load_view(X* p, C* buf, int64_t n) {
+  if constexpr (std::is_same_v<C, X>) {
+    (void)buf;
+    (void)n;
+    return p;
+  } else {
+    int64_t i = 0;
+#ifdef ADAGRAD_HAVE_LANES8
+    if constexpr (std::is_same_v<C, float>) {
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(buf + i, load8(p + i));
+    }
+#endif
+    for (; i < n; ++i) buf[i] = to_c<C>(p[i]);
+    return buf;
+  }
+}
+template <class C, class X>
+inline const C* load_view(const X* p, C* buf, int64_t n) {
+  return load_view<C>(const_cast<X*>(p), buf, n);
+}
+// Writes a view back; a no-op when the view was the buffer itself.
+template <class C, class X>
+inline void store_view(X* p, const C* buf, int64_t n) {
+  if constexpr (!std::is_same_v<C, X>) {
+    int64_t i = 0;
+#ifdef ADAGRAD_HAVE_LANES8
+    if constexpr (std::is_same_v<C, float>) {
+      for (; i + 8 <= n; i += 8) store8(p + i, _mm256_loadu_ps(buf + i));
+    }
+#endif
+    for (; i < n; ++i) p[i] = from_c<X>(buf[i]);
+  } else {
+    (void)p;
+    (void)buf;
+    (void)n;
+  }
+}
 
 // The gradient the update sees before clipping: g / loss_scale, and on an
 // accumulation update step (g + gacc) / k (Keras' operation order). Returns
