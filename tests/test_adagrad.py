@@ -435,3 +435,20 @@ def test_assign_between_steps_is_seen_by_the_core(rng):
     opt.apply([g], [v])
     ref.apply([g])
     assert_close(np.asarray(v), ref.params[0], 2, "param after assign")
+
+
+def test_fresh_view_objects_in_swapped_order_update_the_right_variables():
+    # Temporary objects can get the ids of the previous call's objects; the
+    # call-order cache must not map them by those ids alone.
+    a, b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    opt = an.Adagrad(1.0)
+    opt.build([a, b])
+    up, down = np.ones(3, np.float32), -np.ones(3, np.float32)
+    for _ in range(3):
+        opt.apply([up, down], [a.view(), b.view()])
+        opt.apply([down, up], [b.view(), a.view()])
+    ref_a, ref_b = np.zeros(3, np.float32), np.zeros(3, np.float32)
+    ref = an.Adagrad(1.0)
+    for _ in range(6):
+        ref.apply([up, down], [ref_a, ref_b])
+    assert a.tobytes() == ref_a.tobytes() and b.tobytes() == ref_b.tobytes()

@@ -137,7 +137,7 @@ class Optimizer:
         self._plan = _core.StepPlan()
         self._plan_key: tuple[Any, ...] | None = None
         self._plan_lr: float | None = None
-        self._order_cache: dict[tuple[int, ...], Any] = {}
+        self._order_cache: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(np.zeros((), np.int64), "iteration",
                                        aggregation="only_first_replica")
@@ -474,12 +474,14 @@ class Optimizer:
         if not self.built:
             self.build(trainable_variables)
         ids = tuple(map(id, trainable_variables))
-        order = self._order_cache.get(ids)
-        if order is None:
-            order = self._build_order(trainable_variables)
+        cached = self._order_cache.get(ids)
+        if cached is None:
+            # The entry holds the objects, so their ids cannot be reused while it exists.
+            cached = (self._build_order(trainable_variables), trainable_variables)
             if len(self._order_cache) > 8:  # a few call patterns at most; keep it bounded
                 self._order_cache.clear()
-            self._order_cache[ids] = order
+            self._order_cache[ids] = cached
+        order = cached[0]
         if order is _IDENTITY:
             return grads, _none_positions(grads)
         ordered: list[Any] = [None] * len(self._trainable_variables)
