@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "dispatch.hpp"
+#include "fast_step.hpp"
+#include "py_group.hpp"
 #include "roofline.hpp"
 #include "step.hpp"
 
@@ -73,18 +75,6 @@ py::array writable_buffer(const py::handle& obj, const std::string& what) {
   }
   return a;
 }
-
-struct PyGroup {
-  PyGroup(std::vector<adagrad::TensorSlots> slots, std::vector<py::array> keep,
-          std::vector<std::string> names_, std::vector<py::array> params_, std::vector<int> nums)
-      : group(std::move(slots)), keep_alive(std::move(keep)), names(std::move(names_)),
-        params(std::move(params_)), dtype_nums(std::move(nums)) {}
-  adagrad::SlotGroup group;
-  std::vector<py::array> keep_alive;  // the core holds raw pointers into these
-  std::vector<std::string> names;
-  std::vector<py::array> params;
-  std::vector<int> dtype_nums;
-};
 
 void* optional_slot(const py::handle& obj, const py::array& param, const std::string& what,
                     bool wide_ok, std::vector<py::array>& keep, py::ssize_t expected_size = -1) {
@@ -381,6 +371,18 @@ PYBIND11_MODULE(_core, m) {
                              [](const PyGroup& g) { return g.group.tensors().size(); })
       .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })
       .def_property_readonly("chunk_elements", [](const PyGroup& g) { return g.group.work().chunk; });
+
+  py::class_<FastStep>(m, "FastStep")
+      .def(py::init<py::object, const adagrad::StepPlan&, py::array, py::array,
+                    const py::sequence&>(),
+           py::arg("group"), py::arg("plan"), py::arg("iterations"), py::arg("learning_rate"),
+           py::arg("variables"))
+      .def("accepts", &FastStep::accepts, py::arg("variables"))
+      .def("try_step", &FastStep::try_step, py::arg("grads"), py::arg("variables"),
+           "The steady-state step: -1 when it ran, >= 0 the tensor whose gradient is not "
+           "finite (plan.check_finite; nothing written), DECLINED when the call needs the "
+           "general path (nothing read or written).");
+  m.attr("DECLINED") = FastStep::kDeclined;
 
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "

@@ -111,6 +111,8 @@ class Optimizer:
         self._validate(weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                        ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                        gradient_accumulation_steps)
+        self._fast_step: Any = None  # the native steady-state step; see _keep_fast_step
+        self._fast_version = -1  # Variable.constraint_version when it was made
         self.name = name or auto_name(_snake_case(type(self).__name__))
         self.weight_decay = weight_decay
         self.clipnorm = clipnorm
@@ -143,6 +145,13 @@ class Optimizer:
                                        aggregation="only_first_replica")
         self._learning_rate: Any = None
         self.learning_rate = learning_rate
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A public attribute may be a hyperparameter the native fast step has
+        # baked into its plan; so may the learning rate. Changing one drops it.
+        if not name.startswith("_") or name == "_learning_rate":
+            object.__setattr__(self, "_fast_step", None)
+        object.__setattr__(self, name, value)
 
     @staticmethod
     def _validate(weight_decay: Any, clipnorm: Any, clipvalue: Any, global_clipnorm: Any,
@@ -436,11 +445,43 @@ class Optimizer:
                 updated in place. Nothing is modified when it raises.
             TypeError: On a gradient whose dtype differs from its variable's.
         """
-        grads = list(grads)
-        if not grads:
-            return
         with self._lock:
-            self._step(*self._ordered_gradients(grads, trainable_variables))
+            fast = self._fast_step
+            if fast is not None and self._fast_version == Variable.constraint_version:
+                bad = fast.try_step(grads, trainable_variables)
+                if bad != _core.DECLINED:
+                    if bad >= 0 and self.on_nonfinite == "raise":
+                        raise self._nonfinite_error(bad)
+                    return
+            grads = list(grads)
+            if not grads:
+                return
+            ordered, missing = self._ordered_gradients(grads, trainable_variables)
+            if self._step(ordered, missing) and ordered is grads and not missing:
+                self._keep_fast_step(trainable_variables)
+
+    def _keep_fast_step(self, trainable_variables: Sequence[Any] | None) -> None:
+        """After a step in build order with every gradient present, makes it repeatable natively.
+
+        The native FastStep repeats this step's plan, reading the learning rate
+        from its variable and bumping `iterations`, for as long as nothing the
+        plan depends on changes: a hyperparameter (`__setattr__` drops it), a
+        variable's constraint (`_fast_version`) or the call's variables (it
+        declines). Steps whose plan changes from step to step (a schedule or
+        callable learning rate, gradient accumulation, EMA) and constrained
+        variables always take the general path.
+        """
+        fast = self._fast_step
+        if (fast is not None and self._fast_version == Variable.constraint_version
+                and fast.accepts(trainable_variables)):
+            return
+        if (type(self._learning_rate) is not Variable or self.gradient_accumulation_steps
+                or self.use_ema or self._constrained()):
+            return
+        variables = self._user_variables if trainable_variables is None else trainable_variables
+        self._fast_step = _core.FastStep(self._group, self._plan, self._iterations.value,
+                                         self._learning_rate.value, list(variables))
+        self._fast_version = Variable.constraint_version
 
     def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
                            ) -> tuple[list[Any], list[int]]:
@@ -541,10 +582,7 @@ class Optimizer:
         bad = _core.step(self._group, grads, plan)
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
-                raise ValueError(
-                    f"The gradient for variable '{self._trainable_variables[bad].path}' (index "
-                    f"{bad}) contains inf or NaN; nothing was updated (on_nonfinite='raise')."
-                )
+                raise self._nonfinite_error(bad)
             return False
         if missing:
             paths = [self._trainable_variables[i].path for i in missing]
@@ -559,6 +597,12 @@ class Optimizer:
                 v.assign(v.constraint(v))
         self._iterations.value[()] = raw + 1
         return True
+
+    def _nonfinite_error(self, index: int) -> ValueError:
+        return ValueError(
+            f"The gradient for variable '{self._trainable_variables[index].path}' (index "
+            f"{index}) contains inf or NaN; nothing was updated (on_nonfinite='raise')."
+        )
 
     def _constrained(self) -> list[int]:
         """Indices of the variables that have a constraint (cached)."""
@@ -655,12 +699,13 @@ class Optimizer:
             self._restore_groups(saved_groups)
 
     def _swap_groups(self) -> Any:
-        saved = self._group
+        saved = (self._group, self._fast_step, self._fast_version)
         self._group = self._make_group(self._trainable_variables, self._user_variables)
+        self._fast_step = None  # it holds the real buffers
         return saved
 
     def _restore_groups(self, saved: Any) -> None:
-        self._group = saved
+        self._group, self._fast_step, self._fast_version = saved
 
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any],
                         trainable_variables: Sequence[Any]) -> tuple[list[np.ndarray],

@@ -1,0 +1,105 @@
+#include "fast_step.hpp"
+
+#include <stdexcept>
+#include <utility>
+
+namespace py = pybind11;
+
+namespace {
+
+constexpr int kReadable = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                          py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+
+// A gradient the core reads as it is: an ndarray with the parameter's dtype
+// and shape, C-contiguous, aligned, in native byte order. Anything else goes
+// the general way, which converts it or explains what is wrong.
+bool ready(const py::handle& obj, const py::array& param, int dtype_num) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  const auto* a = py::detail::array_proxy(obj.ptr());
+  const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  if (d->type_num != dtype_num || (a->flags & kReadable) != kReadable) return false;
+  if (d->byteorder != '=' && d->byteorder != '|') return false;
+  if (a->nd != param.ndim()) return false;
+  for (int k = 0; k < a->nd; ++k) {
+    if (a->dimensions[k] != param.shape(k)) return false;
+  }
+  return true;
+}
+
+// The items of a list or tuple (borrowed), or nullptr for anything else.
+PyObject* const* items_of(const py::handle& seq, py::ssize_t& size) {
+  if (PyList_Check(seq.ptr())) {
+    size = PyList_GET_SIZE(seq.ptr());
+    return PySequence_Fast_ITEMS(seq.ptr());
+  }
+  if (PyTuple_Check(seq.ptr())) {
+    size = PyTuple_GET_SIZE(seq.ptr());
+    return PySequence_Fast_ITEMS(seq.ptr());
+  }
+  return nullptr;
+}
+
+py::array scalar(py::array a, int dtype_num, const char* what) {
+  if (a.ndim() != 0 || a.dtype().num() != dtype_num || !a.writeable()) {
+    throw std::invalid_argument(std::string("FastStep: ") + what +
+                                " must be a writeable 0-d array of the expected dtype.");
+  }
+  return a;
+}
+
+}  // namespace
+
+FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, py::array iterations,
+                   py::array learning_rate, const py::sequence& variables)
+    : group_object_(std::move(group)),
+      group_(group_object_.cast<PyGroup&>()),
+      plan_(plan),
+      iterations_(scalar(std::move(iterations), py::dtype::of<int64_t>().num(), "iterations")),
+      learning_rate_(scalar(std::move(learning_rate), py::dtype::of<float>().num(),
+                            "learning_rate")),
+      steps_(group_.group.tensors().size()) {
+  if (variables.size() != steps_.size()) {
+    throw std::invalid_argument("FastStep: one variable per tensor of the group.");
+  }
+  for (const py::handle& v : variables) variables_.push_back(py::reinterpret_borrow<py::object>(v));
+  held_.reserve(steps_.size());
+}
+
+bool FastStep::accepts(const py::handle& variables) const {
+  if (variables.is_none()) return true;
+  py::ssize_t n = 0;
+  PyObject* const* items = items_of(variables, n);
+  if (items == nullptr || static_cast<size_t>(n) != variables_.size()) return false;
+  for (py::ssize_t i = 0; i < n; ++i) {
+    if (items[i] != variables_[i].ptr()) return false;
+  }
+  return true;
+}
+
+int64_t FastStep::try_step(const py::handle& grads, const py::handle& variables) {
+  py::ssize_t n = 0;
+  PyObject* const* items = items_of(grads, n);
+  if (items == nullptr || static_cast<size_t>(n) != steps_.size() || !accepts(variables)) {
+    return kDeclined;
+  }
+  for (py::ssize_t i = 0; i < n; ++i) {
+    if (!ready(items[i], group_.params[i], group_.dtype_nums[i])) return kDeclined;
+  }
+  // Every check passed; from here on the call is taken.
+  held_.clear();
+  for (py::ssize_t i = 0; i < n; ++i) {
+    held_.push_back(py::reinterpret_borrow<py::object>(items[i]));
+    steps_[i] = adagrad::TensorStep{};
+    steps_[i].grad = py::detail::array_proxy(items[i])->data;
+  }
+  plan_.learning_rate = *static_cast<const float*>(learning_rate_.data());
+  adagrad::StepResult r;
+  {
+    py::gil_scoped_release release;
+    r = adagrad::run_step(group_.group, steps_, plan_);
+  }
+  held_.clear();
+  if (!r.applied) return r.first_nonfinite;
+  ++*static_cast<int64_t*>(iterations_.mutable_data());
+  return -1;
+}

@@ -1,0 +1,24 @@
+// The Python-side SlotGroup: the core's group plus the numpy arrays it points
+// into (kept alive) and what the bindings need to check gradients against.
+#pragma once
+
+#include <pybind11/numpy.h>
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "step.hpp"
+
+struct PyGroup {
+  PyGroup(std::vector<adagrad::TensorSlots> slots, std::vector<pybind11::array> keep,
+          std::vector<std::string> names_, std::vector<pybind11::array> params_,
+          std::vector<int> nums)
+      : group(std::move(slots)), keep_alive(std::move(keep)), names(std::move(names_)),
+        params(std::move(params_)), dtype_nums(std::move(nums)) {}
+  adagrad::SlotGroup group;
+  std::vector<pybind11::array> keep_alive;  // the core holds raw pointers into these
+  std::vector<std::string> names;
+  std::vector<pybind11::array> params;
+  std::vector<int> dtype_nums;
+};
