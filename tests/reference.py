@@ -15,7 +15,10 @@ Written from the semantics of ``keras/src/optimizers/base_optimizer.py`` and
       iterations_raw += 1
 
 Element-wise math runs in the parameter dtype with Python scalars cast to that
-dtype (JAX/Keras weak typing).  Norms are reduced in float64, as the native core
+dtype (JAX/Keras weak typing); for float16/bfloat16 parameters it runs in float32
+and each stored value is rounded once, when it is stored (the package's documented
+deviation: Keras rounds after every operation).  ``accumulator_dtype="float32"``
+keeps 16-bit parameters' accumulators in float32.  Norms are reduced in float64, as the native core
 does (Keras reduces in the gradient dtype; the difference is an ulp of the clip
 factor).  A plain-float learning rate is stored as float32 like Keras' ``floatx``
 ``learning_rate`` variable, so float64 parameters see ``float64(float32(lr))``.
@@ -46,6 +49,7 @@ class ReferenceAdagrad:
         exclude_from_weight_decay=(),
         overwrite_with_gradient=(),
         constraints=None,
+        accumulator_dtype=None,
     ):
         self.learning_rate = learning_rate
         self.initial_accumulator_value = initial_accumulator_value
@@ -62,6 +66,7 @@ class ReferenceAdagrad:
         self.excluded = set(exclude_from_weight_decay)
         self.overwrite = set(overwrite_with_gradient)
         self.constraints = dict(constraints or {})
+        self.accumulator_dtype = accumulator_dtype
 
     # -- state -----------------------------------------------------------------
     def build(self, params):
@@ -69,7 +74,8 @@ class ReferenceAdagrad:
         n = len(self.params)
         slot = [i not in self.overwrite for i in range(n)]
         self.accumulators = [
-            np.full_like(p, self.initial_accumulator_value) if slot[i] else None
+            np.full_like(p, self.initial_accumulator_value, dtype=self._accumulator_dtype(p))
+            if slot[i] else None
             for i, p in enumerate(self.params)
         ]
         self.averages = [
@@ -79,6 +85,11 @@ class ReferenceAdagrad:
         # Keras creates a gradient accumulator for every variable, overwrite ones included.
         self.grad_accumulators = [np.zeros_like(p) if self.k else None for p in self.params]
         self.iterations_raw = 0
+
+    def _accumulator_dtype(self, p):
+        if self.accumulator_dtype and p.dtype.itemsize == 2:
+            return np.dtype(self.accumulator_dtype)
+        return p.dtype
 
     @property
     def iterations(self):
@@ -116,24 +127,30 @@ class ReferenceAdagrad:
         if rest:
             g = {}
             for i in rest:
-                dt = self.params[i].dtype.type
-                g[i] = np.array(grads[i], dtype=dt, copy=True)
+                dt = compute_dtype(self.params[i]).type
+                g[i] = np.asarray(grads[i], self.params[i].dtype).astype(dt)
                 if self.loss_scale_factor is not None:
                     g[i] = g[i] / dt(self.loss_scale_factor)
             if update_step:
                 if self.k:
                     for i in rest:
-                        dt = self.params[i].dtype.type
-                        g[i] = (g[i] + self.grad_accumulators[i]) / dt(self.k)
+                        gacc = self.grad_accumulators[i]
+                        dt = compute_dtype(gacc).type
+                        g[i] = (g[i] + gacc.astype(dt)) / dt(self.k)
                 self._clip(g)
-                self._weight_decay(rest)
-                self._adagrad(g)
+                # The parameters in the compute dtype, stored once after decay and Adagrad.
+                work = {i: self.params[i].astype(compute_dtype(self.params[i])) for i in rest}
+                self._weight_decay(work)
+                self._adagrad(g, work)
+                for i in rest:
+                    self.params[i][...] = work[i]
                 if self.k:
                     for gacc in self.grad_accumulators:
                         gacc[...] = 0
             else:
                 for i in rest:
-                    self.grad_accumulators[i] += g[i]
+                    gacc = self.grad_accumulators[i]
+                    gacc[...] = gacc.astype(compute_dtype(gacc)) + g[i]
             self._ema()
             for i in rest:
                 if i in self.constraints:
@@ -162,23 +179,23 @@ class ReferenceAdagrad:
             for i, gi in g.items():
                 g[i] = np.clip(gi, gi.dtype.type(-c), gi.dtype.type(c))
 
-    def _weight_decay(self, rest):
+    def _weight_decay(self, work):
         if self.weight_decay is None:
             return
-        for i in rest:
+        for i, p in work.items():
             if i in self.excluded:
                 continue
-            p = self.params[i]
             dt = p.dtype.type
             p[...] = p - p * dt(self.weight_decay) * dt(self.lr())
 
-    def _adagrad(self, g):
+    def _adagrad(self, g, work):
         lr = self.lr()
         for i, gi in g.items():
-            p, acc = self.params[i], self.accumulators[i]
+            p, acc = work[i], self.accumulators[i]
             dt = p.dtype.type
-            acc += gi * gi
-            p -= (dt(lr) * gi) / np.sqrt(acc + dt(self.epsilon))
+            a = acc.astype(dt) + gi * gi
+            acc[...] = a
+            p -= (dt(lr) * gi) / np.sqrt(a + dt(self.epsilon))
 
     def _ema(self):
         if not self.use_ema:
@@ -186,9 +203,9 @@ class ReferenceAdagrad:
         for p, avg in zip(self.params, self.averages, strict=True):
             if avg is None:
                 continue
-            dt = p.dtype.type
+            dt = compute_dtype(p).type
             m = dt(self.ema_momentum) if self.iterations != 0 else dt(0.0)
-            avg[...] = m * avg + (dt(1.0) - m) * p
+            avg[...] = m * avg.astype(dt) + (dt(1.0) - m) * p.astype(dt)
         freq = self.ema_overwrite_frequency
         if freq and (self.iterations + 1) % freq == 0:
             for p, avg in zip(self.params, self.averages, strict=True):
@@ -200,3 +217,8 @@ class ReferenceAdagrad:
             for p, avg in zip(self.params, self.averages, strict=True):
                 if avg is not None:
                     p[...] = avg
+
+
+def compute_dtype(array):
+    """The dtype the math runs in: float32 for 16-bit storage, else the storage dtype."""
+    return np.dtype(np.float32) if array.dtype.itemsize == 2 else array.dtype

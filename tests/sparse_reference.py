@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import numpy as np
-from reference import ReferenceAdagrad
+from reference import ReferenceAdagrad, compute_dtype
 
 
 def dense_equivalent(indices, values, shape):
@@ -46,13 +46,12 @@ class LazyReferenceAdagrad(ReferenceAdagrad):
     def _rows(self, i):
         return self._touched.get(i, slice(None))
 
-    def _weight_decay(self, rest):
+    def _weight_decay(self, work):
         if self.weight_decay is None:
             return
-        for i in rest:
+        for i, p in work.items():
             if i in self.excluded:
                 continue
-            p = self.params[i]
             dt = p.dtype.type
             r = self._rows(i)
             p[r] = p[r] - p[r] * dt(self.weight_decay) * dt(self.lr())
@@ -65,10 +64,10 @@ class LazyReferenceAdagrad(ReferenceAdagrad):
         for i, (p, avg) in enumerate(zip(self.params, self.averages, strict=True)):
             if avg is None:
                 continue
-            dt = p.dtype.type
+            dt = compute_dtype(p).type
             m = dt(self.ema_momentum) if self.iterations != 0 else dt(0.0)
             r = self._rows(i)
-            avg[r] = m * avg[r] + (dt(1.0) - m) * p[r]
+            avg[r] = m * avg[r].astype(dt) + (dt(1.0) - m) * p[r].astype(dt)
             if overwrite:
                 p[r] = avg[r]
 
@@ -93,7 +92,7 @@ class RowWiseReferenceAdagrad(ReferenceAdagrad):
     def build(self, params):
         super().build(params)
         self.accumulators = [
-            np.full(p.shape[:1], self.initial_accumulator_value, p.dtype)
+            np.full(p.shape[:1], self.initial_accumulator_value, self._accumulator_dtype(p))
             if acc is not None and p.ndim >= 2 else acc
             for p, acc in zip(self.params, self.accumulators, strict=True)
         ]
@@ -104,15 +103,15 @@ class RowWiseReferenceAdagrad(ReferenceAdagrad):
             for i, g in enumerate(grads)
         ])
 
-    def _adagrad(self, g):
+    def _adagrad(self, g, work):
         lr = self.lr()
         for i, gi in g.items():
-            p, acc = self.params[i], self.accumulators[i]
+            p, acc = work[i], self.accumulators[i]
             dt = p.dtype.type
             if p.ndim < 2:
-                acc += gi * gi
-                p -= (dt(lr) * gi) / np.sqrt(acc + dt(self.epsilon))
+                super()._adagrad({i: gi}, work)
                 continue
-            acc += rowwise_mean(gi).astype(p.dtype)
-            denom = np.sqrt(acc + dt(self.epsilon)).reshape((-1,) + (1,) * (p.ndim - 1))
+            a = acc.astype(dt) + rowwise_mean(gi).astype(dt)
+            acc[...] = a
+            denom = np.sqrt(a + dt(self.epsilon)).reshape((-1,) + (1,) * (p.ndim - 1))
             p -= (dt(lr) * gi) / denom
