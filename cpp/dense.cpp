@@ -112,14 +112,29 @@ struct Blocks {
     A* __restrict acc = static_cast<A*>(t.accumulator) + b;
     const bool decay = t.weight_decay && plan.weight_decay != 0.0;
     const __m256 lr8 = _mm256_set1_ps(lr), eps8 = _mm256_set1_ps(eps), wd8 = _mm256_set1_ps(wd);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      const __m256 gi = load8(g + i);
-      const __m256 a = _mm256_add_ps(load8(acc + i), _mm256_mul_ps(gi, gi));
-      __m256 vi = load8(v + i);
+    const auto update = [&](__m256 gi, __m256& a, __m256& vi) {
+      a = _mm256_add_ps(a, _mm256_mul_ps(gi, gi));
       if (decay) vi = _mm256_sub_ps(vi, _mm256_mul_ps(_mm256_mul_ps(vi, wd8), lr8));
       const __m256 den = _mm256_sqrt_ps(_mm256_add_ps(a, eps8));
       vi = _mm256_sub_ps(vi, _mm256_div_ps(_mm256_mul_ps(lr8, gi), den));
+    };
+    int64_t i = 0;
+    if constexpr (std::is_same_v<P, bf16> && std::is_same_v<A, bf16>) {
+      for (; i + 16 <= n; i += 16) {  // every stream is bf16: the cheaper 16-lane order
+        __m256 g0, g1, a0, a1, v0, v1;
+        load16(g + i, g0, g1);
+        load16(acc + i, a0, a1);
+        load16(v + i, v0, v1);
+        update(g0, a0, v0);
+        update(g1, a1, v1);
+        store16(acc + i, a0, a1);
+        store16(v + i, v0, v1);
+      }
+    }
+    for (; i + 8 <= n; i += 8) {
+      const __m256 gi = load8(g + i);
+      __m256 a = load8(acc + i), vi = load8(v + i);
+      update(gi, a, vi);
       store8(acc + i, a);
       store8(v + i, vi);
     }

@@ -21,7 +21,8 @@ def _run(isa, dtype, features):
     assert _core.select_isa(isa)
     rng = np.random.default_rng(7)
     dt = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(__import__("ml_dtypes").bfloat16)
-    shapes = [(70_001,), (3, 33), (), (17,)]
+    # 29 = 16 + 8 + 5 reaches the 16-lane, 8-lane and scalar loops of one block.
+    shapes = [(70_001,), (3, 33), (), (17,), (29,)]
     params = [rng.normal(size=s).astype(dt) for s in shapes]
     nonfinite = features is FEATURES["nonfinite"]
     opt = an.Adagrad(0.05, **features)
@@ -29,6 +30,7 @@ def _run(isa, dtype, features):
         grads = [rng.normal(size=s).astype(dt) for s in shapes]
         if nonfinite and step == 2:
             grads[0][[3, 40, 41, 69_999]] = [np.nan, np.inf, -np.inf, np.nan]
+            grads[4][[19, 27]] = [np.inf, np.nan]
         opt.apply(grads, params)
     return [p.tobytes() for p in params] + [v.value.tobytes() for v in opt.variables]
 
