@@ -163,6 +163,19 @@ def test_a_change_between_fast_steps_is_seen(change_id):
                for a, b in zip(state, other, strict=True)), "vacuous change"
 
 
+def test_setting_a_number_learning_rate_every_step_stays_fast():
+    # A per-step learning-rate callback writes the number into the variable.
+    pair = Pair(lambda: an.Adagrad(0.1))
+    pair.step(0)
+    pair.assert_fast()
+    fast_step = pair.fast._fast_step
+    for i in range(1, 6):
+        pair.fast.learning_rate = pair.general.learning_rate = 0.1 / i
+        pair.step(i)
+    assert pair.fast._fast_step is fast_step
+    pair.assert_same()
+
+
 def test_a_constraint_added_between_fast_steps_is_applied():
     params, grads = _data(np.float32, 4, shapes=[(5,), (3,)])
     var = an.Variable(params[0], name="w")

@@ -148,8 +148,10 @@ class Optimizer:
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A public attribute may be a hyperparameter the native fast step has
-        # baked into its plan; so may the learning rate. Changing one drops it.
-        if not name.startswith("_") or name == "_learning_rate":
+        # baked into its plan, and so may the learning-rate object: setting one
+        # drops it. A number set as `learning_rate` is written into the
+        # learning-rate variable, which the fast step reads on every call.
+        if (not name.startswith("_") and name != "learning_rate") or name == "_learning_rate":
             object.__setattr__(self, "_fast_step", None)
         object.__setattr__(self, name, value)
 
