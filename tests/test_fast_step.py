@@ -122,6 +122,16 @@ def test_tuple_of_gradients_and_no_variables_take_the_fast_path():
     pair.assert_same()
 
 
+def test_variables_as_an_iterator():
+    pair = Pair(lambda: an.Adagrad(0.1))
+    for i in range(3):
+        pair.fast.apply(pair.grads[i], iter(pair.params))
+        pair.general.apply(iter(pair.grads[i]), pair.general_params)
+    pair.assert_fast()
+    pair.assert_same()
+    assert int(pair.fast.iterations) == 3
+
+
 # Each change is applied to both optimizers between steps 3 and 4. `matters`
 # checks that the change alters the result, so the comparison cannot pass by
 # ignoring it.

@@ -458,11 +458,13 @@ class Optimizer:
             grads = list(grads)
             if not grads:
                 return
+            if trainable_variables is not None:
+                trainable_variables = list(trainable_variables)  # may be an iterator
             ordered, missing = self._ordered_gradients(grads, trainable_variables)
             if self._step(ordered, missing) and ordered is grads and not missing:
                 self._keep_fast_step(trainable_variables)
 
-    def _keep_fast_step(self, trainable_variables: Sequence[Any] | None) -> None:
+    def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         """After a step in build order with every gradient present, makes it repeatable natively.
 
         The native FastStep repeats this step's plan, reading the learning rate
@@ -482,7 +484,7 @@ class Optimizer:
             return
         variables = self._user_variables if trainable_variables is None else trainable_variables
         self._fast_step = _core.FastStep(self._group, self._plan, self._iterations.value,
-                                         self._learning_rate.value, list(variables))
+                                         self._learning_rate.value, variables)
         self._fast_version = Variable.constraint_version
 
     def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
