@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from adagrad_native import _buffers
 from adagrad_native._dtypes import resolve_dtype
 
 _name_counters: dict[str, itertools.count] = {}
@@ -23,6 +24,7 @@ def auto_name(prefix: str) -> str:
 
 
 def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
+    fills_shape = False  # a string or a number fills `shape`
     if isinstance(initializer, str):
         if shape is None:
             raise ValueError(
@@ -35,20 +37,23 @@ def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dt
                 f"Unknown initializer {initializer!r}; expected one of {sorted(fills)}, "
                 "a number, an array or a callable(shape, dtype)."
             )
-        return np.full(shape, fills[initializer], dtype=dtype)
-    if callable(initializer):
+        value, fills_shape = np.asarray(fills[initializer]), True
+    elif callable(initializer):
         if shape is None:
             raise ValueError("A callable initializer needs a `shape`. Received: shape=None.")
         value = np.asarray(initializer(shape, dtype=dtype.name))
     else:
         value = np.asarray(initializer)
-        if shape is not None and value.ndim == 0:
-            value = np.full(shape, value)
-    if shape is not None and value.shape != tuple(shape):
+        fills_shape = shape is not None and value.ndim == 0
+    if shape is None:
+        shape = value.shape
+    elif not fills_shape and value.shape != tuple(shape):
         raise ValueError(
             f"The initial value has shape {value.shape}, but `shape` is {tuple(shape)}."
         )
-    return np.array(value, dtype=dtype, order="C", copy=True)
+    out = _buffers.empty(tuple(shape), dtype)
+    np.copyto(out, value, casting="unsafe")  # broadcasts a fill value
+    return out
 
 
 class Variable:
