@@ -50,8 +50,8 @@ def probe_ns_per_element(itemsize: int, n: int, calls: int) -> float:
     bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
     big = [np.ones(n, bits) for _ in range(3)]
     tiny = [a[:TINY] for a in big]
-    full = per_call_ns(lambda: _core.stream_probe(big[:1], big[1:]), calls)
-    base = per_call_ns(lambda: _core.stream_probe(tiny[:1], tiny[1:]), calls)
+    full = per_call_ns(_core.StreamProbe([(big[:1], big[1:])]), calls)
+    base = per_call_ns(_core.StreamProbe([(tiny[:1], tiny[1:])]), calls)
     return (full - base) / (n - TINY)
 
 

@@ -55,15 +55,16 @@ def main() -> None:
     tiny = an.Adagrad(learning_rate=LEARNING_RATE)
     tiny.build(tiny_p)
     n = sum(p.size for p in params)
-    flat = [np.ones(n, np.float32) for _ in range(3)]
+    accumulators = [v.value for v in opt.variables if v.path.endswith("_accumulator")]
+    probe = _core.StreamProbe([([g], [p, a]) for p, g, a in zip(params, grads, accumulators)])
 
     apply_us = per_call(lambda: opt.apply(grads, params), args.steps)
     tiny_us = per_call(lambda: tiny.apply(tiny_g, tiny_p), args.steps)
-    probe_us = per_call(lambda: _core.stream_probe(flat[:1], flat[1:]), args.steps)
+    probe_us = per_call(probe, args.steps)
     print(f"threads {an.get_num_threads()}, MLP {n} elements")
     print(f"apply() MLP              {apply_us:8.2f} µs")
     print(f"apply() 4 x 1 element    {tiny_us:8.2f} µs  (per-call overhead)")
-    print(f"probe over MLP bytes     {probe_us:8.2f} µs  (20 B/elem, includes its own call)")
+    print(f"probe over MLP buffers   {probe_us:8.2f} µs  (20 B/elem, includes its own call)")
 
     prof = cProfile.Profile()
     prof.enable()

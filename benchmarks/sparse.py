@@ -58,8 +58,8 @@ def roofline_ms(distinct: int, width: int, acc_width: int, repeats: int) -> floa
     if acc_width != width:  # row-wise: one accumulator element per row
         rw = rw[:1]
     values = [np.zeros(BATCH * width, np.float32)]
-    t_rw = median_ms(lambda: _core.stream_probe([], rw), repeats)
-    t_ro = median_ms(lambda: _core.stream_probe(values, []), repeats)
+    t_rw = median_ms(_core.StreamProbe([([], rw)]), repeats)
+    t_ro = median_ms(_core.StreamProbe([(values, [])]), repeats)
     return t_rw + t_ro
 
 

@@ -21,7 +21,8 @@ bool cpu_has(const std::string& isa) {
 #define ADAGRAD_KERNEL_SET(ns)                                                        \
   Kernels {                                                                           \
     #ns, isa_##ns::dense_item, isa_##ns::reduce_item, isa_##ns::sparse_rows,           \
-        isa_##ns::sparse_reduce_rows, isa_##ns::sparse_gather, isa_##ns::rowwise_rows \
+        isa_##ns::sparse_reduce_rows, isa_##ns::sparse_gather, isa_##ns::rowwise_rows,   \
+        isa_##ns::probe_item                                                          \
   }
 
 // Best first.

@@ -16,6 +16,7 @@ struct Kernels {
   SparseReduceRowsFn sparse_reduce_rows;
   SparseGatherFn sparse_gather;
   RowwiseRowsFn rowwise_rows;
+  ProbeItemFn probe_item;
 };
 
 // The active kernel set: the best supported ISA, or the one named by the

@@ -22,6 +22,7 @@ using ReduceItemFn = ReduceResult (*)(const TensorSlots&, const TensorStep&, con
                                       int64_t, int64_t);
 
 struct SparseRows;
+struct ProbeTensor;
 
 // Sparse gradients (sparse.cpp). Row mode: the update of distinct rows
 // [d0, d1) of a de-duplicated sparse gradient (copies summed in index order).
@@ -39,6 +40,10 @@ using SparseGatherFn = void (*)(const TensorSlots&, const TensorStep&, const Spa
 using RowwiseRowsFn = void (*)(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t,
                                int64_t, const void*);
 
+// Roofline probe (benchmarks): moves the bytes of elements [begin, end) of one
+// tensor's arrays, leaving every value unchanged.
+using ProbeItemFn = void (*)(const ProbeTensor&, int64_t, int64_t);
+
 #define ADAGRAD_DECLARE_KERNELS(ns)                                                       \
   namespace ns {                                                                          \
   void dense_item(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t, int64_t); \
@@ -52,6 +57,7 @@ using RowwiseRowsFn = void (*)(const TensorSlots&, const TensorStep&, const Step
                      int64_t, void*);                                                     \
   void rowwise_rows(const TensorSlots&, const TensorStep&, const StepPlan&, int64_t, int64_t, \
                     const void*);                                                         \
+  void probe_item(const ProbeTensor&, int64_t, int64_t);                                  \
   }
 
 ADAGRAD_DECLARE_KERNELS(isa_baseline)

@@ -4,10 +4,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dispatch.hpp"
@@ -307,28 +309,47 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
   return r.applied ? -1 : r.first_nonfinite;
 }
 
-void stream_probe(const py::list& read_only, const py::list& read_write) {
-  std::vector<const void*> reads;
-  std::vector<void*> writes;
-  py::ssize_t size = -1, itemsize = 0;
-  auto check = [&](const py::handle& obj, bool writeable) {
-    const py::array a = writeable ? writable_buffer(obj, "a read_write array")
-                                  : py::reinterpret_borrow<py::array>(obj);
-    if (!(a.flags() & kCContiguous)) throw py::value_error("stream_probe needs C-contiguous arrays.");
-    if (size < 0) {
-      size = a.size();
-      itemsize = a.itemsize();
+// The probe plus the arrays it points into (kept alive).
+struct PyStreamProbe {
+  std::unique_ptr<adagrad::StreamProbe> probe;
+  std::vector<py::array> keep_alive;
+  int64_t bytes = 0;  // moved by one run: reads once, read-writes twice
+};
+
+// tensors: one (read_only, read_write) pair of array lists per tensor.
+std::unique_ptr<PyStreamProbe> make_probe(const std::vector<std::pair<py::list, py::list>>& tensors) {
+  auto out = std::make_unique<PyStreamProbe>();
+  std::vector<adagrad::ProbeTensor> probe_tensors;
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    adagrad::ProbeTensor pt;
+    pt.size = -1;
+    for (const bool write : {false, true}) {
+      for (const py::handle& obj : write ? tensors[t].second : tensors[t].first) {
+        const std::string what = "array of tensor " + std::to_string(t);
+        if (!py::isinstance<py::array>(obj)) throw py::type_error(what + " is not a numpy array.");
+        py::array a = write ? writable_buffer(obj, what) : py::reinterpret_borrow<py::array>(obj);
+        if (!(a.flags() & kCContiguous)) throw py::value_error(what + " is not C-contiguous.");
+        if (a.itemsize() != 2 && a.itemsize() != 4 && a.itemsize() != 8) {
+          throw py::value_error(what + " has itemsize " + std::to_string(a.itemsize()) +
+                                "; expected 2, 4 or 8.");
+        }
+        if (pt.size >= 0 && a.size() != pt.size) {
+          throw py::value_error(what + " has " + std::to_string(a.size()) +
+                                " elements; the tensor's other arrays have " +
+                                std::to_string(pt.size) + ".");
+        }
+        pt.size = a.size();
+        // Read-only arrays are only read (ProbeArray::write is false).
+        pt.arrays.push_back({const_cast<void*>(a.data()), static_cast<int>(a.itemsize()), write});
+        out->bytes += a.nbytes() * (write ? 2 : 1);
+        out->keep_alive.push_back(a);
+      }
     }
-    if (a.size() != size || a.itemsize() != itemsize || (itemsize != 2 && itemsize != 4 && itemsize != 8)) {
-      throw py::value_error("stream_probe needs arrays of one size and one itemsize (2, 4 or 8).");
-    }
-    return a;
-  };
-  for (const py::handle& obj : read_only) reads.push_back(check(obj, false).data());
-  for (const py::handle& obj : read_write) writes.push_back(check(obj, true).mutable_data());
-  if (size <= 0) return;
-  py::gil_scoped_release release;
-  adagrad::stream_probe(reads, writes, size, static_cast<int>(itemsize));
+    pt.size = std::max<int64_t>(pt.size, 0);
+    probe_tensors.push_back(std::move(pt));
+  }
+  out->probe = std::make_unique<adagrad::StreamProbe>(std::move(probe_tensors));
+  return out;
 }
 
 }  // namespace
@@ -388,9 +409,17 @@ PYBIND11_MODULE(_core, m) {
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
         "the index of the first tensor with a non-finite gradient when plan.check_finite "
         "stopped the step before anything was written.");
-  m.def("stream_probe", &stream_probe, py::arg("read_only"), py::arg("read_write"),
-        "Memory-roofline probe for benchmarks: reads every read_only array and reads and "
-        "writes every read_write array in place, with the step's threads and chunking.");
+  py::class_<PyStreamProbe>(m, "StreamProbe",
+                            "Memory-roofline probe for benchmarks: each call reads every "
+                            "read-only array and reads and writes back (unchanged) every "
+                            "read-write array, over the tensors' work list with the step's "
+                            "threads, chunking and ISA.")
+      .def(py::init(&make_probe), py::arg("tensors"))
+      .def_property_readonly("bytes", [](const PyStreamProbe& p) { return p.bytes; })
+      .def("__call__", [](const PyStreamProbe& p) {
+        py::gil_scoped_release release;
+        p.probe->run();
+      });
   m.def("get_num_threads", &adagrad::get_num_threads);
   m.def("set_num_threads", &adagrad::set_num_threads, py::arg("n"));
   m.def("openmp_enabled", &adagrad::openmp_enabled);

@@ -1,17 +1,36 @@
-// The memory-roofline probe for benchmarks: moves the same bytes per element
-// as a step (reads, in-place read+writes) with no real math, through the same
-// chunk list and parallel region as a step.
+// The memory-roofline probe for benchmarks: moves the bytes of a step over the
+// same tensors, through the same chunk list and parallel region, with no real
+// math. Every array is read; read-write arrays are written back unchanged.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "parallel.hpp"
+
 namespace adagrad {
 
-// All arrays have `size` elements of `itemsize` bytes (2, 4 or 8). Every
-// read_only array is read once; every read_write array is read and written
-// back unchanged.
-void stream_probe(const std::vector<const void*>& read_only,
-                  const std::vector<void*>& read_write, int64_t size, int itemsize);
+struct ProbeArray {
+  void* data = nullptr;
+  int itemsize = 4;  // 2, 4 or 8
+  bool write = false;
+};
+
+// The arrays of one tensor: all have `size` elements (their itemsizes may differ,
+// e.g. a float16 parameter with a float32 accumulator).
+struct ProbeTensor {
+  std::vector<ProbeArray> arrays;
+  int64_t size = 0;
+};
+
+class StreamProbe {
+ public:
+  explicit StreamProbe(std::vector<ProbeTensor> tensors);
+  void run() const;  // one pass over every tensor, as one step's pass would make
+
+ private:
+  std::vector<ProbeTensor> tensors_;
+  WorkList work_;
+};
 
 }  // namespace adagrad

@@ -1,7 +1,7 @@
 """The roofline probe reads and writes its arrays but leaves every value as it was.
 
-The benchmarks run it on the very buffers the optimizers step, so a probe that
-changed them would feed the optimizers garbage (and slow floating-point paths).
+The benchmarks run it on the very buffers the optimizer steps, so a probe that
+changed them would feed the optimizer garbage (and slow floating-point paths).
 """
 
 import numpy as np
@@ -9,23 +9,59 @@ import pytest
 
 from adagrad_native import _core
 
-LAYOUTS = {  # (read-only arrays, read-write arrays)
-    "step": (1, 2),
-    "step_with_ema": (1, 3),
-    "two_reads": (2, 2),
-    "write_only": (0, 1),
-    "four_writes": (1, 4),
+# One tensor's arrays: (dtypes read, dtypes read and written).
+LAYOUTS = {
+    "step": (("float32",), ("float32", "float32")),
+    "step_with_ema": (("float32",), ("float32",) * 3),
+    "norm_pass": (("float32",), ()),
+    "write_only": ((), ("float32",)),
+    "five_writes": (("float32",), ("float32",) * 5),  # more than the fused loop takes
+    "two_reads": (("float32", "float32"), ("float32",)),
+    "float16": (("float16",), ("float16", "float16")),
+    "float64": (("float64",), ("float64", "float64")),
+    "float16_acc32": (("float16",), ("float16", "float32")),
 }
 
 
+def _arrays(dtypes, size, rng):
+    return [rng.normal(size=size).astype(dt) for dt in dtypes]
+
+
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-@pytest.mark.parametrize("size", [7, 70_001])
-def test_probe_leaves_values_unchanged(layout, dtype, size):
+@pytest.mark.parametrize("sizes", [(7,), (70_001,), (0, 1, 33, 16_384, 5)],
+                         ids=["tiny", "multi_chunk", "many_tensors"])
+def test_probe_leaves_values_unchanged_and_counts_bytes(layout, sizes):
     rng = np.random.default_rng(0)
-    n_ro, n_rw = layout
-    read_only = [rng.normal(size=size).astype(dtype) for _ in range(n_ro)]
-    read_write = [rng.normal(size=size).astype(dtype) for _ in range(n_rw)]
-    before = [a.tobytes() for a in read_only + read_write]
-    _core.stream_probe(read_only, read_write)
-    assert [a.tobytes() for a in read_only + read_write] == before
+    ro_dtypes, rw_dtypes = layout
+    tensors = [(_arrays(ro_dtypes, n, rng), _arrays(rw_dtypes, n, rng)) for n in sizes]
+    everything = [a for ro, rw in tensors for a in ro + rw]
+    before = [a.tobytes() for a in everything]
+    probe = _core.StreamProbe(tensors)
+    probe()
+    probe()
+    assert [a.tobytes() for a in everything] == before
+    assert probe.bytes == sum(a.nbytes for ro, _ in tensors for a in ro) + 2 * sum(
+        a.nbytes for _, rw in tensors for a in rw)
+
+
+def test_probe_rejects_mismatched_sizes():
+    with pytest.raises(ValueError, match="array of tensor 1 has 4 elements; the tensor's other "
+                                         "arrays have 3"):
+        _core.StreamProbe([([np.ones(2)], []), ([np.ones(3)], [np.ones(4)])])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.ones(8)[::2], "not C-contiguous"),
+    (np.ones(4, np.int8), "itemsize 1; expected 2, 4 or 8"),
+], ids=["strided", "one_byte_items"])
+def test_probe_rejects_arrays_it_cannot_stream(bad, message):
+    with pytest.raises(ValueError, match=message):
+        _core.StreamProbe([([bad], [])])
+
+
+def test_probe_refuses_to_write_a_read_only_array():
+    frozen = np.ones(4)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        _core.StreamProbe([([], [frozen])])
+    _core.StreamProbe([([frozen], [])])()  # reading it is fine
