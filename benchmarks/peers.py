@@ -2,8 +2,9 @@
 
 Each implementation is an `Impl`: it says whether it is installed, whether it can express a
 workload's options, roughly how many array copies it holds, and prepares a `step()` closure
-that performs one full, synchronous optimizer step. The in-place implementations share the
-workload's buffers (see `workloads.Data`); the jax peers and the oracle hold copies.
+that performs one full, synchronous optimizer step. The in-place implementations step the
+workload's parameter buffers with their own optimizer state (see `workloads.Data`); the jax
+peers and the oracle hold copies.
 
 Peer configuration (closest equivalent of Keras 3 Adagrad, lr=0.01, initial accumulator 0.1,
 epsilon 1e-7 inside the square root):
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import LEARNING_RATE, Data, Roofline, Workload, to_numpy_dtype
+from workloads import LEARNING_RATE, ROLES, Data, Roofline, Workload, to_numpy_dtype
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -34,6 +35,7 @@ REFERENCE_PATH = Path(__file__).resolve().parent.parent / "tests" / "reference.p
 SLOW_ELEMENTS = 50_000_000  # numpy implementations get 1 warm-up + 2 timed steps above this
 
 StepFn = Callable[[], None]
+TORCH_ON_NATIVE_STATE = "torch-fused-native-state"
 
 
 def _installed(module: str) -> str | None:
@@ -77,15 +79,13 @@ class Impl:
 # -- this package --------------------------------------------------------------------------
 
 
-def shared_accumulators(data: Data) -> list[np.ndarray]:
-    """The accumulators every in-place implementation updates (made on first use)."""
-    if data.accumulators is None:
-        data.accumulators = [np.full_like(p, INIT_ACC) for p in data.params]
-    return data.accumulators
+def native_optimizer(wl: Workload, data: Data, accumulator_dtype: str | None = None) -> Any:
+    """The package's optimizer for the workload, built on its parameters (made once per Data).
 
-
-def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]:
-    def prepare(wl: Workload, data: Data) -> StepFn:
+    The native rows step it; the roofline probe and the torch row on the package's state
+    stream its buffers.
+    """
+    if accumulator_dtype not in data.optimizers:
         import adagrad_native as an
 
         kwargs: dict[str, Any] = dict(wl.options)
@@ -97,11 +97,30 @@ def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]
             epsilon=EPSILON,
             **kwargs,
         )
-        params = data.params
-        opt.build(params)
-        if not accumulator_dtype:
-            _adopt_accumulators(opt, shared_accumulators(data))
-        grads = data.grads
+        opt.build(data.params)
+        data.optimizers[accumulator_dtype] = opt
+    return data.optimizers[accumulator_dtype]
+
+
+def native_buffers(opt: Any, data: Data) -> dict[str, list[np.ndarray]]:
+    """Every tensor's buffers by role (see `workloads.ROLES`), from the public `variables`.
+
+    The optimizer's variables are in Keras' order, grouped by kind, each kind in the order
+    of the trainable variables.
+    """
+    by_role: dict[str, list[np.ndarray]] = {"grad": data.grads, "param": data.params}
+    slot_roles = sorted(ROLES[2:], key=len, reverse=True)  # "_gradient_accumulator" first
+    for var in opt.variables:
+        role = next((r for r in slot_roles if var.path.endswith("_" + r)), None)
+        if role is not None:
+            by_role.setdefault(role, []).append(var.value)
+    return by_role
+
+
+def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]:
+    def prepare(wl: Workload, data: Data) -> StepFn:
+        opt = native_optimizer(wl, data, accumulator_dtype)
+        params, grads = data.params, data.grads
 
         def step() -> None:
             opt.apply(grads, params)
@@ -109,21 +128,6 @@ def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]
         return step
 
     return prepare
-
-
-def _adopt_accumulators(opt: Any, buffers: list[np.ndarray]) -> None:
-    """Points the optimizer's accumulators at `buffers` (benchmark only: private API).
-
-    The package has no public way to adopt outside state buffers (Keras has none either);
-    this makes it step the same accumulator memory as the other implementations.
-    """
-    accumulators = [
-        v for v in opt.variables
-        if v.path.endswith("_accumulator") and not v.path.endswith("_gradient_accumulator")
-    ]
-    for variable, buffer in zip(accumulators, buffers, strict=True):
-        variable._value = buffer
-    opt._group = opt._make_group(opt._trainable_variables, opt._user_variables)
 
 
 # -- numpy ---------------------------------------------------------------------------------
@@ -158,7 +162,7 @@ def _oracle(wl: Workload, data: Data) -> StepFn:
 def _numpy_loop(wl: Workload, data: Data) -> StepFn:
     """The smallest in-place numpy loop of the Keras 3 update (one scratch array per tensor)."""
     params = data.params
-    accs = shared_accumulators(data)
+    accs = [np.full_like(p, INIT_ACC) for p in params]
     scratch = [np.empty_like(p) for p in params]
     grads = data.grads
     lr = [p.dtype.type(LEARNING_RATE) for p in params]
@@ -189,7 +193,9 @@ def _torch_tensor(a: np.ndarray) -> Any:
     return torch.from_numpy(a)
 
 
-def _torch(**flags: bool) -> Callable[[Workload, Data], StepFn]:
+def _torch(on_native_state: bool = False, **flags: bool) -> Callable[[Workload, Data], StepFn]:
+    """torch.optim.Adagrad with its own state, or stepping the package's accumulators."""
+
     def prepare(wl: Workload, data: Data) -> StepFn:
         import torch
 
@@ -204,8 +210,10 @@ def _torch(**flags: bool) -> Callable[[Workload, Data], StepFn]:
         opt = torch.optim.Adagrad(
             params, lr=LEARNING_RATE, initial_accumulator_value=INIT_ACC, eps=EPSILON, **flags
         )
-        for t, acc in zip(params, shared_accumulators(data), strict=True):
-            opt.state[t]["sum"] = _torch_tensor(acc)
+        if on_native_state:
+            accumulators = native_buffers(native_optimizer(wl, data), data)["accumulator"]
+            for t, acc in zip(params, accumulators, strict=True):
+                opt.state[t]["sum"] = _torch_tensor(acc)
 
         def step() -> None:
             with torch.no_grad():
@@ -284,6 +292,15 @@ IMPLS: tuple[Impl, ...] = (
         copies=1,
     ),
     Impl(
+        TORCH_ON_NATIVE_STATE,
+        "torch fused=True on adagrad_native's state",
+        _torch(on_native_state=True, fused=True),
+        module="torch",
+        plain_only=True,
+        accumulation=False,
+        copies=0,
+    ),
+    Impl(
         "torch-loop",
         "torch foreach=False",
         _torch(foreach=False),
@@ -318,38 +335,26 @@ NATIVE_ACC32 = Impl(
 # -- the roofline probe --------------------------------------------------------------------
 
 
-def roofline_step(roofline: Roofline, elements: int, data: Data | None = None) -> StepFn:
-    """A step that moves the roofline's bytes over `elements` with the native probe.
+def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
+    """A step that moves the roofline's bytes with the native probe, pass by pass.
 
-    For a one-tensor workload whose roofline is the plain step (gradient read, parameter
-    and accumulator read and written, one dtype), the probe streams the workload's own
-    shared buffers; otherwise flat arrays of its own.
+    The probe streams the native optimizer's own buffers (and the shared parameters and
+    gradients), so it moves the bytes of the step it bounds on the very same pages.
     """
     from adagrad_native import _core
 
-    calls = []
-    for p in roofline.passes:
-        dt = to_numpy_dtype(p.dtype)
-        shared = (
-            data is not None
-            and len(roofline.passes) == 1
-            and len(data.params) == 1
-            and (p.read_only, p.read_write) == (1, 2)
-            and data.params[0].dtype == dt
-        )
-        if shared:
-            assert data is not None
-            acc = shared_accumulators(data)[0]
-            ro = [data.grads[0].reshape(-1)]
-            rw = [data.params[0].reshape(-1), acc.reshape(-1)]
-        else:
-            ro = [np.ones(elements, dt) for _ in range(p.read_only)]
-            rw = [np.ones(elements, dt) for _ in range(p.read_write)]
-        calls.append((ro, rw))
+    buffers = native_buffers(native_optimizer(wl, data, roofline.accumulator_dtype), data)
+    probes = [
+        _core.StreamProbe([
+            ([buffers[r][i] for r in p.read_only], [buffers[r][i] for r in p.read_write])
+            for i in range(len(data.params))
+        ])
+        for p in roofline.passes
+    ]
 
     def step() -> None:
-        for ro, rw in calls:
-            _core.stream_probe(ro, rw)
+        for probe in probes:
+            probe()
 
     return step
 
@@ -360,4 +365,4 @@ def probe_unavailable() -> str | None:
         from adagrad_native import _core
     except ImportError as e:
         return f"adagrad_native is not importable ({e})"
-    return None if hasattr(_core, "stream_probe") else "_core.stream_probe is missing"
+    return None if hasattr(_core, "StreamProbe") else "_core.StreamProbe is missing"

@@ -17,30 +17,39 @@ LEARNING_RATE = 0.01
 MLP_SHAPES: tuple[tuple[int, ...], ...] = ((784, 32), (32,), (32, 10), (10,))
 
 
+# The buffers of one tensor that a probe pass can stream, by role.
+ROLES = ("grad", "param", "accumulator", "average", "gradient_accumulator")
+
+
 @dataclass(frozen=True)
 class StreamPass:
-    """One call of the native roofline probe: arrays read, and arrays read and written."""
+    """One pass of the native roofline probe over every tensor: buffers read, read + written."""
 
-    dtype: str
-    read_only: int
-    read_write: int
-
-    @property
-    def bytes_per_element(self) -> int:
-        itemsize = np.dtype(to_numpy_dtype(self.dtype)).itemsize
-        return itemsize * (self.read_only + 2 * self.read_write)
+    read_only: tuple[str, ...]
+    read_write: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Roofline:
-    """The bytes a step must move, as a sum of probe passes over the whole element count."""
+    """The bytes a step must move, as probe passes over the native optimizer's own buffers.
+
+    `accumulator_dtype` names the native optimizer whose buffers the probe streams (its
+    accumulators may be wider than the parameters).
+    """
 
     label: str
     passes: tuple[StreamPass, ...]
+    accumulator_dtype: str | None = None
 
-    @property
-    def bytes_per_element(self) -> int:
-        return sum(p.bytes_per_element for p in self.passes)
+    def bytes_per_element(self, dtype: str) -> int:
+        def itemsize(role: str) -> int:
+            wide = role == "accumulator" and self.accumulator_dtype is not None
+            return np.dtype(to_numpy_dtype(self.accumulator_dtype if wide else dtype)).itemsize
+
+        return sum(
+            sum(itemsize(r) for r in p.read_only) + 2 * sum(itemsize(r) for r in p.read_write)
+            for p in self.passes
+        )
 
 
 @dataclass(frozen=True)
@@ -90,14 +99,17 @@ def bert_base_shapes(layers: int = 12, vocab: int = 30522) -> tuple[tuple[int, .
     return tuple(shapes)
 
 
-def plain_roofline(dtype: str) -> Roofline:
+PLAIN_STEP = StreamPass(("grad",), ("param", "accumulator"))
+
+
+def plain_roofline() -> Roofline:
     """Read g, read+write v and acc: 20 B/element for float32."""
-    return Roofline("step", (StreamPass(dtype, 1, 2),))
+    return Roofline("step", (PLAIN_STEP,))
 
 
-def acc32_roofline(dtype: str) -> Roofline:
-    """Low-precision g and v with a float32 accumulator (two probe passes added)."""
-    return Roofline("step, acc fp32", (StreamPass(dtype, 1, 1), StreamPass("float32", 0, 1)))
+def acc32_roofline() -> Roofline:
+    """Low-precision g and v with a float32 accumulator."""
+    return Roofline("step, acc fp32", (PLAIN_STEP,), accumulator_dtype="float32")
 
 
 def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
@@ -115,7 +127,7 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                 "1",
                 f"W1: one float32 tensor of {n_big} elements{size_note}",
                 ((big,),),
-                rooflines=(plain_roofline("float32"),),
+                rooflines=(plain_roofline(),),
             )
         ],
         "2": [
@@ -123,7 +135,7 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                 "2",
                 f"W2: {emb} parameter list{size_note}",
                 bert,
-                rooflines=(plain_roofline("float32"),),
+                rooflines=(plain_roofline(),),
             )
         ],
         "3": [
@@ -131,7 +143,7 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                 "3",
                 "W3: 4-tensor MLP (784x32, 32, 32x10, 10)",
                 MLP_SHAPES,
-                rooflines=(plain_roofline("float32"),),
+                rooflines=(plain_roofline(),),
                 micro_seconds=True,
             )
         ],
@@ -144,7 +156,10 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                 rooflines=(
                     Roofline(
                         "norm pass + step with EMA",
-                        (StreamPass("float32", 1, 0), StreamPass("float32", 1, 3)),
+                        (
+                            StreamPass(("grad",), ()),
+                            StreamPass(("grad",), ("param", "accumulator", "average")),
+                        ),
                     ),
                 ),
             )
@@ -156,8 +171,11 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                 bert,
                 options={"gradient_accumulation_steps": 4},
                 rooflines=(
-                    Roofline("micro-step", (StreamPass("float32", 1, 1),)),
-                    Roofline("update step", (StreamPass("float32", 1, 3),)),
+                    Roofline("micro-step", (StreamPass(("grad",), ("gradient_accumulator",)),)),
+                    Roofline(
+                        "update step",
+                        (StreamPass(("grad",), ("gradient_accumulator", "param", "accumulator")),),
+                    ),
                 ),
             )
         ],
@@ -171,7 +189,7 @@ def all_workloads(quick: bool = False) -> dict[str, list[Workload]]:
                     f"W6: {dtype} parameters, {what}{size_note}",
                     shapes,
                     dtype=dtype,
-                    rooflines=(plain_roofline(dtype), acc32_roofline(dtype)),
+                    rooflines=(plain_roofline(), acc32_roofline()),
                 )
             )
     return out
@@ -184,18 +202,18 @@ def thread_sizes(quick: bool = False) -> tuple[int, ...]:
 
 @dataclass
 class Data:
-    """The buffers of a workload, shared by every implementation that can work in place.
+    """A workload's parameters and gradients: the user's arrays, shared by every implementation.
 
-    On this VM the speed of a memory stream depends on where its pages landed: identical
-    16M-element buffers probed in one process differ by up to 30%, consistently per buffer.
-    So the implementations that update numpy memory in place (this package, torch, the
-    numpy loop, the roofline probe) all step the same parameter, gradient and accumulator
-    buffers; only the jax peers and the oracle hold copies.
+    The in-place implementations (this package, torch, the numpy loop) all step these
+    parameter buffers, and each keeps its own optimizer state, as in real use. The roofline
+    probe streams the package's optimizer's own buffers (`optimizers`), so it moves the
+    same bytes on the same pages as the step it bounds: on this VM a stream's speed depends
+    on where its pages lie (benchmarks/README.md).
     """
 
     params: list[np.ndarray]  # updated in place by every in-place implementation
     grads: list[np.ndarray]  # fixed
-    accumulators: list[np.ndarray] | None = None  # made by `shared_accumulators`
+    optimizers: dict[str | None, Any] = field(default_factory=dict)  # by accumulator_dtype
 
     @property
     def nbytes(self) -> int:
