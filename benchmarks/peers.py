@@ -227,11 +227,25 @@ def _torch(on_native_state: bool = False, **flags: bool) -> Callable[[Workload, 
 # -- jax: optax and Keras ------------------------------------------------------------------
 
 
+def _jax_synchronous() -> None:
+    """Makes jax finish all of a step's work before the call returns.
+
+    With the default asynchronous CPU dispatch, a jax thread was still busy after
+    `block_until_ready` returned (tens of ms of CPU after an optax step on W5), which slowed
+    whatever was timed next by up to 1.5x and left that work out of jax's own time.
+    """
+    import jax
+
+    if "jax_cpu_enable_async_dispatch" in jax.config.values:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+
+
 def _optax(wl: Workload, data: Data) -> StepFn:
     import jax
     import jax.numpy as jnp
     import optax
 
+    _jax_synchronous()
     tx = optax.adagrad(LEARNING_RATE, initial_accumulator_value=INIT_ACC, eps=EPSILON)
     if wl.accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=wl.accumulation_steps)
@@ -248,7 +262,7 @@ def _optax(wl: Workload, data: Data) -> StepFn:
 
     def step() -> None:
         box[0], box[1] = jitted(box[0], box[1], grads)
-        jax.block_until_ready(box[0])
+        jax.block_until_ready(box)  # parameters and state: the whole step
 
     return step
 
@@ -260,6 +274,7 @@ def _keras(wl: Workload, data: Data) -> StepFn:
 
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"Keras backend is {keras.backend.backend()!r}, not 'jax'")
+    _jax_synchronous()
     variables = [keras.Variable(p, dtype=wl.dtype) for p in data.params]
     opt = keras.optimizers.Adagrad(
         learning_rate=LEARNING_RATE,
@@ -275,7 +290,7 @@ def _keras(wl: Workload, data: Data) -> StepFn:
 
     def step() -> None:
         box[1], box[0] = jitted(box[0], grads, box[1])
-        jax.block_until_ready(box[1])
+        jax.block_until_ready(box)  # parameters and state: the whole step
 
     return step
 
