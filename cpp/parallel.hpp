@@ -35,6 +35,15 @@ struct WorkList {
 
 WorkList make_work_list(const std::vector<int64_t>& sizes);
 
+// The element counts (`.size`) of a list of tensors, for make_work_list.
+template <class Tensor>
+std::vector<int64_t> sizes_of(const std::vector<Tensor>& tensors) {
+  std::vector<int64_t> sizes;
+  sizes.reserve(tensors.size());
+  for (const Tensor& t : tensors) sizes.push_back(t.size);
+  return sizes;
+}
+
 int get_num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();

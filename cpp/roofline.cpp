@@ -6,15 +6,6 @@
 
 namespace adagrad {
 
-namespace {
-std::vector<int64_t> sizes_of(const std::vector<ProbeTensor>& tensors) {
-  std::vector<int64_t> sizes;
-  sizes.reserve(tensors.size());
-  for (const ProbeTensor& t : tensors) sizes.push_back(t.size);
-  return sizes;
-}
-}  // namespace
-
 StreamProbe::StreamProbe(std::vector<ProbeTensor> tensors)
     : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_))) {}
 

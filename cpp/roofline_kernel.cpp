@@ -1,7 +1,5 @@
 // The roofline probe's element loops, compiled once per ISA like the step's
 // kernels, so the probe moves bytes with the same vector width as the step.
-#include <cstddef>
-
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "roofline.hpp"

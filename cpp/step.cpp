@@ -19,13 +19,6 @@
 namespace adagrad {
 
 namespace {
-std::vector<int64_t> sizes_of(const std::vector<TensorSlots>& tensors) {
-  std::vector<int64_t> sizes;
-  sizes.reserve(tensors.size());
-  for (const TensorSlots& t : tensors) sizes.push_back(t.size);
-  return sizes;
-}
-
 // Distinct rows of one sparse tensor handled by one task.
 struct RowTask {
   int32_t tensor;
