@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import LEARNING_RATE, ROLES, Data, Roofline, Workload, to_numpy_dtype
+from workloads import LEARNING_RATE, SLOT_ROLES, Data, Roofline, Workload, to_numpy_dtype
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -35,7 +35,6 @@ REFERENCE_PATH = Path(__file__).resolve().parent.parent / "tests" / "reference.p
 SLOW_ELEMENTS = 50_000_000  # numpy implementations get 1 warm-up + 2 timed steps above this
 
 StepFn = Callable[[], None]
-TORCH_ON_NATIVE_STATE = "torch-fused-native-state"
 
 
 def _installed(module: str) -> str | None:
@@ -103,15 +102,15 @@ def native_optimizer(wl: Workload, data: Data, accumulator_dtype: str | None = N
 
 
 def native_buffers(opt: Any, data: Data) -> dict[str, list[np.ndarray]]:
-    """Every tensor's buffers by role (see `workloads.ROLES`), from the public `variables`.
+    """Every tensor's buffers by role: `grad`, `param` and `workloads.SLOT_ROLES`.
 
+    The slots come from the public `variables`.
     The optimizer's variables are in Keras' order, grouped by kind, each kind in the order
     of the trainable variables.
     """
     by_role: dict[str, list[np.ndarray]] = {"grad": data.grads, "param": data.params}
-    slot_roles = sorted(ROLES[2:], key=len, reverse=True)  # "_gradient_accumulator" first
     for var in opt.variables:
-        role = next((r for r in slot_roles if var.path.endswith("_" + r)), None)
+        role = next((r for r in SLOT_ROLES if var.path.endswith("_" + r)), None)
         if role is not None:
             by_role.setdefault(role, []).append(var.value)
     return by_role
@@ -307,7 +306,7 @@ IMPLS: tuple[Impl, ...] = (
         copies=1,
     ),
     Impl(
-        TORCH_ON_NATIVE_STATE,
+        "torch-fused-native-state",
         "torch fused=True on adagrad_native's state",
         _torch(on_native_state=True, fused=True),
         module="torch",

@@ -17,8 +17,9 @@ LEARNING_RATE = 0.01
 MLP_SHAPES: tuple[tuple[int, ...], ...] = ((784, 32), (32,), (32, 10), (10,))
 
 
-# The buffers of one tensor that a probe pass can stream, by role.
-ROLES = ("grad", "param", "accumulator", "average", "gradient_accumulator")
+# The buffers of one tensor that a probe pass can stream, by role: "grad", "param" and the
+# optimizer's slots, named by their path suffix ("_gradient_accumulator" before "_accumulator").
+SLOT_ROLES = ("gradient_accumulator", "accumulator", "average")
 
 
 @dataclass(frozen=True)

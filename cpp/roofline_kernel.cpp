@@ -1,5 +1,7 @@
 // The roofline probe's element loops, compiled once per ISA like the step's
 // kernels, so the probe moves bytes with the same vector width as the step.
+#include <algorithm>
+
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "roofline.hpp"
@@ -98,7 +100,7 @@ void probe_item(const ProbeTensor& t, int64_t begin, int64_t end) {
   // turn, in short blocks so the streams stay close to interleaved.
   constexpr int64_t kProbeBlock = 64;
   for (int64_t b = begin; b < end; b += kProbeBlock) {
-    const int64_t n = end - b < kProbeBlock ? end - b : kProbeBlock;
+    const int64_t n = std::min(end - b, kProbeBlock);
     for (const ProbeArray& a : t.arrays) {
       switch (a.itemsize) {
         case 2: touch<uint16_t>(a, b, n); break;
