@@ -104,9 +104,8 @@ def native_optimizer(wl: Workload, data: Data, accumulator_dtype: str | None = N
 def native_buffers(opt: Any, data: Data) -> dict[str, list[np.ndarray]]:
     """Every tensor's buffers by role: `grad`, `param` and `workloads.SLOT_ROLES`.
 
-    The slots come from the public `variables`.
-    The optimizer's variables are in Keras' order, grouped by kind, each kind in the order
-    of the trainable variables.
+    The slots come from the public `variables`, which are in Keras' order: grouped by kind,
+    each kind in the order of the trainable variables.
     """
     by_role: dict[str, list[np.ndarray]] = {"grad": data.grads, "param": data.params}
     for var in opt.variables:
