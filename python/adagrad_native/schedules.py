@@ -30,6 +30,8 @@ from typing import Any, TypeVar, overload
 
 import numpy as np
 
+from adagrad_native._checks import flag, is_bool, real, real_list
+
 __all__ = [
     "LearningRateSchedule",
     "ExponentialDecay",
@@ -77,7 +79,8 @@ _TINY32 = np.finfo(np.float32).tiny
 def _flush(x: np.float32) -> np.float32:
     """Flush a float32 subnormal to zero, as XLA's CPU kernels do (FTZ)."""
     if 0 < abs(x) < _TINY32:
-        return np.copysign(_f32(0.0), x)
+        flushed: np.float32 = np.copysign(_f32(0.0), x)
+        return flushed
     return x
 
 
@@ -88,42 +91,6 @@ def _result(x: np.float32) -> float:
 # --------------------------------------------------------------------------- validation
 
 
-def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool | np.bool_)
-
-
-def _check_real(name: str, value: Any) -> None:
-    """Require a finite real Python or numpy scalar for argument ``name``."""
-    if _is_bool(value) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"Argument `{name}` must be a real number (int or float). "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    if not math.isfinite(value):
-        raise ValueError(f"Argument `{name}` must be a finite number. Received: {name}={value!r}.")
-
-
-def _check_positive(name: str, value: Any) -> None:
-    _check_real(name, value)
-    if value <= 0:
-        raise ValueError(f"Argument `{name}` must be > 0. Received: {name}={value!r}")
-
-
-def _check_non_negative(name: str, value: Any) -> None:
-    _check_real(name, value)
-    if value < 0:
-        raise ValueError(f"Argument `{name}` must be >= 0. Received: {name}={value!r}")
-
-
-def _check_flag(name: str, value: Any) -> bool:
-    if not _is_bool(value):
-        raise TypeError(
-            f"Argument `{name}` must be a bool (True or False). "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    return bool(value)
-
-
 def _check_name(value: Any) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(
@@ -132,38 +99,9 @@ def _check_name(value: Any) -> None:
         )
 
 
-def _check_number_list(name: str, value: Any) -> list[Any] | tuple[Any, ...]:
-    """Require a list, tuple or 1-d numpy array of finite real numbers."""
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1:
-            raise ValueError(
-                f"Argument `{name}` must be one-dimensional. "
-                f"Received: {name} with shape {value.shape}."
-            )
-        value = value.tolist()
-    if not isinstance(value, list | tuple):
-        raise TypeError(
-            f"Argument `{name}` must be a list or tuple of numbers. "
-            f"Received: {name}={value!r} of type {type(value).__name__}."
-        )
-    for index, item in enumerate(value):
-        if _is_bool(item) or not isinstance(item, numbers.Real):
-            raise TypeError(
-                f"Argument `{name}` must contain only real numbers. "
-                f"Received: {name}[{index}]={item!r} of type {type(item).__name__} "
-                f"in {name}={value!r}."
-            )
-        if not math.isfinite(item):
-            raise ValueError(
-                f"Argument `{name}` must contain only finite numbers. "
-                f"Received: {name}[{index}]={item!r} in {name}={value!r}."
-            )
-    return value
-
-
 def _read_step(step: Any) -> int | float:
     """Return ``step`` as a Python int (integer steps) or float (floating steps)."""
-    if _is_bool(step):
+    if is_bool(step):
         raise TypeError(
             "A schedule expects the step as an integer or float scalar. "
             f"Received: step={step!r} of type {type(step).__name__}."
@@ -265,10 +203,10 @@ class _RateDecay(LearningRateSchedule):
     def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
                  staircase: bool, name: str | None) -> None:
         super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("decay_rate", decay_rate)
-        staircase = _check_flag("staircase", staircase)
+        real(initial_learning_rate, "initial_learning_rate")
+        real(decay_steps, "decay_steps", minimum=0, strict=True)
+        real(decay_rate, "decay_rate")
+        staircase = flag(staircase, "staircase")
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
@@ -355,8 +293,8 @@ class PiecewiseConstantDecay(LearningRateSchedule):
         name: str | None = "PiecewiseConstant",
     ) -> None:
         super().__init__()
-        boundaries = _check_number_list("boundaries", boundaries)
-        values = _check_number_list("values", values)
+        boundaries = real_list(boundaries, "boundaries")
+        values = real_list(values, "values")
         if len(boundaries) != len(values) - 1:
             raise ValueError(
                 "Argument `values` must have exactly one more entry than `boundaries`. "
@@ -442,11 +380,11 @@ class PolynomialDecay(LearningRateSchedule):
         name: str | None = "PolynomialDecay",
     ) -> None:
         super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("end_learning_rate", end_learning_rate)
-        _check_real("power", power)
-        cycle = _check_flag("cycle", cycle)
+        real(initial_learning_rate, "initial_learning_rate")
+        real(decay_steps, "decay_steps", minimum=0, strict=True)
+        real(end_learning_rate, "end_learning_rate")
+        real(power, "power")
+        cycle = flag(cycle, "cycle")
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
@@ -560,13 +498,13 @@ class CosineDecay(LearningRateSchedule):
         warmup_steps: float = 0,
     ) -> None:
         super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("decay_steps", decay_steps)
-        _check_real("alpha", alpha)
+        real(initial_learning_rate, "initial_learning_rate")
+        real(decay_steps, "decay_steps", minimum=0, strict=True)
+        real(alpha, "alpha")
         _check_name(name)
         if warmup_target is not None:
-            _check_real("warmup_target", warmup_target)
-        _check_non_negative("warmup_steps", warmup_steps)
+            real(warmup_target, "warmup_target")
+        real(warmup_steps, "warmup_steps", minimum=0)
         self.initial_learning_rate = initial_learning_rate
         self.decay_steps = decay_steps
         self.alpha = alpha
@@ -643,11 +581,11 @@ class CosineDecayRestarts(LearningRateSchedule):
         name: str | None = "SGDRDecay",
     ) -> None:
         super().__init__()
-        _check_real("initial_learning_rate", initial_learning_rate)
-        _check_positive("first_decay_steps", first_decay_steps)
-        _check_positive("t_mul", t_mul)
-        _check_real("m_mul", m_mul)
-        _check_real("alpha", alpha)
+        real(initial_learning_rate, "initial_learning_rate")
+        real(first_decay_steps, "first_decay_steps", minimum=0, strict=True)
+        real(t_mul, "t_mul", minimum=0, strict=True)
+        real(m_mul, "m_mul")
+        real(alpha, "alpha")
         _check_name(name)
         self.initial_learning_rate = initial_learning_rate
         self.first_decay_steps = first_decay_steps
@@ -918,7 +856,8 @@ def deserialize(
             f"Cannot build {class_name!r}: {cls!r} has no `from_config()` class method."
         )
     try:
-        return cls.from_config(dict(inner))
+        schedule: LearningRateSchedule = cls.from_config(dict(inner))
+        return schedule
     except TypeError as error:
         raise TypeError(
             f"Could not build {class_name!r} from its config {dict(inner)!r}: {error}"

@@ -1,0 +1,139 @@
+"""Argument checks shared by every public entry point, with one wording.
+
+Each check raises `TypeError` for a value of the wrong kind and `ValueError` for
+one out of range; the message names the argument, says what was expected and
+repeats the value received: "Argument `x` must be ... Received: x=...".
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any, cast
+
+import numpy as np
+
+
+def is_bool(value: Any) -> bool:
+    """Whether `value` is a Python or numpy bool (which `numbers.Real` would accept)."""
+    return isinstance(value, bool | np.bool_)
+
+
+def _received(name: str, value: Any, with_type: bool = False) -> str:
+    kind = f" of type {type(value).__name__}" if with_type else ""
+    return f"Received: {name}={value!r}{kind}."
+
+
+def real(value: Any, name: str, *, minimum: float | None = None, strict: bool = False,
+         maximum: float | None = None) -> Any:
+    """Checks a finite real number, optionally bounded; returns it unchanged.
+
+    Args:
+        value: The value to check.
+        name: The argument's name, for the message.
+        minimum: The lower bound, or None for none.
+        strict: Whether the lower bound itself is excluded (`> minimum`).
+        maximum: The (inclusive) upper bound, or None for none.
+
+    Raises:
+        TypeError: When `value` is not a real number (bools are not).
+        ValueError: When it is not finite or out of bounds.
+    """
+    if is_bool(value) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Argument `{name}` must be a real number (int or float). "
+            + _received(name, value, with_type=True)
+        )
+    if not math.isfinite(value):
+        raise ValueError(f"Argument `{name}` must be a finite number. " + _received(name, value))
+    number = cast(float, value)  # compared as given: a huge int must not overflow
+    too_low = minimum is not None and (number <= minimum if strict else number < minimum)
+    too_high = maximum is not None and number > maximum
+    if too_low or too_high:
+        if minimum is not None and maximum is not None:
+            bound = f"in [{minimum:g}, {maximum:g}]"
+        elif minimum is not None:
+            bound = f"{'>' if strict else '>='} {minimum:g}"
+        else:
+            bound = f"<= {maximum:g}"
+        raise ValueError(f"Argument `{name}` must be {bound}. " + _received(name, value))
+    return value
+
+
+def optional_real(value: Any, name: str, *, minimum: float | None = None,
+                  strict: bool = False) -> Any:
+    """`real`, with None accepted (meaning "off")."""
+    return None if value is None else real(value, name, minimum=minimum, strict=strict)
+
+
+def integer(value: Any, name: str, *, minimum: int) -> int:
+    """Checks an integer >= `minimum` (bools are not integers); returns it as an int.
+
+    Raises:
+        ValueError: For a non-integer or a value below `minimum` (as Keras raises
+            `ValueError` for its integer arguments).
+    """
+    if is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"Argument `{name}` must be an integer >= {minimum}. "
+                         + _received(name, value))
+    return int(value)
+
+
+def optional_integer(value: Any, name: str, *, minimum: int) -> Any:
+    """`integer`, with None and 0 accepted as "off" and returned unchanged (as Keras)."""
+    return value if value is None or (not is_bool(value) and value == 0) \
+        else integer(value, name, minimum=minimum)
+
+
+def real_list(value: Any, name: str) -> list[Any] | tuple[Any, ...]:
+    """Require a list, tuple or 1-d numpy array of finite real numbers."""
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise ValueError(
+                f"Argument `{name}` must be one-dimensional. "
+                f"Received: {name} with shape {value.shape}."
+            )
+        value = value.tolist()
+    if not isinstance(value, list | tuple):
+        raise TypeError(
+            f"Argument `{name}` must be a list or tuple of numbers. "
+            f"Received: {name}={value!r} of type {type(value).__name__}."
+        )
+    for index, item in enumerate(value):
+        if is_bool(item) or not isinstance(item, numbers.Real):
+            raise TypeError(
+                f"Argument `{name}` must contain only real numbers. "
+                f"Received: {name}[{index}]={item!r} of type {type(item).__name__} "
+                f"in {name}={value!r}."
+            )
+        if not math.isfinite(item):
+            raise ValueError(
+                f"Argument `{name}` must contain only finite numbers. "
+                f"Received: {name}[{index}]={item!r} in {name}={value!r}."
+            )
+    return value
+
+
+def flag(value: Any, name: str) -> bool:
+    """Checks a Python or numpy bool; returns it as a bool.
+
+    Raises:
+        TypeError: For anything else (1 and "yes" included).
+    """
+    if not is_bool(value):
+        raise TypeError(f"Argument `{name}` must be a bool (True or False). "
+                        + _received(name, value, with_type=True))
+    return bool(value)
+
+
+def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """Checks that `value` is one of `choices`; returns it unchanged.
+
+    Raises:
+        ValueError: Naming the choices.
+    """
+    if value not in choices:
+        raise ValueError(f"Argument `{name}` must be one of {tuple(choices)}. "
+                         + _received(name, value))
+    return value
