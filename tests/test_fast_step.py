@@ -62,7 +62,7 @@ class Pair:
             assert a.tobytes() == b.tobytes(), f"array {i} differs: {a!r} vs {b!r}"
 
     def assert_fast(self):
-        assert self.fast._fast_step is not None, "the fast path was not set up"
+        assert self.fast._native.fast_step is not None, "the fast path was not set up"
 
 
 def _dtype_id(dtype):
@@ -105,7 +105,7 @@ def test_rowwise_and_overwrite_variables_take_the_fast_path():
         g = [*grads[i], np.full(3, i, np.float32)]
         fast.apply(g, fast_vars)
         general.apply(iter(g), general_vars)
-    assert fast._fast_step is not None
+    assert fast._native.fast_step is not None
     for a, b in zip(fast_vars, general_vars, strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     np.testing.assert_array_equal(counter.value, [3, 3, 3])
@@ -115,10 +115,10 @@ def test_tuple_of_gradients_and_no_variables_take_the_fast_path():
     pair = Pair(lambda: an.Adagrad(0.1))
     pair.step(0)
     pair.assert_fast()
-    fast_step = pair.fast._fast_step
+    fast_step = pair.fast._native.fast_step
     pair.fast.apply(tuple(pair.grads[1]))
     pair.general.apply(iter(pair.grads[1]))
-    assert pair.fast._fast_step is fast_step
+    assert pair.fast._native.fast_step is fast_step
     pair.assert_same()
 
 
@@ -178,11 +178,11 @@ def test_setting_a_number_learning_rate_every_step_stays_fast():
     pair = Pair(lambda: an.Adagrad(0.1))
     pair.step(0)
     pair.assert_fast()
-    fast_step = pair.fast._fast_step
+    fast_step = pair.fast._native.fast_step
     for i in range(1, 6):
         pair.fast.learning_rate = pair.general.learning_rate = 0.1 / i
         pair.step(i)
-    assert pair.fast._fast_step is fast_step
+    assert pair.fast._native.fast_step is fast_step
     pair.assert_same()
 
 
@@ -192,13 +192,13 @@ def test_a_constraint_added_between_fast_steps_is_applied():
     opt = an.Adagrad(1.0)
     for i in range(2):
         opt.apply(grads[i], [var, params[1]])
-    assert opt._fast_step is not None
+    assert opt._native.fast_step is not None
     var.constraint = lambda v: np.clip(v, -0.01, 0.01)
     opt.apply(grads[2], [var, params[1]])
     assert np.abs(var.value).max() <= np.float32(0.01)
     var.constraint = None
     opt.apply(grads[3], [var, params[1]])
-    assert opt._fast_step is not None, "the fast path comes back once the constraint is gone"
+    assert opt._native.fast_step is not None, "the fast path comes back once the constraint is gone"
 
 
 def test_nonfinite_gradient_with_raise_changes_nothing(snapshot):
@@ -325,7 +325,7 @@ def test_concurrent_apply_calls_are_serialized(restore_threads):
         w.start()
     for w in workers:
         w.join()
-    assert shared._fast_step is not None
+    assert shared._native.fast_step is not None
     assert int(shared.iterations) == 41
     for a, b in zip(params, expected, strict=True):
         assert a.tobytes() == b.tobytes()

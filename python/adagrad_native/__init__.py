@@ -13,9 +13,10 @@ from typing import Any
 
 from adagrad_native import _core, schedules
 from adagrad_native.adagrad import Adagrad
+from adagrad_native.checkpoint import load_state, save_state
 from adagrad_native.loss_scale import LossScaleOptimizer
 from adagrad_native.rowwise import RowWiseAdagrad
-from adagrad_native.serialization import deserialize, get, load_state, save_state, serialize
+from adagrad_native.serialization import deserialize, get, serialize
 from adagrad_native.sparse import SparseGradient
 from adagrad_native.variables import Variable
 

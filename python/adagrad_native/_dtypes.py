@@ -17,7 +17,8 @@ def bfloat16() -> np.dtype:
         raise ImportError(
             "bfloat16 needs the optional dependency ml_dtypes: pip install ml_dtypes"
         ) from err
-    return np.dtype(ml_dtypes.bfloat16)
+    dtype: np.dtype = np.dtype(ml_dtypes.bfloat16)
+    return dtype
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -25,11 +26,12 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     if isinstance(dtype, str) and dtype == "bfloat16":
         return bfloat16()
     try:
-        return np.dtype(dtype)
+        resolved: np.dtype = np.dtype(dtype)
     except TypeError as err:
         raise TypeError(
             f"Argument `dtype` is not a numpy dtype. Received: dtype={dtype!r}"
         ) from err
+    return resolved
 
 
 def check_updatable(array: np.ndarray, what: str) -> None:

@@ -6,11 +6,15 @@ from typing import Any
 
 import numpy as np
 
-from adagrad_native import _core
-from adagrad_native.optimizer import Optimizer, check_real
+from adagrad_native import _checks
+from adagrad_native.optimizer import Hyperparameter, Optimizer
+from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
 
+_SPARSE_UPDATES = ("dense", "lazy")
 
+
+@register_optimizer
 class Adagrad(Optimizer):
     """Optimizer that implements the Adagrad algorithm, as Keras 3 does.
 
@@ -69,6 +73,11 @@ class Adagrad(Optimizer):
         **kwargs: Only the deprecated `decay` (ignored with a warning).
     """
 
+    initial_accumulator_value: Hyperparameter[float] = Hyperparameter()
+    epsilon: Hyperparameter[float] = Hyperparameter()
+    accumulator_dtype: Hyperparameter[str | None] = Hyperparameter()
+    sparse_updates: Hyperparameter[str] = Hyperparameter()
+
     def __init__(
         self,
         learning_rate: Any = 0.001,
@@ -89,18 +98,11 @@ class Adagrad(Optimizer):
         sparse_updates: str = "dense",
         **kwargs: Any,
     ) -> None:
-        if sparse_updates not in ("dense", "lazy"):
-            raise ValueError(
-                "Argument `sparse_updates` must be 'dense' or 'lazy'. Received: "
-                f"sparse_updates={sparse_updates!r}"
-            )
-        check_real(initial_accumulator_value, "initial_accumulator_value", allow_none=False)
-        check_real(epsilon, "epsilon", allow_none=False)
-        if accumulator_dtype not in (None, "float32"):
-            raise ValueError(
-                "Argument `accumulator_dtype` must be None (the variable's dtype, as Keras) or "
-                f"'float32'. Received: accumulator_dtype={accumulator_dtype!r}"
-            )
+        _checks.one_of(sparse_updates, "sparse_updates", _SPARSE_UPDATES)
+        _checks.real(initial_accumulator_value, "initial_accumulator_value", minimum=0)
+        _checks.real(epsilon, "epsilon", minimum=0)
+        # None: the variable's dtype, as Keras.
+        _checks.one_of(accumulator_dtype, "accumulator_dtype", (None, "float32"))
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -121,7 +123,6 @@ class Adagrad(Optimizer):
         self.accumulator_dtype = accumulator_dtype
         self.sparse_updates = sparse_updates
         self._accumulators: list[Variable | None] = []
-        self._single_groups: dict[int, Any] = {}
 
     def _build_slots(self, variables: list[Variable]) -> None:
         init = float(self.initial_accumulator_value)
@@ -137,8 +138,16 @@ class Adagrad(Optimizer):
         return self.accumulator_dtype if low_precision and self.accumulator_dtype \
             else variable.dtype
 
-    def _slot_arrays(self) -> list[np.ndarray | None]:
-        return [None if a is None else a.value for a in self._accumulators]
+    def _rowwise(self, variable: Variable) -> bool:
+        """Whether the variable's accumulator holds one value per row (RowWiseAdagrad)."""
+        return False
+
+    def _algorithm_slots(self) -> tuple[list[np.ndarray | None], list[bool]]:
+        return ([None if a is None else a.value for a in self._accumulators],
+                [self._rowwise(v) for v in self._trainable_variables])
+
+    def _plan_inputs(self) -> tuple[float, bool]:
+        return float(self.epsilon), self.sparse_updates == "lazy"
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         """Applies only the Adagrad update to one built variable, as Keras does.
@@ -152,21 +161,10 @@ class Adagrad(Optimizer):
         """
         if not self.built:
             raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
-        lr = float(check_real(float(learning_rate), "learning_rate", allow_none=False))
+        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0))
         with self._lock:
-            i = self._index_of(variable, 0)
-            group = self._single_groups.get(i)
-            if group is None:
-                v, acc = self._trainable_variables[i], self._accumulators[i]
-                if acc is None:
-                    raise ValueError(f"Variable '{v.path}' has overwrite_with_gradient=True; it "
-                                     "has no Adagrad accumulator to update.")
-                group = _core.SlotGroup([v.value], [acc.value], [None], [None], [False], [False],
-                                        [v.path], [self._rowwise(v)])
-                self._single_groups[i] = group
-            plan = _core.StepPlan()
-            plan.learning_rate, plan.epsilon = lr, float(self.epsilon)
-            _core.step(group, [gradient], plan)
+            self._native.update_one(self._index_of(variable, 0), gradient, lr,
+                                    float(self.epsilon))
 
     def get_config(self) -> dict[str, Any]:
         """Keras' Adagrad config: the base keys plus the accumulator value and epsilon."""

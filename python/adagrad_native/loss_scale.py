@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from adagrad_native.optimizer import Optimizer, check_real
+from adagrad_native import _checks
+from adagrad_native.optimizer import Optimizer
+from adagrad_native.serialization import deserialize, register_optimizer, serialize
 from adagrad_native.variables import Variable
 
 _BASE_DEFAULTS = {
@@ -24,6 +25,7 @@ _BASE_DEFAULTS = {
 }
 
 
+@register_optimizer
 class LossScaleOptimizer(Optimizer):
     """Dynamic loss scaling, as `keras.optimizers.LossScaleOptimizer`.
 
@@ -67,16 +69,8 @@ class LossScaleOptimizer(Optimizer):
                 "Argument `inner_optimizer` must be an optimizer of this package (e.g. "
                 f"adagrad_native.Adagrad). Received: {inner_optimizer!r}"
             )
-        check_real(initial_scale, "initial_scale", allow_none=False)
-        if initial_scale <= 0:
-            raise ValueError(f"Argument `initial_scale` must be > 0. Received: {initial_scale}")
-        if (isinstance(dynamic_growth_steps, bool)
-                or not isinstance(dynamic_growth_steps, numbers.Integral)
-                or dynamic_growth_steps < 1):
-            raise ValueError(
-                "Argument `dynamic_growth_steps` must be an integer >= 1. Received: "
-                f"dynamic_growth_steps={dynamic_growth_steps!r}"
-            )
+        _checks.real(initial_scale, "initial_scale", minimum=0, strict=True)
+        _checks.integer(dynamic_growth_steps, "dynamic_growth_steps", minimum=1)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
         self.initial_scale = initial_scale
@@ -88,15 +82,16 @@ class LossScaleOptimizer(Optimizer):
         with self._lock:
             if self.built:
                 return
-            self.inner_optimizer._as_variables(list(var_list))  # validate before creating
+            # First: it validates the variables before anything is created. The
+            # order of `variables` (these two first) does not depend on it.
+            self.inner_optimizer.build(var_list)
             self.step_counter = self.add_variable((), "zeros", "int64", "none", "step_counter")
             self.dynamic_scale = self.add_variable((), float(self.initial_scale), "float32",
                                                    "none", "dynamic_scale")
-            self.inner_optimizer.build(var_list)
             self.built = True
 
     @property
-    def _trainable_variables(self) -> list[Variable]:  # type: ignore[override]
+    def _trainable_variables(self) -> list[Variable]:
         return self.inner_optimizer._trainable_variables
 
     @_trainable_variables.setter
@@ -141,11 +136,8 @@ class LossScaleOptimizer(Optimizer):
                         "be built. Call `optimizer.build(trainable_variables)` first."
                     )
                 self.build(trainable_variables)
-            inner = self.inner_optimizer
-            with inner._lock:
-                ordered, missing = inner._ordered_gradients(grads, trainable_variables)
-                scale = float(self.dynamic_scale.value)
-                finite = inner._step(ordered, missing, loss_scale=scale, check_finite=True)
+            finite = self.inner_optimizer._scaled_apply(grads, trainable_variables,
+                                                        float(self.dynamic_scale.value))
             counter, dyn = self.step_counter.value, self.dynamic_scale.value
             if not finite:
                 counter[...] = 0
@@ -155,12 +147,6 @@ class LossScaleOptimizer(Optimizer):
                 dyn[...] = dyn * np.float32(2.0)
             else:
                 counter[...] += 1
-
-    def _swap_groups(self) -> Any:
-        return self.inner_optimizer._swap_groups()
-
-    def _restore_groups(self, saved: Any) -> None:
-        self.inner_optimizer._restore_groups(saved)
 
     def scale_loss(self, loss: Any) -> Any:
         """Multiplies `loss` by the current scale (the initial one before build)."""
@@ -173,8 +159,6 @@ class LossScaleOptimizer(Optimizer):
 
     def get_config(self) -> dict[str, Any]:
         """Keras' four keys: name, inner_optimizer (serialized), initial_scale, growth steps."""
-        from adagrad_native.serialization import serialize
-
         return {
             "name": self.name,
             "inner_optimizer": serialize(self.inner_optimizer),
@@ -186,8 +170,6 @@ class LossScaleOptimizer(Optimizer):
     def from_config(cls, config: dict[str, Any],
                     custom_objects: dict[str, Any] | None = None) -> LossScaleOptimizer:
         """Recreates the optimizer (and its inner optimizer) from `get_config()` output."""
-        from adagrad_native.serialization import deserialize
-
         config = dict(config)
         inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

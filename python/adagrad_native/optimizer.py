@@ -1,53 +1,66 @@
-"""The Keras 3 optimizer pipeline (DESIGN.md §2), orchestrating one native call per step.
+"""The Keras 3 optimizer pipeline: what one step does, decided in Python.
 
-Python decides what a step does (learning rate, accumulation phase, EMA
-momentum, which tensors have gradients); the compiled core does all the
-element-wise work for every tensor in a single call with the GIL released.
+`Optimizer` holds the Keras semantics (variables and their slots, the learning
+rate, gradient accumulation, clipping and EMA settings, state in and out); it
+decides what a step does -- learning rate, accumulation phase, EMA momentum,
+which tensors have gradients -- and hands the whole step to its `NativeStep`
+(`_native.py`), which runs every element-wise operation for every tensor in a
+single native call with the GIL released. docs/architecture.md has the flow.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import numbers
 import re
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
 
-from adagrad_native import _core
+from adagrad_native import _checks, schedules
+from adagrad_native._call_order import CallOrder, describe
 from adagrad_native._dtypes import check_updatable
-from adagrad_native.schedules import LearningRateSchedule
+from adagrad_native._native import NativeStep, Slots, StaticPlan
 from adagrad_native.variables import Variable, auto_name
 
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
-_IDENTITY = "identity"  # a call's variables are exactly the build order
 _NONFINITE_POLICIES = ("propagate", "raise", "skip")
 _NONE_ID = id(None)  # `_NONE_ID in map(id, grads)`: a None check at C speed, safe for arrays
 
+T = TypeVar("T")
 
-def check_real(value: Any, name: str, *, allow_none: bool = True, minimum: float = 0.0) -> Any:
-    """Validates a real hyperparameter (finite, >= minimum) and returns it unchanged."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"Argument `{name}` must be a real number. Received: {name}={value!r}")
-    if not math.isfinite(value) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be a finite number >= {minimum:g}. Received: {name}={value!r}"
-        )
-    return value
+
+class Hyperparameter(Generic[T]):
+    """A public optimizer setting; setting it makes the native step re-read the settings.
+
+    Only `__set__` is defined, so reads come straight from the instance
+    dictionary, at plain attribute speed (a step reads several).
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __set__(self, optimizer: Any, value: T) -> None:
+        optimizer.__dict__[self.name] = value
+        native = optimizer.__dict__.get("_native")
+        if native is not None:
+            native.invalidate()
+
+    if TYPE_CHECKING:
+        @overload
+        def __get__(self, optimizer: None, owner: type) -> Hyperparameter[T]: ...
+
+        @overload
+        def __get__(self, optimizer: object, owner: type) -> T: ...
+
+        def __get__(self, optimizer: object, owner: type) -> Any: ...
 
 
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _array_key(array: np.ndarray) -> tuple[int, tuple[int, ...], str]:
-    return (array.__array_interface__["data"][0], array.shape, array.dtype.str)
 
 
 class Optimizer:
@@ -78,6 +91,17 @@ class Optimizer:
         **kwargs: Only the deprecated `decay` (ignored with a warning) is accepted.
     """
 
+    weight_decay: Hyperparameter[float | None] = Hyperparameter()
+    clipnorm: Hyperparameter[float | None] = Hyperparameter()
+    clipvalue: Hyperparameter[float | None] = Hyperparameter()
+    global_clipnorm: Hyperparameter[float | None] = Hyperparameter()
+    use_ema: Hyperparameter[bool] = Hyperparameter()
+    ema_momentum: Hyperparameter[float] = Hyperparameter()
+    ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter()
+    loss_scale_factor: Hyperparameter[float | None] = Hyperparameter()
+    gradient_accumulation_steps: Hyperparameter[int | None] = Hyperparameter()
+    on_nonfinite: Hyperparameter[str] = Hyperparameter()
+
     def __init__(
         self,
         learning_rate: Any,
@@ -94,11 +118,7 @@ class Optimizer:
         on_nonfinite: str = "propagate",
         **kwargs: Any,
     ) -> None:
-        if on_nonfinite not in _NONFINITE_POLICIES:
-            raise ValueError(
-                f"Argument `on_nonfinite` must be one of {_NONFINITE_POLICIES}. Received: "
-                f"on_nonfinite={on_nonfinite!r}"
-            )
+        _checks.one_of(on_nonfinite, "on_nonfinite", _NONFINITE_POLICIES)
         if kwargs.pop("decay", None) is not None:
             warnings.warn("Argument `decay` is no longer supported and will be ignored.",
                           stacklevel=2)
@@ -111,8 +131,7 @@ class Optimizer:
         self._validate(weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                        ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                        gradient_accumulation_steps)
-        self._fast_step: Any = None  # the native steady-state step; see _keep_fast_step
-        self._fast_version = -1  # Variable.constraint_version when it was made
+        self._native = NativeStep(self._native_slots)
         self.name = name or auto_name(_snake_case(type(self).__name__))
         self.weight_decay = weight_decay
         self.clipnorm = clipnorm
@@ -131,75 +150,40 @@ class Optimizer:
         self._trainable_variables: list[Variable] = []
         self._trainable_variables_indices: dict[int, int] = {}
         self._user_variables: list[Any] = []
+        self._call_order: CallOrder | None = None
         self._exclude_from_weight_decay: set[int] = set()
         self._exclude_from_weight_decay_pattern: re.Pattern[str] | None = None
+        self._weight_decay_flags: list[bool] = []
+        self._overwrite: tuple[bool, ...] = ()
+        self._has_overwrite = False
         self._model_variables_moving_average: list[Variable | None] = []
         self._accumulated_gradients: list[Variable | None] = []
-        self._group: Any = None
-        self._plan = _core.StepPlan()
-        self._plan_key: tuple[Any, ...] | None = None
-        self._plan_lr: float | None = None
-        self._order_cache: dict[tuple[int, ...], tuple[Any, list[Any]]] = {}
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(np.zeros((), np.int64), "iteration",
                                        aggregation="only_first_replica")
         self._learning_rate: Any = None
         self.learning_rate = learning_rate
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # A public attribute may be a hyperparameter the native fast step has
-        # baked into its plan, and so may the learning-rate object: setting one
-        # drops it. A number set as `learning_rate` is written into the
-        # learning-rate variable, which the fast step reads on every call.
-        if (not name.startswith("_") and name != "learning_rate") or name == "_learning_rate":
-            object.__setattr__(self, "_fast_step", None)
-        object.__setattr__(self, name, value)
-
     @staticmethod
     def _validate(weight_decay: Any, clipnorm: Any, clipvalue: Any, global_clipnorm: Any,
                   use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any,
                   loss_scale_factor: Any, gradient_accumulation_steps: Any) -> None:
-        check_real(weight_decay, "weight_decay")
+        _checks.optional_real(weight_decay, "weight_decay", minimum=0)
         for arg, value in zip(_CLIP_ARGS, (clipnorm, clipvalue, global_clipnorm)):
-            check_real(value, arg)
+            _checks.optional_real(value, arg, minimum=0)
         if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError(
                 "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
                 f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
                 f"global_clipnorm={global_clipnorm}"
             )
-        if use_ema:
-            check_real(ema_momentum, "ema_momentum", allow_none=False)
-            if ema_momentum > 1:
-                raise ValueError(
-                    "`ema_momentum` must be in the range [0, 1]. Received: "
-                    f"ema_momentum={ema_momentum}"
-                )
-            if ema_overwrite_frequency and (
-                isinstance(ema_overwrite_frequency, bool)
-                or not isinstance(ema_overwrite_frequency, numbers.Integral)
-                or ema_overwrite_frequency < 1
-            ):
-                raise ValueError(
-                    "`ema_overwrite_frequency` must be an integer >= 1 or None. Received: "
-                    f"ema_overwrite_frequency={ema_overwrite_frequency}"
-                )
-        if loss_scale_factor is not None:
-            check_real(loss_scale_factor, "loss_scale_factor")
-            if loss_scale_factor == 0:
-                raise ValueError(
-                    "Argument `loss_scale_factor` must be > 0 or None. Received: "
-                    "loss_scale_factor=0"
-                )
-        if gradient_accumulation_steps and (
-            isinstance(gradient_accumulation_steps, bool)
-            or not isinstance(gradient_accumulation_steps, numbers.Integral)
-            or gradient_accumulation_steps < 2
-        ):
-            raise ValueError(
-                "`gradient_accumulation_steps` must be an integer >= 2. Received: "
-                f"gradient_accumulation_steps={gradient_accumulation_steps}"
-            )
+        if use_ema:  # Keras checks the EMA settings only when they are used
+            _checks.real(ema_momentum, "ema_momentum", minimum=0, maximum=1)
+            _checks.optional_integer(ema_overwrite_frequency, "ema_overwrite_frequency",
+                                     minimum=1)
+        _checks.optional_real(loss_scale_factor, "loss_scale_factor", minimum=0, strict=True)
+        _checks.optional_integer(gradient_accumulation_steps, "gradient_accumulation_steps",
+                                 minimum=2)
 
     # ----------------------------------------------------------------- variables
     def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
@@ -268,17 +252,20 @@ class Optimizer:
         lr = self._learning_rate
         if isinstance(lr, Variable):
             return lr
-        if isinstance(lr, LearningRateSchedule):
+        if isinstance(lr, schedules.LearningRateSchedule):
             return lr(int(self._iterations.value))
         return lr()
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
+        # A number is written into the learning-rate variable, which the native
+        # fast step reads on every call; a new schedule or callable replaces it.
         current = self._learning_rate
-        if isinstance(learning_rate, LearningRateSchedule) or callable(learning_rate):
+        if isinstance(learning_rate, schedules.LearningRateSchedule) or callable(learning_rate):
             if isinstance(current, Variable):
                 self._variables.remove(current)
             self._learning_rate = learning_rate
+            self._native.invalidate()
             return
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
             raise ValueError(
@@ -286,7 +273,7 @@ class Optimizer:
                 "LearningRateSchedule, or a callable that takes no arguments and returns the "
                 f"learning rate. Received instead: learning_rate={learning_rate!r}"
             )
-        check_real(learning_rate, "learning_rate", allow_none=False)
+        _checks.real(learning_rate, "learning_rate", minimum=0)
         if isinstance(current, Variable):
             current.value[...] = learning_rate
         elif current is None:
@@ -347,7 +334,7 @@ class Optimizer:
         variables, seen = [], set()
         for i, v in enumerate(var_list):
             if id(v) in seen:
-                raise ValueError(f"Trainable variable {i} ({_describe(v)}) appears twice in "
+                raise ValueError(f"Trainable variable {i} ({describe(v)}) appears twice in "
                                  "the variable list.")
             seen.add(id(v))
             if isinstance(v, Variable):
@@ -388,41 +375,68 @@ class Optimizer:
             self._build_slots(variables)
             self._user_variables = var_list
             self._trainable_variables = variables
-            self._trainable_variables_indices = {id(v): i for i, v in enumerate(var_list)}
-            self._trainable_variables_indices.update({id(v): i for i, v in enumerate(variables)})
-            self._array_indices = {_array_key(v.value): i for i, v in enumerate(variables)}
+            self._call_order = CallOrder(var_list, variables)
+            self._weight_decay_flags = [self._use_weight_decay(u, v)
+                                        for u, v in zip(var_list, variables)]
             self._overwrite = tuple(v.overwrite_with_gradient for v in variables)
             self._has_overwrite = any(self._overwrite)
-            self._all_indices = list(range(len(variables)))
-            self._group = self._make_group(variables, var_list)
+            self._native.bind()
             self.built = True
 
+    # Hooks of the concrete optimizer (Adagrad): its slots and its plan inputs.
     def _build_slots(self, variables: list[Variable]) -> None:
         """Creates the algorithm's own slots (the Adagrad accumulators)."""
         raise NotImplementedError
 
-    def _slot_arrays(self) -> list[np.ndarray | None]:
-        """The algorithm's per-variable state buffers, aligned with the variables."""
+    def _algorithm_slots(self) -> tuple[list[np.ndarray | None], list[bool]]:
+        """The algorithm's state buffer of each variable, and whether it is row-wise.
+
+        Both lists are in build order; the buffer is None for
+        `overwrite_with_gradient` variables.
+        """
         raise NotImplementedError
 
-    def _make_group(self, variables: list[Variable], user_variables: list[Any]) -> Any:
+    def _plan_inputs(self) -> tuple[float, bool]:
+        """The algorithm's inputs to the native plan: `(epsilon, sparse_lazy)`."""
+        raise NotImplementedError
+
+    def _native_slots(self) -> Slots:
+        """The current buffers of every trainable variable and its slots, for NativeStep."""
         def arrays(slots: list[Variable | None]) -> list[np.ndarray | None]:
             return [None if s is None else s.value for s in slots]
 
-        return _core.SlotGroup(
+        accumulators, rowwise = self._algorithm_slots()
+        variables = self._trainable_variables
+        return Slots(
             params=[v.value for v in variables],
-            accumulators=self._slot_arrays(),
+            accumulators=accumulators,
             averages=arrays(self._model_variables_moving_average),
             grad_accumulators=arrays(self._accumulated_gradients),
-            weight_decay=[self._use_weight_decay(u, v) for u, v in zip(user_variables, variables)],
-            overwrite=[v.overwrite_with_gradient for v in variables],
+            weight_decay=self._weight_decay_flags,
+            overwrite=list(self._overwrite),
             names=[v.path for v in variables],
-            rowwise=[self._rowwise(v) for v in variables],
+            rowwise=rowwise,
         )
 
-    def _rowwise(self, variable: Variable) -> bool:
-        """Whether the variable's accumulator has one element per row (RowWiseAdagrad)."""
-        return False
+    def _static_plan(self) -> StaticPlan:
+        """The plan settings derived from the hyperparameters."""
+        epsilon, sparse_lazy = self._plan_inputs()
+        clip, clip_value = None, 0.0
+        # Keras' precedence when several are set after construction.
+        for mode, arg in (("norm", self.clipnorm), ("global_norm", self.global_clipnorm),
+                          ("value", self.clipvalue)):
+            if arg and arg > 0:
+                clip, clip_value = mode, float(arg)
+                break
+        return StaticPlan(
+            epsilon=float(epsilon),
+            weight_decay=float(self.weight_decay or 0.0),
+            clip=clip,
+            clip_value=clip_value,
+            accumulation_steps=self.gradient_accumulation_steps or 1,
+            use_ema=bool(self.use_ema),
+            sparse_lazy=sparse_lazy,
+        )
 
     # --------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
@@ -448,13 +462,11 @@ class Optimizer:
             TypeError: On a gradient whose dtype differs from its variable's.
         """
         with self._lock:
-            fast = self._fast_step
-            if fast is not None and self._fast_version == Variable.constraint_version:
-                bad = fast.try_step(grads, trainable_variables)
-                if bad != _core.DECLINED:
-                    if bad >= 0 and self.on_nonfinite == "raise":
-                        raise self._nonfinite_error(bad)
-                    return
+            bad = self._native.try_fast(grads, trainable_variables)
+            if bad is not None:
+                if bad >= 0 and self.on_nonfinite == "raise":
+                    raise self._nonfinite_error(bad)
+                return
             grads = list(grads)
             if not grads:
                 return
@@ -464,28 +476,35 @@ class Optimizer:
             if self._step(ordered, missing) and ordered is grads and not missing:
                 self._keep_fast_step(trainable_variables)
 
+    def _scaled_apply(self, grads: list[Any], trainable_variables: Sequence[Any] | None,
+                      loss_scale: float) -> bool:
+        """One step on gradients divided by `loss_scale`; skipped if any is not finite.
+
+        The one entry point for wrapping optimizers (LossScaleOptimizer). A
+        skipped step changes nothing.
+
+        Returns:
+            Whether the step was applied.
+        """
+        with self._lock:
+            ordered, missing = self._ordered_gradients(grads, trainable_variables)
+            return self._step(ordered, missing, loss_scale=loss_scale, check_finite=True)
+
     def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         """After a step in build order with every gradient present, makes it repeatable natively.
 
-        The native FastStep repeats this step's plan, reading the learning rate
-        from its variable and bumping `iterations`, for as long as nothing the
-        plan depends on changes: a hyperparameter (`__setattr__` drops it), a
-        variable's constraint (`_fast_version`) or the call's variables (it
-        declines). Steps whose plan changes from step to step (a schedule or
-        callable learning rate, gradient accumulation, EMA) and constrained
-        variables always take the general path.
+        Steps whose plan changes from step to step (a schedule or callable
+        learning rate, gradient accumulation, EMA) and constrained variables
+        always take the general path.
         """
-        fast = self._fast_step
-        if (fast is not None and self._fast_version == Variable.constraint_version
-                and fast.accepts(trainable_variables)):
+        native = self._native
+        if native.keeps(trainable_variables):
             return
         if (type(self._learning_rate) is not Variable or self.gradient_accumulation_steps
                 or self.use_ema or self._constrained()):
             return
         variables = self._user_variables if trainable_variables is None else trainable_variables
-        self._fast_step = _core.FastStep(self._group, self._plan, self._iterations.value,
-                                         self._learning_rate.value, variables)
-        self._fast_version = Variable.constraint_version
+        native.keep_fast(variables, self._iterations.value, self._learning_rate.value)
 
     def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
                            ) -> tuple[list[Any], list[int]]:
@@ -518,16 +537,9 @@ class Optimizer:
             )
         if not self.built:
             self.build(trainable_variables)
-        ids = tuple(map(id, trainable_variables))
-        cached = self._order_cache.get(ids)
-        if cached is None:
-            # The entry holds the objects, so their ids cannot be reused while it exists.
-            cached = (self._build_order(trainable_variables), trainable_variables)
-            if len(self._order_cache) > 8:  # a few call patterns at most; keep it bounded
-                self._order_cache.clear()
-            self._order_cache[ids] = cached
-        order = cached[0]
-        if order is _IDENTITY:
+        assert self._call_order is not None
+        order = self._call_order.order(trainable_variables)
+        if order is None:
             return grads, _none_positions(grads)
         ordered: list[Any] = [None] * len(self._trainable_variables)
         missing = []
@@ -538,28 +550,11 @@ class Optimizer:
         return ordered, missing
 
     def _index_of(self, variable: Any, position: int) -> int:
-        index = self._trainable_variables_indices.get(id(variable))
-        if index is None and isinstance(variable, np.ndarray):
-            index = self._array_indices.get(_array_key(variable))
-        if index is None:
-            raise ValueError(
-                f"Unknown variable at position {position}: {_describe(variable)}. This optimizer "
-                "can only be called for the variables it was originally built with. When "
-                "working with a new set of variables, you should recreate a new optimizer "
-                "instance."
-            )
-        return index
-
-    def _build_order(self, variables: list[Any]) -> Any:
-        """The build-order index of each variable of a call (or _IDENTITY)."""
-        order = [self._index_of(v, position) for position, v in enumerate(variables)]
-        seen: set[int] = set()
-        for position, i in enumerate(order):
-            if i in seen:
-                raise ValueError(f"Variable '{self._trainable_variables[i].path}' appears twice "
-                                 f"in one call (again at position {position}).")
-            seen.add(i)
-        return _IDENTITY if order == list(range(len(self._trainable_variables))) else order
+        """The build index of `variable` (named at `position` of a call)."""
+        if self._call_order is None:
+            raise ValueError(f"Unknown variable at position {position}: {describe(variable)}. "
+                             "The optimizer is not built yet.")
+        return self._call_order.index_of(variable, position)
 
     def _step(self, grads: list[Any], missing: list[int], loss_scale: float | None = None,
               check_finite: bool = False) -> bool:
@@ -580,10 +575,30 @@ class Optimizer:
         raw = int(self._iterations.value)
         if loss_scale is None:
             loss_scale = self.loss_scale_factor
-        plan = self._build_plan(raw, any_update, float(loss_scale or 0.0),
-                                check_finite or self.on_nonfinite != "propagate")
+        k = self.gradient_accumulation_steps
+        is_update = not k or (raw + 1) % k == 0
+        # Keras evaluates the learning rate only on update steps.
+        learning_rate = self._current_learning_rate() if is_update and any_update else None
+        ema_momentum, ema_overwrite = 0.0, False
+        if self.use_ema:
+            iterations = raw // k if k else raw
+            freq = self.ema_overwrite_frequency
+            ema_momentum = float(self.ema_momentum) if iterations else 0.0
+            ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
+        native = self._native
+        if native.needs_configuration:
+            native.configure(self._static_plan())
         # The core validates every gradient before it writes anything.
-        bad = _core.step(self._group, grads, plan)
+        bad = native.run(
+            grads,
+            update=is_update,
+            learning_rate=learning_rate,
+            loss_scale=float(loss_scale or 0.0),
+            check_finite=check_finite or self.on_nonfinite != "propagate",
+            any_update=any_update,
+            ema_momentum=ema_momentum,
+            ema_overwrite=ema_overwrite,
+        )
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
                 raise self._nonfinite_error(bad)
@@ -596,8 +611,8 @@ class Optimizer:
                 stacklevel=4,
             )
         for i in self._constrained():
-            if grads[i] is not None and not self._overwrite[i]:
-                v = self._trainable_variables[i]
+            v = self._trainable_variables[i]
+            if grads[i] is not None and not self._overwrite[i] and v.constraint is not None:
                 v.assign(v.constraint(v))
         self._iterations.value[()] = raw + 1
         return True
@@ -610,60 +625,11 @@ class Optimizer:
 
     def _constrained(self) -> list[int]:
         """Indices of the variables that have a constraint (cached)."""
-        if self._constrained_cache[0] != Variable.constraint_version:
+        if self._constrained_cache[0] != Variable.layout_version:
             indices = [i for i, v in enumerate(self._trainable_variables)
                        if v.constraint is not None]
-            self._constrained_cache = (Variable.constraint_version, indices)
+            self._constrained_cache = (Variable.layout_version, indices)
         return self._constrained_cache[1]
-
-    def _build_plan(self, raw: int, any_update: bool, loss_scale: float,
-                    check_finite: bool) -> Any:
-        """Fills the StepPlan for this call.
-
-        Fields that only change with the hyperparameters are rewritten only when
-        those change: a step must cost a few microseconds of Python at most.
-        """
-        plan = self._plan
-        k = self.gradient_accumulation_steps
-        key = (self.epsilon, self.weight_decay, self.clipnorm, self.global_clipnorm,
-               self.clipvalue, k, loss_scale, check_finite, any_update, self.use_ema,
-               getattr(self, "sparse_updates", "dense"))
-        if key != self._plan_key:
-            plan.epsilon = float(self.epsilon)
-            plan.weight_decay = float(self.weight_decay or 0.0)
-            self._set_clip(plan)
-            plan.accumulation_steps = k or 1
-            plan.loss_scale = loss_scale
-            plan.check_finite = check_finite
-            plan.reset_idle_accumulators = any_update
-            plan.ema = bool(self.use_ema) and any_update
-            plan.sparse_lazy = getattr(self, "sparse_updates", "dense") == "lazy"
-            if not k:
-                plan.phase = _core.Phase.update
-            self._plan_key = key
-        is_update = not k or (raw + 1) % k == 0
-        if k:
-            plan.phase = _core.Phase.accumulate_update if is_update else _core.Phase.accumulate
-        if is_update and any_update:
-            lr = self._current_learning_rate()  # Keras evaluates it only on update steps
-            if lr != self._plan_lr:
-                plan.learning_rate = self._plan_lr = lr
-        if plan.ema:
-            iterations = raw // k if k else raw
-            plan.ema_momentum = float(self.ema_momentum) if iterations else 0.0
-            freq = self.ema_overwrite_frequency
-            plan.ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
-        return plan
-
-    def _set_clip(self, plan: Any) -> None:
-        # Keras' precedence when several are set after construction.
-        for arg, mode in ((self.clipnorm, _core.Clip.norm),
-                          (self.global_clipnorm, _core.Clip.global_norm),
-                          (self.clipvalue, _core.Clip.value)):
-            if arg and arg > 0:
-                plan.clip, plan.clip_value = mode, float(arg)
-                return
-        plan.clip, plan.clip_value = _core.Clip.none, 0.0
 
     # --------------------------------------------------------------------- state
     def _state_arrays(self, values: Sequence[Any], variables: Sequence[Variable],
@@ -689,27 +655,18 @@ class Optimizer:
     @contextlib.contextmanager
     def _swapped_state(self, optimizer_values: list[np.ndarray],
                        trainable_values: list[np.ndarray]) -> Iterator[None]:
-        """Temporarily points every variable (and the native group) at other buffers."""
+        """Temporarily points every variable at other buffers.
+
+        The native step follows: a rebound variable changes the layout version,
+        so it rebinds (and drops its fast step) before its next step.
+        """
         variables = self.variables + self._trainable_variables
-        saved = [v._value for v in variables]
-        for v, value in zip(variables, optimizer_values + trainable_values):
-            v._value = value
-        saved_groups = self._swap_groups()
+        saved = [v._rebind(a) for v, a in zip(variables, optimizer_values + trainable_values)]
         try:
             yield
         finally:
-            for v, value in zip(variables, saved):
-                v._value = value
-            self._restore_groups(saved_groups)
-
-    def _swap_groups(self) -> Any:
-        saved = (self._group, self._fast_step, self._fast_version)
-        self._group = self._make_group(self._trainable_variables, self._user_variables)
-        self._fast_step = None  # it holds the real buffers
-        return saved
-
-    def _restore_groups(self, saved: Any) -> None:
-        self._group, self._fast_step, self._fast_version = saved
+            for v, a in zip(variables, saved):
+                v._rebind(a)
 
     def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any],
                         trainable_variables: Sequence[Any]) -> tuple[list[np.ndarray],
@@ -820,8 +777,9 @@ class Optimizer:
             )
         indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
         for v, i in zip(var_list, indices):
-            if averages[i] is not None:
-                _as_variable(v).assign(averages[i].value)
+            average = averages[i]
+            if average is not None:
+                _as_variable(v).assign(average.value)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, in Keras' format.
@@ -833,9 +791,7 @@ class Optimizer:
         lr = self._learning_rate
         if isinstance(lr, Variable):
             learning_rate: Any = float(lr.value)
-        elif isinstance(lr, LearningRateSchedule):
-            from adagrad_native import schedules
-
+        elif isinstance(lr, schedules.LearningRateSchedule):
             learning_rate = schedules.serialize(lr)
         else:
             raise TypeError(
@@ -862,8 +818,6 @@ class Optimizer:
         """Creates an optimizer from `get_config()` output (ours or Keras')."""
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):
-            from adagrad_native import schedules
-
             config["learning_rate"] = schedules.deserialize(config["learning_rate"],
                                                             custom_objects=custom_objects)
         return cls(**config)
@@ -873,14 +827,6 @@ def _none_positions(grads: list[Any]) -> list[int]:
     if _NONE_ID not in map(id, grads):
         return []
     return [i for i, g in enumerate(grads) if g is None]
-
-
-def _describe(v: Any) -> str:
-    if isinstance(v, Variable):
-        return f"Variable '{v.path}' of shape {v.shape}"
-    if isinstance(v, np.ndarray):
-        return f"numpy array of shape {v.shape} and dtype {v.dtype}"
-    return repr(v)
 
 
 def _as_variable(v: Any) -> Variable:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from adagrad_native.adagrad import Adagrad
+from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
 
 
+@register_optimizer
 class RowWiseAdagrad(Adagrad):
     """Adagrad with one accumulator per row, for embedding tables (not in Keras).
 

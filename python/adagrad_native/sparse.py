@@ -42,6 +42,9 @@ class SparseGradient:
     """
 
     __slots__ = ("indices", "values", "dense_shape")
+    indices: np.ndarray
+    values: np.ndarray
+    dense_shape: tuple[int, ...] | None
 
     def __init__(self, indices: Any, values: Any, dense_shape: Any = None) -> None:
         indices = np.asarray(indices)

@@ -12,7 +12,7 @@ import numpy as np
 from adagrad_native import _buffers
 from adagrad_native._dtypes import resolve_dtype
 
-_name_counters: dict[str, itertools.count] = {}
+_name_counters: dict[str, itertools.count[int]] = {}
 _name_lock = threading.Lock()
 
 
@@ -131,9 +131,10 @@ class Variable:
         var._path = path
         return var
 
-    # Bumped whenever any variable's constraint changes, so optimizers can cache
-    # which of their variables have one instead of checking all on every step.
-    constraint_version = 0
+    # Bumped whenever any variable's constraint or buffer changes, so optimizers
+    # can cache which of their variables have a constraint, and their native
+    # step the buffers, instead of checking all of them on every step.
+    layout_version = 0
 
     @property
     def constraint(self) -> Callable[[Any], Any] | None:
@@ -145,7 +146,7 @@ class Variable:
         if value is not None and not callable(value):
             raise ValueError(f"Argument `constraint` must be callable. Received: {value!r}")
         self._constraint = value
-        Variable.constraint_version += 1
+        Variable.layout_version += 1
 
     @property
     def overwrite_with_gradient(self) -> bool:
@@ -157,6 +158,12 @@ class Variable:
         if not isinstance(value, bool):
             raise TypeError(f"`overwrite_with_gradient` must be a boolean. Received: {value!r}")
         self._overwrite_with_gradient = value
+
+    def _rebind(self, buffer: np.ndarray) -> np.ndarray:
+        """Points the variable at another buffer (`stateless_apply`); returns the old one."""
+        old, self._value = self._value, buffer
+        Variable.layout_version += 1
+        return old
 
     @property
     def path(self) -> str:
@@ -205,7 +212,8 @@ class Variable:
                 f"`variable.{what}(value)` must match. Variable '{self.path}' has shape "
                 f"{self.shape}; received value.shape={value.shape}."
             )
-        return value
+        checked: np.ndarray = value
+        return checked
 
     def assign(self, value: Any) -> Variable:
         """Copies `value` into the buffer (cast to the variable's dtype)."""
@@ -271,6 +279,6 @@ for _name, _op in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
     setattr(Variable, f"__{_name}__", _binary(_op, reflected=False))
     if _name not in ("lt", "le", "gt", "ge"):
         setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
-Variable.__neg__ = lambda self: -self._value  # type: ignore[attr-defined]
+setattr(Variable, "__neg__", lambda self: -self._value)  # noqa: B010 - set like the rest
 
 __all__ = ["Variable"]

@@ -1,0 +1,101 @@
+"""Name-keyed optimizer state checkpoints in one `.npz` file: `save_state`, `load_state`."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from adagrad_native.variables import Variable
+
+_CONFIG_KEY = "__config__"
+
+
+def _state_key(optimizer: Any, variable: Variable) -> str:
+    # Relative to the optimizer's name, so renaming the optimizer keeps the keys.
+    prefix = f"{variable.path.split('/', 1)[0]}/"
+    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+
+
+def _state_entries(optimizer: Any) -> dict[str, Any]:
+    entries: dict[str, Any] = {}
+    for variable in optimizer.variables:
+        key = _state_key(optimizer, variable)
+        if key in entries:  # e.g. an inner optimizer's "iteration"
+            key = variable.path
+        entries[key] = variable
+    return entries
+
+
+def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
+    """Writes the optimizer's variables and config to one `.npz`, atomically.
+
+    Keys are the variables' paths relative to the optimizer (e.g.
+    "iteration", "dense_kernel_accumulator"), so a checkpoint survives
+    reordering the variables or renaming the optimizer. The file is written to
+    a temporary name in the same folder and renamed over `path`, so a crash
+    never leaves a half-written checkpoint.
+
+    Args:
+        optimizer: A built optimizer.
+        path: The file to write (".npz" is not appended).
+    """
+    if not optimizer.built:
+        raise ValueError("save_state needs a built optimizer: call build(variables) first.")
+    arrays = {key: var.numpy() for key, var in _state_entries(optimizer).items()}
+    try:
+        config = json.dumps(optimizer.get_config())
+    except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
+        config = "null"
+    arrays[_CONFIG_KEY] = np.array(config)
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Loads a `save_state` checkpoint into a built optimizer, by name.
+
+    Every key, shape and dtype kind is checked before anything is assigned.
+
+    Returns:
+        The config stored with the state (None when it could not be saved).
+
+    Raises:
+        ValueError: Listing the missing, unexpected and mismatched entries.
+    """
+    if not optimizer.built:
+        raise ValueError("load_state needs a built optimizer: call build(variables) first.")
+    entries = _state_entries(optimizer)
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        stored = {key: data[key] for key in data.files}
+    config: dict[str, Any] | None = json.loads(str(stored.pop(_CONFIG_KEY, "null")))
+    missing = sorted(set(entries) - set(stored))
+    unexpected = sorted(set(stored) - set(entries))
+    mismatched = [
+        f"{key}: expected {var.shape} {var.dtype}, stored {stored[key].shape} "
+        f"{stored[key].dtype}"
+        for key, var in entries.items()
+        if key in stored and (stored[key].shape != var.shape
+                              or stored[key].dtype.kind != var.value.dtype.kind)
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"The checkpoint {os.fspath(path)!r} does not match optimizer '{optimizer.name}': "
+            f"missing {missing}, unexpected {unexpected}, mismatched {mismatched}."
+        )
+    for key, var in entries.items():
+        var.assign(stored[key])
+    return config
