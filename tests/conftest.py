@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
-
-# `reference.py` is imported as a top-level module whatever pytest's import mode is.
-sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Native Adagrad vs the numpy oracle (tests/reference.py) over dtypes x shapes x features.
+"""Native Adagrad vs the numpy oracle (tests/oracle/dense.py) over dtypes x shapes x features.
 
 Tolerance: every element goes through ~10 correctly rounded operations per step in
 both implementations; the native core may contract a*b+c into an FMA, reduces norms
@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from reference import ReferenceAdagrad
 
 import adagrad_native as an
+from tests.oracle import ReferenceAdagrad
 
 STEPS = 6
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import ReferenceAdagrad
 
 import adagrad_native as an
+from tests.oracle import ReferenceAdagrad
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
 

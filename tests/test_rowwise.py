@@ -1,4 +1,4 @@
-"""RowWiseAdagrad against its numpy oracle (tests/sparse_reference.py), dense and sparse.
+"""RowWiseAdagrad against its numpy oracle (tests/oracle/sparse.py), dense and sparse.
 
 Tolerance as in test_adagrad.py (8 ulps per step): the oracle follows the
 core's operation order, including the documented float64 order of the row
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparse_reference import RowWiseReferenceAdagrad, dense_equivalent
 
 import adagrad_native as an
+from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 
 STEPS = 5
 

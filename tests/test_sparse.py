@@ -18,11 +18,10 @@ import types
 
 import numpy as np
 import pytest
-from reference import ReferenceAdagrad
-from sparse_reference import LazyReferenceAdagrad, dense_equivalent
 
 import adagrad_native as an
 from adagrad_native._dtypes import bfloat16
+from tests.oracle import LazyReferenceAdagrad, ReferenceAdagrad, dense_equivalent
 
 STEPS = 4
 TABLE = (40, 6)

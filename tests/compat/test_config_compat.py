@@ -15,9 +15,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-import keras_pairs as kp  # noqa: E402
-
 import adagrad_native as an  # noqa: E402
+from tests.compat import keras_pairs as kp  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
