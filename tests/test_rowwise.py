@@ -1,6 +1,6 @@
 """RowWiseAdagrad against its numpy oracle (tests/oracle/sparse.py), dense and sparse.
 
-Tolerance as in test_adagrad.py (8 ulps per step): the oracle follows the
+Tolerance: 8 ulps per step (`tests.helpers.assert_close`): the oracle follows the
 core's operation order, including the documented float64 order of the row
 mean, so differences come only from the final roundings.
 """
@@ -11,17 +11,10 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from tests.helpers import assert_close
 from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 
 STEPS = 5
-
-
-def assert_close(got, want, steps, what):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, what
-    tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
-    scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 SHAPES = {"2x3": (2, 3), "1x1": (1, 1), "7x9x2": (7, 9, 2), "3x300": (3, 300),

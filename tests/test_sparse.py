@@ -8,7 +8,7 @@ clipping by norm: in row mode the float64 sum of squares is taken over the
 distinct rows instead of the dense chunks, in another order, so the clip
 factor may differ by an ulp of float64 -- after the cast to the compute type a
 difference of at most one ulp of the dtype, which we allow (rtol = 2 eps).
-Against the numpy oracle the tolerance of test_adagrad.py applies.
+Against the numpy oracle: 8 ulps per step (`tests.helpers.assert_close`).
 """
 
 from __future__ import annotations
@@ -21,18 +21,11 @@ import pytest
 
 import adagrad_native as an
 from adagrad_native._dtypes import bfloat16
+from tests.helpers import assert_close
 from tests.oracle import LazyReferenceAdagrad, ReferenceAdagrad, dense_equivalent
 
 STEPS = 4
 TABLE = (40, 6)
-
-
-def assert_close(got, want, steps, what):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, what
-    tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
-    scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 def assert_same(got, want, what, norm_clip=False):

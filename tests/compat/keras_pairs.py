@@ -100,7 +100,12 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def assert_close(ours: Any, ref: Any, what: str) -> None:
-    """|ours - keras| <= ATOL + RTOL * |keras| element-wise; same shape, same non-finites."""
+    """|ours - keras| <= ATOL + RTOL * |keras| element-wise; same shape, same non-finites.
+
+    Not `tests.helpers.assert_close` (ulps of the oracle's dtype per step): Keras runs
+    through XLA in another order, so the bound is the module's RTOL/ATOL, and every
+    comparison is recorded in STATS for the session summary.
+    """
     o = to_numpy(ours)
     r = to_numpy(ref)
     assert o.shape == r.shape, f"{what}: shape {o.shape} here, {r.shape} in Keras"

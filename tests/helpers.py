@@ -1,0 +1,25 @@
+"""Helpers shared by the test modules: tolerances against the numpy oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def assert_close(got, want, steps, what):
+    """`got` is the native result, `want` the numpy oracle's, after `steps` steps.
+
+    Same shape and dtype, then values within 8 ulps of the dtype per step, relative
+    to the value and absolutely to max(1, |want|max). Why: every element goes
+    through ~10 correctly rounded operations per step on both sides; the native core
+    may contract a*b+c into an FMA, reduces norms in float64 and may fold the clip
+    factor into one multiply, so a value may differ by a few ulps per step.
+    Parameters are O(1), and a difference of two O(1) numbers carries an absolute,
+    not relative, error, hence the absolute term. A real bug (wrong order, a missing
+    cast, a stale slot) is off by orders of magnitude more.
+    """
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
+    scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
