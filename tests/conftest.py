@@ -1,15 +1,30 @@
-"""Shared fixtures: seeded random numbers and array snapshots for no-mutation checks."""
+"""Shared fixtures: seeded random numbers, the floating dtypes, array snapshots for
+no-mutation checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from tests.helpers import LOW_PRECISION, dtype_params
+
 
 @pytest.fixture
 def rng():
     """A freshly seeded generator, so every test sees the same numbers on every run."""
     return np.random.default_rng(20240611)
+
+
+@pytest.fixture(params=dtype_params())
+def float_dtype(request):
+    """Each parameter dtype the core supports (np.dtype; ids float32 ... bfloat16)."""
+    return request.param
+
+
+@pytest.fixture(params=dtype_params(*LOW_PRECISION))
+def low_precision_dtype(request):
+    """float16 and bfloat16: 16-bit parameters whose math runs in float32."""
+    return request.param
 
 
 def optimizer_arrays(opt, variables=()):

@@ -1,8 +1,24 @@
-"""Helpers shared by the test modules: tolerances against the numpy oracle."""
+"""Helpers shared by the test modules: the floating dtypes, tolerances against the oracle."""
 
 from __future__ import annotations
 
+import ml_dtypes  # in the `test` extra: bfloat16 is always tested
 import numpy as np
+import pytest
+
+# Every parameter dtype the core supports, by name; the names are the test ids.
+FLOAT_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+LOW_PRECISION = ("float16", "bfloat16")  # 16-bit storage, float32 math
+
+
+def dtype_params(*names):
+    """`pytest.param`s of the named dtypes (all of them by default), each with its name as id."""
+    return [pytest.param(FLOAT_DTYPES[name], id=name) for name in names or FLOAT_DTYPES]
 
 
 def assert_close(got, want, steps, what):

@@ -20,17 +20,6 @@ import adagrad_native as an
 SHAPES = [(7, 5), (), (0,), (33,), (4, 3, 2)]
 
 
-def _dtypes():
-    dtypes = [np.float32, np.float64, np.float16]
-    try:
-        import ml_dtypes
-
-        dtypes.append(ml_dtypes.bfloat16)
-    except ImportError:  # optional extra; the other dtypes still run
-        pass
-    return dtypes
-
-
 def _data(dtype, steps, seed=3, shapes=SHAPES):
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(s).astype(dtype) for s in shapes]
@@ -65,10 +54,6 @@ class Pair:
         assert self.fast._fast_step is not None, "the fast path was not set up"
 
 
-def _dtype_id(dtype):
-    return np.dtype(dtype).name
-
-
 CONFIGS = {
     "plain": dict(),
     "weight_decay": dict(weight_decay=0.05),
@@ -81,10 +66,9 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("dtype", _dtypes(), ids=_dtype_id)
 @pytest.mark.parametrize("config_id", list(CONFIGS))
-def test_fast_steps_match_general_steps(dtype, config_id):
-    pair = Pair(lambda: an.Adagrad(learning_rate=0.1, **CONFIGS[config_id]), dtype)
+def test_fast_steps_match_general_steps(float_dtype, config_id):
+    pair = Pair(lambda: an.Adagrad(learning_rate=0.1, **CONFIGS[config_id]), float_dtype)
     for i in range(6):
         pair.step(i)
     pair.assert_fast()

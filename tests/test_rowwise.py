@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from tests.helpers import assert_close
+from tests.helpers import FLOAT_DTYPES, LOW_PRECISION, assert_close
 from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 
 STEPS = 5
@@ -143,9 +143,7 @@ def test_thread_count_does_not_change_bits(grad, rng, restore_threads):
 
 
 def test_low_precision_and_update_step(rng):
-    from adagrad_native._dtypes import bfloat16
-
-    for dt in (np.float16, bfloat16()):
+    for dt in (FLOAT_DTYPES[name] for name in LOW_PRECISION):
         var = an.Variable(rng.standard_normal((6, 5)).astype(dt), name="w")
         opt = an.RowWiseAdagrad(learning_rate=0.1, accumulator_dtype="float32")
         opt.apply([an.SparseGradient([1, 1, 4], np.ones((3, 5), dt))], [var])
