@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.helpers import LOW_PRECISION, dtype_params
+from tests.helpers import LOW_PRECISION, SLOT_LISTS, assert_identical, dtype_params
 
 
 @pytest.fixture
@@ -35,19 +35,12 @@ def optimizer_arrays(opt, variables=()):
     """
     arrays = [np.array(v, copy=True) for v in variables]
     arrays += [np.array(v, copy=True) for v in opt.variables]
-    for attr in ("_accumulators", "_model_variables_moving_average", "_accumulated_gradients"):
+    for attr in SLOT_LISTS:
         for v in getattr(opt, attr, None) or ():
             if v is not None:
                 arrays.append(np.array(v, copy=True))
     arrays.append(np.array(int(opt._iterations)))
     return arrays
-
-
-def _assert_same(before, after):
-    assert len(before) == len(after), "the number of arrays changed"
-    for i, (b, a) in enumerate(zip(before, after, strict=True)):
-        assert b.shape == a.shape and b.dtype == a.dtype, f"array {i} changed shape/dtype"
-        assert b.tobytes() == a.tobytes(), f"array {i} changed: {b!r} -> {a!r}"
 
 
 class Snapshot:
@@ -58,7 +51,8 @@ class Snapshot:
         self.before = optimizer_arrays(opt, self.variables)
 
     def assert_unchanged(self):
-        _assert_same(self.before, optimizer_arrays(self.opt, self.variables))
+        assert_identical(optimizer_arrays(self.opt, self.variables), self.before,
+                         "optimizer or variable array")
 
 
 @pytest.fixture

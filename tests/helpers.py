@@ -1,4 +1,5 @@
-"""Helpers shared by the test modules: the floating dtypes, tolerances against the oracle."""
+"""Helpers shared by the test modules: the floating dtypes, the optimizer's slot lists,
+tolerances against the oracle, bitwise comparisons."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ def dtype_params(*names):
     return [pytest.param(FLOAT_DTYPES[name], id=name) for name in names or FLOAT_DTYPES]
 
 
+# Keras' names of an optimizer's per-variable slot lists (None where a variable has none).
+SLOT_LISTS = ("_accumulators", "_model_variables_moving_average", "_accumulated_gradients")
+
+
 def assert_close(got, want, steps, what):
     """`got` is the native result, `want` the numpy oracle's, after `steps` steps.
 
@@ -39,3 +44,12 @@ def assert_close(got, want, steps, what):
     tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
     scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def assert_identical(got, want, what="array"):
+    """Two lists of arrays agree bit for bit: same length, shapes, dtypes and bytes."""
+    assert len(got) == len(want), f"{what}s: {len(got)}, expected {len(want)}"
+    for i, (a, b) in enumerate(zip(got, want, strict=True)):
+        assert a.shape == b.shape and a.dtype == b.dtype, (
+            f"{what} {i}: {a.shape} {a.dtype}, expected {b.shape} {b.dtype}")
+        assert a.tobytes() == b.tobytes(), f"{what} {i} differs: {a!r}, expected {b!r}"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from tests.helpers import assert_identical
 
 SHAPES = [(7, 5), (), (0,), (33,), (4, 3, 2)]
 
@@ -43,12 +44,9 @@ class Pair:
                            self.general_params)
 
     def assert_same(self):
-        pairs = list(zip(self.params, self.general_params, strict=True))
-        pairs += [(a.value, b.value)
-                  for a, b in zip(self.fast.variables, self.general.variables, strict=True)]
-        for i, (a, b) in enumerate(pairs):
-            assert a.dtype == b.dtype and a.shape == b.shape
-            assert a.tobytes() == b.tobytes(), f"array {i} differs: {a!r} vs {b!r}"
+        assert_identical([*self.params, *(v.value for v in self.fast.variables)],
+                         [*self.general_params, *(v.value for v in self.general.variables)],
+                         "fast vs general: array")
 
     def assert_fast(self):
         assert self.fast._fast_step is not None, "the fast path was not set up"

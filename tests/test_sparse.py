@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from tests.helpers import FLOAT_DTYPES, assert_close
+from tests.helpers import FLOAT_DTYPES, SLOT_LISTS, assert_close
 from tests.oracle import LazyReferenceAdagrad, ReferenceAdagrad, dense_equivalent
 
 STEPS = 4
@@ -113,7 +113,7 @@ def test_sparse_equals_dense(dtype_id, feat_id, pattern, rng):
     norm = feat_id in NORM_CLIP
     for i in range(2):
         assert_same(vs[i], vd[i], f"param {i}", norm)
-    for attr in ("_accumulators", "_model_variables_moving_average", "_accumulated_gradients"):
+    for attr in SLOT_LISTS:
         for i, (a, b) in enumerate(zip(getattr(o_s, attr), getattr(o_d, attr), strict=True)):
             if a is not None:
                 assert_same(np.asarray(a), np.asarray(b), f"{attr}[{i}]", norm)
