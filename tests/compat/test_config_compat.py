@@ -18,9 +18,6 @@ keras = pytest.importorskip("keras")
 import adagrad_native as an  # noqa: E402
 from tests.compat import keras_pairs as kp  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
 # Every random scenario whose learning rate has a config (not the plain callable),
 # each under an explicit name so that the two configs must be equal as a whole.
 CONFIG_SCENARIOS = [

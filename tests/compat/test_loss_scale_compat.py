@@ -21,9 +21,6 @@ jax = pytest.importorskip("jax")
 import adagrad_native as an  # noqa: E402
 from tests.compat import keras_pairs as kp  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
-
 SHAPES = [(4, 3), (), (6,)]
 INNER = {
     "plain": {"learning_rate": 0.1},
