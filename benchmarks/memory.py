@@ -1,6 +1,6 @@
 """Peak-RSS growth of this package over N steps, measured in a fresh process.
 
-Run as `python benchmarks/memory.py --workload 2 --steps 50` (run.py does it): the child
+Run as `python -m benchmarks.memory --workload 2 --steps 50` (run.py does it): the child
 builds the workload, applies 3 warm-up steps, resets the kernel's peak-RSS mark
 (`/proc/self/clear_refs`, value 5), runs the steps, and prints JSON with the growth of the
 peak (VmHWM) over the resident size before the steps.  A fresh process keeps the peaks of
@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]  # where `python -m benchmarks.memory` runs
 
 
 def _status_kib(field: str) -> int:
@@ -34,9 +36,8 @@ def _reset_peak() -> bool:
 
 def measure(workload_key: str, steps: int, quick: bool) -> dict[str, Any]:
     """Runs in the child process: build, warm up, reset the peak, step, report."""
-    from workloads import LEARNING_RATE, all_workloads, make_data
-
     import adagrad_native as an
+    from benchmarks.workloads import LEARNING_RATE, all_workloads, make_data
 
     wl = next(w for ws in all_workloads(quick).values() for w in ws if w.key == workload_key)
     data = make_data(wl)
@@ -69,13 +70,14 @@ def measure_in_child(workload_key: str, steps: int, quick: bool) -> dict[str, An
     """Runs `measure` in a fresh interpreter and returns its result (or an error note)."""
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "benchmarks.memory",
         "--workload",
         workload_key,
         "--steps",
         str(steps),
     ] + (["--quick"] if quick else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
     if proc.returncode != 0:
         return {"workload": workload_key, "error": proc.stderr.strip().splitlines()[-1:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,20 +18,26 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from workloads import LEARNING_RATE, SLOT_ROLES, Data, Roofline, Workload, to_numpy_dtype
+
+from benchmarks.workloads import (
+    LEARNING_RATE,
+    SLOT_ROLES,
+    Data,
+    Roofline,
+    Workload,
+    to_numpy_dtype,
+)
+from tests.oracle import ReferenceAdagrad
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 INIT_ACC = 0.1
 EPSILON = 1e-7
-REFERENCE_PATH = Path(__file__).resolve().parent.parent / "tests" / "reference.py"
 SLOW_ELEMENTS = 50_000_000  # numpy implementations get 1 warm-up + 2 timed steps above this
 
 StepFn = Callable[[], None]
@@ -131,18 +137,8 @@ def _native(accumulator_dtype: str | None) -> Callable[[Workload, Data], StepFn]
 # -- numpy ---------------------------------------------------------------------------------
 
 
-def _load_reference() -> Any:
-    spec = importlib.util.spec_from_file_location("adagrad_reference", REFERENCE_PATH)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {REFERENCE_PATH}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["adagrad_reference"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _oracle(wl: Workload, data: Data) -> StepFn:
-    ref = _load_reference().ReferenceAdagrad(
+    ref = ReferenceAdagrad(
         learning_rate=LEARNING_RATE,
         initial_accumulator_value=INIT_ACC,
         epsilon=EPSILON,
@@ -333,7 +329,7 @@ IMPLS: tuple[Impl, ...] = (
         copies=2,
         slow=True,
     ),
-    Impl("oracle", "numpy oracle (tests/reference.py)", _oracle, copies=4, slow=True),
+    Impl("oracle", "numpy oracle (tests/oracle)", _oracle, copies=4, slow=True),
 )
 
 NATIVE_ACC32 = Impl(

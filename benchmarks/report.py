@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from timing import Stat
+from benchmarks.timing import Stat
 
 
 @dataclass

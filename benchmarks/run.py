@@ -1,10 +1,10 @@
 """Side-by-side benchmark of adagrad_native against numpy, torch, optax, Keras and the roofline.
 
-Usage:
-    python benchmarks/run.py                 # full suite, writes benchmarks/RESULTS.md + .png
-    python benchmarks/run.py --quick         # smoke run (< 3 min), reduced sizes, temp output
-    python benchmarks/run.py --workloads 1,3 --repeats 20
-    python benchmarks/run.py --impls native,torch-fused,roofline
+Usage, from the repository root:
+    python -m benchmarks.run                 # full suite, writes benchmarks/RESULTS.md + .png
+    python -m benchmarks.run --quick         # smoke run (< 3 min), reduced sizes, temp output
+    python -m benchmarks.run --workloads 1,3 --repeats 20
+    python -m benchmarks.run --impls native,torch-fused,roofline
 
 Workloads (issue 4): 1 one 16M fp32 tensor; 2 BERT-base-like list; 3 4-tensor MLP; 4 W2 with
 clipnorm + weight decay + EMA; 5 W2 with gradient accumulation (micro / update steps);
@@ -23,13 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import memory  # noqa: E402
-import peers  # noqa: E402
-import report  # noqa: E402
-from timing import OtherLoad, Stat, Timed, run_group, wait_for_idle  # noqa: E402
-from workloads import (  # noqa: E402
+from benchmarks import memory, peers, report  # noqa: E402
+from benchmarks.timing import OtherLoad, Stat, Timed, run_group, wait_for_idle  # noqa: E402
+from benchmarks.workloads import (  # noqa: E402
     Roofline,
     Workload,
     all_workloads,
@@ -418,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     start = time.perf_counter()
-    command = " ".join(["python benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m benchmarks.run", *(sys.argv[1:] if argv is None else argv)])
     impls = [i for i in peers.IMPLS if i.key in args.impl_keys]
     probe_reason = peers.probe_unavailable()
     with_roofline = "roofline" in args.impl_keys and probe_reason is None

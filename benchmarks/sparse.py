@@ -10,25 +10,24 @@ time `_core.stream_probe` needs to move the touched rows' bytes with no math
 the step time. Peers run when installed: torch (sparse gradient; Adagrad
 coalesces duplicates first, like us), TensorFlow's
 `ResourceSparseApplyAdagradV2` (raw op; adds duplicate squares separately), and
-the numpy oracle (dense `tests/reference.py` step on the dense-equivalent
+the numpy oracle (dense `tests/oracle` step on the dense-equivalent
 gradient: the cost of ignoring sparsity).
 
-Run:  python benchmarks/sparse.py [--threads N] [--repeats R] [--quick]
+Run from the repository root:  python -m benchmarks.sparse [--threads N] [--repeats R] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
 import adagrad_native as an
 from adagrad_native import _core
+from tests.oracle import ReferenceAdagrad
 
 ROWS = 1_000_000
 BATCH = 32_768
@@ -109,11 +108,6 @@ def bench_tf(table: np.ndarray, ids: np.ndarray, values: np.ndarray,
 
 
 def bench_oracle(table: np.ndarray, ids: np.ndarray, values: np.ndarray) -> float | None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    try:
-        from reference import ReferenceAdagrad
-    except ImportError:
-        return None
     ref = ReferenceAdagrad(learning_rate=LR, epsilon=EPS, initial_accumulator_value=INIT_ACC)
     ref.build([table])
 

@@ -1,21 +1,30 @@
-"""Shared fixtures: seeded random numbers and array snapshots for no-mutation checks."""
+"""Shared fixtures: seeded random numbers, the floating dtypes, array snapshots for
+no-mutation checks."""
 
 from __future__ import annotations
-
-import os
-import sys
 
 import numpy as np
 import pytest
 
-# `reference.py` is imported as a top-level module whatever pytest's import mode is.
-sys.path.insert(0, os.path.dirname(__file__))
+from tests.helpers import LOW_PRECISION, SLOT_LISTS, assert_identical, dtype_params
 
 
 @pytest.fixture
 def rng():
     """A freshly seeded generator, so every test sees the same numbers on every run."""
     return np.random.default_rng(20240611)
+
+
+@pytest.fixture(params=dtype_params())
+def float_dtype(request):
+    """Each parameter dtype the core supports (np.dtype; ids float32 ... bfloat16)."""
+    return request.param
+
+
+@pytest.fixture(params=dtype_params(*LOW_PRECISION))
+def low_precision_dtype(request):
+    """float16 and bfloat16: 16-bit parameters whose math runs in float32."""
+    return request.param
 
 
 def optimizer_arrays(opt, variables=()):
@@ -26,19 +35,12 @@ def optimizer_arrays(opt, variables=()):
     """
     arrays = [np.array(v, copy=True) for v in variables]
     arrays += [np.array(v, copy=True) for v in opt.variables]
-    for attr in ("_accumulators", "_model_variables_moving_average", "_accumulated_gradients"):
+    for attr in SLOT_LISTS:
         for v in getattr(opt, attr, None) or ():
             if v is not None:
                 arrays.append(np.array(v, copy=True))
     arrays.append(np.array(int(opt._iterations)))
     return arrays
-
-
-def _assert_same(before, after):
-    assert len(before) == len(after), "the number of arrays changed"
-    for i, (b, a) in enumerate(zip(before, after, strict=True)):
-        assert b.shape == a.shape and b.dtype == a.dtype, f"array {i} changed shape/dtype"
-        assert b.tobytes() == a.tobytes(), f"array {i} changed: {b!r} -> {a!r}"
 
 
 class Snapshot:
@@ -49,7 +51,8 @@ class Snapshot:
         self.before = optimizer_arrays(opt, self.variables)
 
     def assert_unchanged(self):
-        _assert_same(self.before, optimizer_arrays(self.opt, self.variables))
+        assert_identical(optimizer_arrays(self.opt, self.variables), self.before,
+                         "optimizer or variable array")
 
 
 @pytest.fixture

@@ -1,12 +1,6 @@
-"""Native Adagrad vs the numpy oracle (tests/reference.py) over dtypes x shapes x features.
+"""Native Adagrad vs the numpy oracle (tests/oracle/dense.py) over dtypes x shapes x features.
 
-Tolerance: every element goes through ~10 correctly rounded operations per step in
-both implementations; the native core may contract a*b+c into an FMA, reduces norms
-in float64 and may fold the clip factor into one multiply, so a value may differ by
-a few ulps per step.  We allow 8 ulps of the dtype per step, relative to the value
-and absolutely to max(1, |value|max) (parameters are O(1); a difference of two O(1)
-numbers carries an absolute, not relative, error).  A real bug (wrong order, a
-missing cast, a stale slot) is off by orders of magnitude more.
+Tolerance: 8 ulps of the dtype per step (`tests.helpers.assert_close` says why).
 """
 
 from __future__ import annotations
@@ -16,21 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from reference import ReferenceAdagrad
 
 import adagrad_native as an
+from tests.helpers import assert_close
+from tests.oracle import ReferenceAdagrad
 
 STEPS = 6
-
-
-def assert_close(got, want, steps, what):
-    want = np.asarray(want)
-    got = np.asarray(got)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
-    scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 # --------------------------------------------------------------------------- cases

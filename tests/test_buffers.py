@@ -1,20 +1,18 @@
 """Large buffers the package allocates start on a 2 MiB boundary; small ones are plain."""
 
-import ml_dtypes
 import numpy as np
 import pytest
 
 import adagrad_native as an
 from adagrad_native import _buffers
+from tests.helpers import FLOAT_DTYPES, dtype_params
 
 HUGE_PAGE = 2 << 20
 LARGE = _buffers.LARGE_BYTES
 
-DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32,
-          "float64": np.float64, "int64": np.int64}
 
 
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("dtype", [*dtype_params(), pytest.param(np.dtype(np.int64), id="int64")])
 @pytest.mark.parametrize("shape", [(), (3,), (LARGE // 2 - 1,), (LARGE // 2, 3), (1024, 1025, 2)],
                          ids=["0d", "small", "just_below_4mib_for_2_byte", "large_2d", "large_3d"])
 def test_empty_gives_a_writeable_c_contiguous_array_of_the_shape_and_dtype(dtype, shape):
@@ -48,11 +46,11 @@ def test_large_variables_are_placed_and_hold_their_initial_value(initializer):
     assert var.value.ctypes.data % HUGE_PAGE == 0
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", dtype_params("float32", "bfloat16"))
 def test_optimizer_slots_of_large_parameters_are_placed(dtype):
-    param = np.zeros((2048, 1024), DTYPES[dtype])  # a plain numpy parameter: not placed
+    param = np.zeros((2048, 1024), dtype)  # a plain numpy parameter: not placed
     opt = an.Adagrad(initial_accumulator_value=0.5, use_ema=True, gradient_accumulation_steps=2,
-                     accumulator_dtype="float32" if dtype == "bfloat16" else None)
+                     accumulator_dtype="float32" if dtype == FLOAT_DTYPES["bfloat16"] else None)
     opt.build([param])
     slots = [v for v in opt.variables if v.shape == param.shape]
     assert len(slots) == 3  # average, gradient accumulator, accumulator

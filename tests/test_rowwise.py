@@ -1,6 +1,6 @@
-"""RowWiseAdagrad against its numpy oracle (tests/sparse_reference.py), dense and sparse.
+"""RowWiseAdagrad against its numpy oracle (tests/oracle/sparse.py), dense and sparse.
 
-Tolerance as in test_adagrad.py (8 ulps per step): the oracle follows the
+Tolerance: 8 ulps per step (`tests.helpers.assert_close`): the oracle follows the
 core's operation order, including the documented float64 order of the row
 mean, so differences come only from the final roundings.
 """
@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sparse_reference import RowWiseReferenceAdagrad, dense_equivalent
 
 import adagrad_native as an
+from tests.helpers import FLOAT_DTYPES, LOW_PRECISION, assert_close
+from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 
 STEPS = 5
-
-
-def assert_close(got, want, steps, what):
-    got, want = np.asarray(got), np.asarray(want)
-    assert got.shape == want.shape and got.dtype == want.dtype, what
-    tol = 8 * np.finfo(want.dtype).eps * max(steps, 1)
-    scale = max(1.0, float(np.nanmax(np.abs(want), initial=0.0)))
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=what)
 
 
 SHAPES = {"2x3": (2, 3), "1x1": (1, 1), "7x9x2": (7, 9, 2), "3x300": (3, 300),
@@ -150,9 +143,7 @@ def test_thread_count_does_not_change_bits(grad, rng, restore_threads):
 
 
 def test_low_precision_and_update_step(rng):
-    from adagrad_native._dtypes import bfloat16
-
-    for dt in (np.float16, bfloat16()):
+    for dt in (FLOAT_DTYPES[name] for name in LOW_PRECISION):
         var = an.Variable(rng.standard_normal((6, 5)).astype(dt), name="w")
         opt = an.RowWiseAdagrad(learning_rate=0.1, accumulator_dtype="float32")
         opt.apply([an.SparseGradient([1, 1, 4], np.ones((3, 5), dt))], [var])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from tests.helpers import assert_identical
 
 CONFIGS = {
     "global_clipnorm_ema_wd": dict(global_clipnorm=1.0, use_ema=True, ema_momentum=0.9,
@@ -38,10 +39,7 @@ def _run(threads, layout, config, seed=7, steps=3):
 def test_one_and_two_threads_are_bit_identical(layout_id, config_id, restore_threads):
     one = _run(1, LAYOUTS[layout_id], CONFIGS[config_id])
     two = _run(2, LAYOUTS[layout_id], CONFIGS[config_id])
-    assert len(one) == len(two)
-    for i, (a, b) in enumerate(zip(one, two, strict=True)):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert a.tobytes() == b.tobytes(), f"array {i} differs between 1 and 2 threads"
+    assert_identical(two, one, "2 threads vs 1: array")
 
 
 def test_thread_count_round_trip(restore_threads):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import ReferenceAdagrad
 
 import adagrad_native as an
+from tests.oracle import ReferenceAdagrad
 
 F32, F64 = np.float32, np.float64
 

@@ -17,7 +17,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Prints the largest differences seen between Keras and adagrad_native."""
-    helpers = sys.modules.get("keras_pairs")
+    # Looked up, not imported: keras_pairs imports keras, which may not be installed.
+    helpers = sys.modules.get("tests.compat.keras_pairs")
     if helpers is None or not helpers.STATS.values:
         return
     terminalreporter.write_sep("=", "adagrad_native vs keras.optimizers.Adagrad")

@@ -1,8 +1,8 @@
 """Drive a real `keras.optimizers.Adagrad` and `adagrad_native.Adagrad` side by side.
 
-Shared by the modules of `tests/compat/` (imported as a top-level module: pytest puts
-this folder on `sys.path`, there is no `__init__.py`). The conftest of this folder has
-already set `KERAS_BACKEND=jax` before anything here imports keras.
+Shared by the modules of `tests/compat/` (`from tests.compat import keras_pairs as kp`).
+The conftest of this folder has already set `KERAS_BACKEND=jax` before anything here
+imports keras.
 
 Tolerance. Both sides compute in float32, but not with the same operation order:
 global norms are summed in float64 chunks here and in float32 by XLA, `1 - momentum`
@@ -100,7 +100,12 @@ def to_numpy(x: Any) -> np.ndarray:
 
 
 def assert_close(ours: Any, ref: Any, what: str) -> None:
-    """|ours - keras| <= ATOL + RTOL * |keras| element-wise; same shape, same non-finites."""
+    """|ours - keras| <= ATOL + RTOL * |keras| element-wise; same shape, same non-finites.
+
+    Not `tests.helpers.assert_close` (ulps of the oracle's dtype per step): Keras runs
+    through XLA in another order, so the bound is the module's RTOL/ATOL, and every
+    comparison is recorded in STATS for the session summary.
+    """
     o = to_numpy(ours)
     r = to_numpy(ref)
     assert o.shape == r.shape, f"{what}: shape {o.shape} here, {r.shape} in Keras"

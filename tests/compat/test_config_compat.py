@@ -15,12 +15,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-import keras_pairs as kp  # noqa: E402
-
 import adagrad_native as an  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+from tests.compat import keras_pairs as kp  # noqa: E402
 
 # Every random scenario whose learning rate has a config (not the plain callable),
 # each under an explicit name so that the two configs must be equal as a whole.

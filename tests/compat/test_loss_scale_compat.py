@@ -18,12 +18,8 @@ import pytest
 keras = pytest.importorskip("keras")
 jax = pytest.importorskip("jax")
 
-import keras_pairs as kp  # noqa: E402
-
 import adagrad_native as an  # noqa: E402
-
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+from tests.compat import keras_pairs as kp  # noqa: E402
 
 SHAPES = [(4, 3), (), (6,)]
 INNER = {

@@ -1,6 +1,7 @@
 """Where the time of a small-model `apply()` goes: Python orchestration vs the native call.
 
-Usage: python benchmarks/profile_small.py [--steps 20000] [--threads 1]
+Usage, from the repository root:
+    python -m benchmarks.studies.profile_small [--steps 20000] [--threads 1]
 
 Prints, for the 4-tensor MLP of workload 3: the time per `apply()`, the time of the native
 probe over the same bytes, the time of `apply()` on 4 one-element tensors (≈ fixed per-call
@@ -13,15 +14,11 @@ import argparse
 import cProfile
 import io
 import pstats
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from workloads import LEARNING_RATE, MLP_SHAPES  # noqa: E402
+from benchmarks.workloads import LEARNING_RATE, MLP_SHAPES
 
 
 def per_call(fn: object, steps: int) -> float:

@@ -7,7 +7,7 @@ accumulator was swapped for an `np.full_like` array (an exact-size numpy mapping
 package allocated before; private API, benchmark only). The memory-roofline probe streams
 the same bytes over each. Everything is timed interleaved, so only ratios matter.
 
-    python benchmarks/placement.py [--processes 6] [--elements 16777216]
+    python -m benchmarks.studies.placement [--processes 6] [--elements 16777216]  # repo root
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import argparse
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where the child's `python -m` runs
 
 
 def child(elements: int, repeats: int) -> None:
@@ -68,9 +71,9 @@ def main() -> None:
     step_ratios, probe_ratios = [], []
     for p in range(args.processes):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--elements", str(args.elements),
-             "--repeats", str(args.repeats)],
-            check=True, capture_output=True, text=True,
+            [sys.executable, "-m", "benchmarks.studies.placement", "--child",
+             "--elements", str(args.elements), "--repeats", str(args.repeats)],
+            check=True, capture_output=True, text=True, cwd=REPO_ROOT,
         ).stdout.split()
         step_np, step_pkg, probe_np, probe_pkg = (float(x) for x in out)
         step_ratios.append(step_np / step_pkg)

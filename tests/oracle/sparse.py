@@ -1,4 +1,4 @@
-"""Oracle helpers for row-sparse gradients and row-wise Adagrad (extends reference.py).
+"""Oracle helpers for row-sparse gradients and row-wise Adagrad (extends `dense`).
 
 * `dense_equivalent`: the dense gradient of a sparse one -- `np.add.at` into
   zeros, i.e. duplicate rows summed in index order in the values' dtype. This
@@ -14,7 +14,8 @@
 from __future__ import annotations
 
 import numpy as np
-from reference import ReferenceAdagrad, compute_dtype
+
+from tests.oracle.dense import ReferenceAdagrad, compute_dtype
 
 
 def dense_equivalent(indices, values, shape):

@@ -1,6 +1,7 @@
 """Arithmetic cost of a step per element, with the data in cache (one thread).
 
-Usage: python benchmarks/in_cache.py [--elements 8192] [--calls 4000]
+Usage, from the repository root:
+    python -m benchmarks.studies.in_cache [--elements 8192] [--calls 4000]
 
 For each parameter dtype, times the native step (`_core.step`, no Python orchestration) on
 a tensor small enough to stay in L1/L2, minus the same call on 8 elements, and the roofline

@@ -1,0 +1,1 @@
+"""One-off performance studies behind design decisions; not part of the benchmark suite."""
