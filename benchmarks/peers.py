@@ -350,11 +350,11 @@ def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
     The probe streams the native optimizer's own buffers (and the shared parameters and
     gradients), so it moves the bytes of the step it bounds on the very same pages.
     """
-    from adagrad_native import _core
+    from adagrad_native import _native
 
     buffers = native_buffers(native_optimizer(wl, data, roofline.accumulator_dtype), data)
     probes = [
-        _core.StreamProbe([
+        _native.stream_probe([
             ([buffers[r][i] for r in p.read_only], [buffers[r][i] for r in p.read_write])
             for i in range(len(data.params))
         ])
@@ -371,7 +371,7 @@ def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
 def probe_unavailable() -> str | None:
     """Why the roofline probe cannot run, or None."""
     try:
-        from adagrad_native import _core
+        from adagrad_native import _native
     except ImportError as e:
         return f"adagrad_native is not importable ({e})"
-    return None if hasattr(_core, "StreamProbe") else "_core.StreamProbe is missing"
+    return None if hasattr(_native, "stream_probe") else "_native.stream_probe is missing"

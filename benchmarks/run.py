@@ -6,7 +6,7 @@ Usage, from the repository root:
     python -m benchmarks.run --workloads 1,3 --repeats 20
     python -m benchmarks.run --impls native,torch-fused,roofline
 
-Workloads (issue 4): 1 one 16M fp32 tensor; 2 BERT-base-like list; 3 4-tensor MLP; 4 W2 with
+Workloads: 1 one 16M fp32 tensor; 2 BERT-base-like list; 3 4-tensor MLP; 4 W2 with
 clipnorm + weight decay + EMA; 5 W2 with gradient accumulation (micro / update steps);
 6 float16 / bfloat16 parameters; 7 thread scaling (1 vs 2 threads).
 """

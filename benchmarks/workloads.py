@@ -1,4 +1,4 @@
-"""Workload definitions of issue 4 and the arrays they run on.
+"""Workload definitions of the benchmark suite and the arrays they run on.
 
 A workload is a list of parameter shapes, a parameter dtype, the optimizer options and the
 byte pattern of its memory roofline.  The arrays are generated once per workload and shared

@@ -387,7 +387,7 @@ def test_scale_loss():
 
 @pytest.mark.parametrize("bad", [np.inf, np.nan], ids=["inf", "nan"])
 def test_nonfinite_global_norm_makes_every_gradient_nan(bad):
-    # Keras: scale = c*min(1/N, 1/c) + (N - N) is NaN for a non-finite N (DESIGN §2.6/§6).
+    # Keras: scale = c*min(1/N, 1/c) + (N - N) is NaN for a non-finite N (docs/keras-pipeline.md).
     a = an.Variable(np.ones(3, np.float32), name="a")
     b = an.Variable(np.ones(2, np.float32), name="b")
     opt = an.Adagrad(global_clipnorm=1.0)

@@ -1,4 +1,4 @@
-"""Bad input (issue 2, DESIGN §6/§8): the right error, a message naming the variable and
+"""Bad input (docs/keras-pipeline.md): the right error, a message naming the variable and
 the received value, and not one byte changed in any parameter or optimizer variable."""
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ def test_none_gradient_warning_names_the_variables(trained):
 
 
 def test_non_finite_gradient_is_not_rejected_by_default():
-    # Keras propagates NaN/inf (DESIGN §6: the raise/skip policies are opt-in).
+    # Keras propagates NaN/inf (the raise/skip policies are opt-in).
     v = an.Variable(np.ones(2, F32), name="v")
     opt = an.Adagrad()
     opt.apply([np.array([np.nan, 1.0], F32)], [v])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from adagrad_native import _core
+from adagrad_native import _native
 
 FEATURES = {
     "plain": {},
@@ -17,7 +17,7 @@ FEATURES = {
 
 
 def _run(isa, dtype, features):
-    assert _core.select_isa(isa)
+    assert _native.select_isa(isa)
     rng = np.random.default_rng(7)
     # 29 = 16 + 8 + 5 reaches the 16-lane, 8-lane and scalar loops of one block.
     shapes = [(70_001,), (3, 33), (), (17,), (29,)]
@@ -36,12 +36,12 @@ def _run(isa, dtype, features):
 @pytest.fixture
 def restore_isa():
     yield
-    _core.select_isa("auto")
+    _native.select_isa("auto")
 
 
 @pytest.mark.parametrize("features", FEATURES.values(), ids=FEATURES.keys())
 def test_isa_paths_bit_identical(float_dtype, features, restore_isa):
-    isas = _core.available_isas()
+    isas = _native.available_isas()
     if len(isas) < 2:
         pytest.skip(f"only one ISA path runs on this CPU: {isas}")
     runs = {isa: _run(isa, float_dtype, features) for isa in isas}
@@ -55,6 +55,6 @@ def test_build_info_reports_the_active_path(restore_isa):
     info = an.build_info()
     assert info["isa"] in info["available_isas"]
     assert "baseline" in info["available_isas"]
-    assert _core.select_isa("baseline") and an.build_info()["isa"] == "baseline"
-    assert not _core.select_isa("no-such-isa")
+    assert _native.select_isa("baseline") and an.build_info()["isa"] == "baseline"
+    assert not _native.select_isa("no-such-isa")
     assert an.build_info()["isa"] == "baseline"  # a refused selection changes nothing

@@ -1,4 +1,4 @@
-"""The opt-in non-finite gradient policy (DESIGN.md §6), next to Keras' default."""
+"""The opt-in non-finite gradient policy, next to Keras' default."""
 
 import numpy as np
 import pytest

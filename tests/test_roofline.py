@@ -7,7 +7,7 @@ changed them would feed the optimizer garbage (and slow floating-point paths).
 import numpy as np
 import pytest
 
-from adagrad_native import _core
+from adagrad_native import _native
 
 # One tensor's arrays: (dtypes read, dtypes read and written).
 LAYOUTS = {
@@ -36,7 +36,7 @@ def test_probe_leaves_values_unchanged_and_counts_bytes(layout, sizes):
     tensors = [(_arrays(ro_dtypes, n, rng), _arrays(rw_dtypes, n, rng)) for n in sizes]
     everything = [a for ro, rw in tensors for a in ro + rw]
     before = [a.tobytes() for a in everything]
-    probe = _core.StreamProbe(tensors)
+    probe = _native.stream_probe(tensors)
     probe()
     probe()
     assert [a.tobytes() for a in everything] == before
@@ -47,7 +47,7 @@ def test_probe_leaves_values_unchanged_and_counts_bytes(layout, sizes):
 def test_probe_rejects_mismatched_sizes():
     with pytest.raises(ValueError, match="array of tensor 1 has 4 elements; the tensor's other "
                                          "arrays have 3"):
-        _core.StreamProbe([([np.ones(2)], []), ([np.ones(3)], [np.ones(4)])])
+        _native.stream_probe([([np.ones(2)], []), ([np.ones(3)], [np.ones(4)])])
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -56,12 +56,12 @@ def test_probe_rejects_mismatched_sizes():
 ], ids=["strided", "one_byte_items"])
 def test_probe_rejects_arrays_it_cannot_stream(bad, message):
     with pytest.raises(ValueError, match=message):
-        _core.StreamProbe([([bad], [])])
+        _native.stream_probe([([bad], [])])
 
 
 def test_probe_refuses_to_write_a_read_only_array():
     frozen = np.ones(4)
     frozen.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):
-        _core.StreamProbe([([], [frozen])])
-    _core.StreamProbe([([frozen], [])])()  # reading it is fine
+        _native.stream_probe([([], [frozen])])
+    _native.stream_probe([([frozen], [])])()  # reading it is fine

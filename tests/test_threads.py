@@ -1,4 +1,4 @@
-"""Determinism across thread counts (DESIGN §3): chunking never depends on the number of
+"""Determinism across thread counts (docs/architecture.md): chunking never depends on the number of
 threads and norms are combined in chunk order, so 1 and 2 threads agree bit for bit."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Usage, from the repository root:
     python -m benchmarks.studies.in_cache [--elements 8192] [--calls 4000]
 
-For each parameter dtype, times the native step (`_core.step`, no Python orchestration) on
+For each parameter dtype, times the native step (`NativeStep.step`, no Python orchestration) on
 a tensor small enough to stay in L1/L2, minus the same call on 8 elements, and the roofline
 probe over the same bytes. When the step costs more per element in cache than the bytes
 cost from DRAM (the suite's probe), the step is bound by its arithmetic, not by memory: the
@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import adagrad_native as an
-from adagrad_native import _core
+from adagrad_native import _native
 
 TINY = 8
 
@@ -41,8 +41,8 @@ def step_ns_per_element(dtype: object, n: int, calls: int, **options: object) ->
         params = [rng.standard_normal(size).astype(dtype)]
         grads = [(rng.standard_normal(size) * 1e-2).astype(dtype)]
         opt = an.Adagrad(**options)  # type: ignore[arg-type]
-        opt.build(params)
-        step = lambda o=opt, g=grads: _core.step(o._group, g, o._plan)  # noqa: E731
+        opt.apply(grads, params)  # builds and prepares the plan
+        step = lambda o=opt, g=grads: o._native.step(g)  # noqa: E731
         costs.append(per_call_ns(step, calls))
     return (costs[1] - costs[0]) / (n - TINY)
 
@@ -51,8 +51,8 @@ def probe_ns_per_element(itemsize: int, n: int, calls: int) -> float:
     bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
     big = [np.ones(n, bits) for _ in range(3)]
     tiny = [a[:TINY] for a in big]
-    full = per_call_ns(_core.StreamProbe([(big[:1], big[1:])]), calls)
-    base = per_call_ns(_core.StreamProbe([(tiny[:1], tiny[1:])]), calls)
+    full = per_call_ns(_native.stream_probe([(big[:1], big[1:])]), calls)
+    base = per_call_ns(_native.stream_probe([(tiny[:1], tiny[1:])]), calls)
     return (full - base) / (n - TINY)
 
 

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # where the child's `python -m`
 
 def child(elements: int, repeats: int) -> None:
     import adagrad_native as an
-    from adagrad_native import _core
+    from adagrad_native import _native
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal(elements, dtype=np.float32)
@@ -35,13 +35,12 @@ def child(elements: int, repeats: int) -> None:
     unplaced = an.Adagrad(learning_rate=0.01)
     unplaced.build([v])
     accumulator = next(x for x in unplaced.variables if x.path.endswith("_accumulator"))
-    accumulator._value = np.full_like(v, 0.1)
-    unplaced._group = unplaced._make_group(unplaced._trainable_variables, unplaced._user_variables)
+    accumulator._rebind(np.full_like(v, 0.1))  # the native step follows on its next call
     steps = {}
     for name, opt in (("numpy", unplaced), ("package", placed)):
         acc = next(x for x in opt.variables if x.path.endswith("_accumulator")).value
         steps[f"step {name}"] = lambda opt=opt: opt.apply([g], [v])
-        steps[f"probe {name}"] = _core.StreamProbe([([g], [v, acc])])
+        steps[f"probe {name}"] = _native.stream_probe([([g], [v, acc])])
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats + 2):
         names = list(steps)

@@ -3,7 +3,7 @@
 128 seeded random scenarios drive both optimizers side by side and compare, after
 every step, the trainable variables, `iterations`, the learning rate and
 `optimizer.variables` (count, order, paths modulo the optimizer's name, values).
-Then the documented deviations (DESIGN.md §8) are asserted explicitly, each with the
+Then the documented deviations (docs/keras-pipeline.md) are asserted explicitly, each with the
 Keras behaviour it departs from. Helpers and the tolerance rationale: keras_pairs.py.
 """
 

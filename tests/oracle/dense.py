@@ -1,4 +1,4 @@
-"""Plain-numpy oracle of Keras 3's Adagrad pipeline (DESIGN.md §2).
+"""Plain-numpy oracle of Keras 3's Adagrad pipeline (docs/keras-pipeline.md).
 
 Written from the semantics of ``keras/src/optimizers/base_optimizer.py`` and
 ``adagrad.py`` (Keras 3, generic backend path), not copied from them:
