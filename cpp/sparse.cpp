@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "clip.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "sparse.hpp"
@@ -58,46 +59,6 @@ const P* summed_row(const TensorStep& ts, const SparseRows& s, int64_t row_len, 
   return out;
 }
 
-// Clip scalars in the compute type, exactly as dense.cpp derives them.
-template <class C>
-struct RowClip {
-  C c{}, d{}, global_scale{};
-  RowClip(const StepPlan& plan, const TensorStep& ts) {
-    c = static_cast<C>(plan.clip_value);
-    const C norm = static_cast<C>(ts.norm);
-    if (plan.clip == Clip::norm) {
-      d = (norm != norm || norm > c) ? norm : c;
-    } else if (plan.clip == Clip::global_norm) {
-      const C inv_norm = C(1) / norm;
-      const C inv_c = C(1) / c;
-      const C smaller = (inv_norm != inv_norm || inv_norm < inv_c) ? inv_norm : inv_c;
-      global_scale = c * smaller + (norm - norm);
-    }
-  }
-  void apply(const StepPlan& plan, const C* g, C* __restrict out, int64_t n) const {
-    switch (plan.clip) {
-      case Clip::value: {
-        const C hi = c, lo = -c;
-        for (int64_t i = 0; i < n; ++i) {
-          C x = g[i];
-          x = x < lo ? lo : x;
-          out[i] = x > hi ? hi : x;
-        }
-        break;
-      }
-      case Clip::norm:
-        for (int64_t i = 0; i < n; ++i) out[i] = (g[i] * c) / d;
-        break;
-      case Clip::global_norm:
-        for (int64_t i = 0; i < n; ++i) out[i] = g[i] * global_scale;
-        break;
-      case Clip::none:
-        for (int64_t i = 0; i < n; ++i) out[i] = g[i];
-        break;
-    }
-  }
-};
-
 // Row-wise Adagrad on rows [r0, r1) of t; the gradient of row r is at
 // g_rows + (r - r0) * L. Per row: the prepared, clipped gradient g; decay;
 // acc += mean(g^2); v -= lr * g / sqrt(acc + eps); EMA. The mean is a float64
@@ -111,7 +72,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
   const int64_t L = t.row_len;
   if (L <= 0 || r1 <= r0) return;
   if (row.size() < static_cast<size_t>(L)) row.resize(static_cast<size_t>(L));
-  const RowClip<C> clip(plan, ts);
+  const GradClip<C> clip(plan, ts);
   const C lr = static_cast<C>(plan.learning_rate), eps = static_cast<C>(plan.epsilon);
   const C wd = static_cast<C>(plan.weight_decay);
   const C ema_m = static_cast<C>(plan.ema_momentum), ema_1m = C(1) - ema_m;
@@ -138,7 +99,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
         for (int64_t i = 0; i < n; ++i) ga[i] = from_c<P>(C(0));
       }
       C* __restrict out = row.data() + b;
-      clip.apply(plan, g, out, n);
+      clip.apply(g, out, n);
       int64_t i = 0;
       for (; i + kMeanLanes <= n; i += kMeanLanes) {
         for (int j = 0; j < kMeanLanes; ++j) {
