@@ -1,6 +1,7 @@
 // Pass 2 of a step: the fused element-wise update of one work item, compiled
 // once per ISA. Operation order follows Keras 3 so the numbers match it.
 #include "clip.hpp"
+#include "ema.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 
@@ -13,13 +14,13 @@ struct Blocks {
   const TensorStep& ts;
   const StepPlan& plan;
   const GradClip<C> clip;
-  const C lr, eps, wd, ema_m, ema_1m;
+  const Ema<P, C> ema_of;
+  const C lr, eps, wd;
 
   Blocks(const TensorSlots& t_, const TensorStep& ts_, const StepPlan& plan_)
-      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_),
+      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_), ema_of(plan_),
         lr(static_cast<C>(plan_.learning_rate)), eps(static_cast<C>(plan_.epsilon)),
-        wd(static_cast<C>(plan_.weight_decay)), ema_m(static_cast<C>(plan_.ema_momentum)),
-        ema_1m(C(1) - static_cast<C>(plan_.ema_momentum)) {}
+        wd(static_cast<C>(plan_.weight_decay)) {}
 
   P* param(int64_t b) const { return static_cast<P*>(t.param) + b; }
   P* gacc(int64_t b) const { return static_cast<P*>(t.grad_accumulator) + b; }
@@ -142,16 +143,10 @@ struct Blocks {
     if (plan.phase == Phase::accumulate_update) zero_gacc(b, n);
   }
 
-  // avg = m*avg + (1-m)*v on the stored value of v; optionally v = avg.
+  // The EMA follows the stored value of v (rounded to P).
   void ema(int64_t b, int64_t n) const {
     alignas(64) C vbuf[kBlock];
-    alignas(64) C mbuf[kBlock];
-    P* avg_store = static_cast<P*>(t.average) + b;
-    const C* __restrict v = load_view<C>(param(b), vbuf, n);
-    C* __restrict avg = load_view<C>(avg_store, mbuf, n);
-    for (int64_t i = 0; i < n; ++i) avg[i] = ema_m * avg[i] + ema_1m * v[i];
-    store_view(avg_store, avg, n);
-    if (plan.ema_overwrite) std::memcpy(param(b), avg_store, static_cast<size_t>(n) * sizeof(P));
+    ema_of.apply(load_view<C>(param(b), vbuf, n), static_cast<P*>(t.average) + b, param(b), n);
   }
 
   void run(int64_t begin, int64_t end) const {

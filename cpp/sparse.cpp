@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "clip.hpp"
+#include "ema.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "sparse.hpp"
@@ -75,13 +76,12 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
   const GradClip<C> clip(plan, ts);
   const C lr = static_cast<C>(plan.learning_rate), eps = static_cast<C>(plan.epsilon);
   const C wd = static_cast<C>(plan.weight_decay);
-  const C ema_m = static_cast<C>(plan.ema_momentum), ema_1m = C(1) - ema_m;
+  const Ema<P, C> ema(plan);
   const bool decay = t.weight_decay && plan.weight_decay != 0.0;
   const bool update_gacc = plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr;
   alignas(64) C gbuf[kBlock];
   alignas(64) C sbuf[kBlock];
   alignas(64) C vbuf[kBlock];
-  alignas(64) C mbuf[kBlock];
   for (int64_t r = r0; r < r1; ++r) {
     if (r + kPrefetchRows < r1) {
       prefetch_bytes(static_cast<P*>(t.param) + (r + kPrefetchRows) * L,
@@ -131,13 +131,8 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
       store_view(vp, v, n);
       if (plan.ema && sub.average != nullptr) {
-        P* avg_store = static_cast<P*>(sub.average) + b;
-        C* __restrict m = load_view<C>(avg_store, mbuf, n);
-        for (int64_t i = 0; i < n; ++i) m[i] = ema_m * m[i] + ema_1m * v[i];
-        store_view(avg_store, m, n);
-        if (plan.ema_overwrite) {
-          std::memcpy(vp, avg_store, static_cast<size_t>(n) * sizeof(P));
-        }
+        // Follows the compute-type v, before its rounding to a 16-bit P.
+        ema.apply(v, static_cast<P*>(sub.average) + b, vp, n);
       }
     }
   }
