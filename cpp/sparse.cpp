@@ -1,6 +1,6 @@
 // Row-sparse gradients and row-wise Adagrad, compiled once per ISA.
 //
-// A sparse gradient is first de-duplicated (step.cpp): each distinct row then
+// A sparse gradient is first de-duplicated (dedup.cpp): each distinct row then
 // gets the sum of its copies, in index order, rounded to the parameter dtype
 // after every addition -- exactly the dense gradient np.add.at would build.
 // The update of a row is the dense kernel run on that row as a tensor of its
@@ -13,6 +13,7 @@
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "sparse.hpp"
+#include "tensor_range.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {

@@ -8,9 +8,11 @@
 #include <cstring>
 #include <utility>
 
+#include "dedup.hpp"
 #include "dispatch.hpp"
 #include "sparse.hpp"
 #include "step.hpp"
+#include "tensor_range.hpp"
 
 #if defined(_OPENMP)
 #include <omp.h>
