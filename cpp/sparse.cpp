@@ -88,9 +88,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       prefetch_bytes(static_cast<P*>(t.param) + (r + kPrefetchRows) * L,
                      L * static_cast<int64_t>(sizeof(P)), true);
     }
-    const TensorSlots sub = offset_slots(t, r * L, L);
-    TensorStep st = ts;
-    st.grad = g_rows + (r - r0) * L;
+    const auto [sub, st] = dense_view(t, ts, r * L, L, g_rows + (r - r0) * L);
     double lanes[kMeanLanes] = {};
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
@@ -170,10 +168,8 @@ struct RowsOp {
       if (rowwise) {
         rowwise_impl<P, A, C>(t, ts, plan, r, r + 1, g, row);
       } else {
-        TensorStep st = ts;
-        st.sparse = false;
-        st.grad = g;
-        dense_item(offset_slots(t, r * L, L), st, plan, 0, L);
+        const DenseView v = dense_view(t, ts, r * L, L, g);
+        dense_item(v.slots, v.step, plan, 0, L);
       }
     }
   }
@@ -196,10 +192,9 @@ struct ReduceRowsOp {
         out[d - d0] = {0.0, true};
         continue;
       }
-      TensorStep st = ts;
-      st.sparse = false;
-      st.grad = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
-      out[d - d0] = reduce_item(offset_slots(t, s.rows[d] * L, L), st, plan, 0, L);
+      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
+      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, g);
+      out[d - d0] = reduce_item(v.slots, v.step, plan, 0, L);
     }
   }
 };

@@ -174,11 +174,9 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
           if (mode[item.tensor] == Mode::full) {
             std::vector<unsigned char> buf;
             gather(item.tensor, item.begin, item.end, buf);
-            TensorStep st = ts;
-            st.sparse = false;
-            st.grad = buf.data();
-            r = k.reduce_item(offset_slots(tensors[item.tensor], item.begin, item.end - item.begin),
-                              st, plan, 0, item.end - item.begin);
+            const int64_t n = item.end - item.begin;
+            const DenseView v = dense_view(tensors[item.tensor], ts, item.begin, n, buf.data());
+            r = k.reduce_item(v.slots, v.step, plan, 0, n);
           } else {
             r = k.reduce_item(tensors[item.tensor], ts, plan, item.begin, item.end);
           }
@@ -260,10 +258,8 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
         if (rowwise_update) {
           k.rowwise_rows(t, ts, plan, b / t.row_len, e / t.row_len, g);
         } else {
-          TensorStep st = ts;
-          st.sparse = false;
-          st.grad = g;
-          k.dense_item(offset_slots(t, b, e - b), st, plan, 0, e - b);
+          const DenseView v = dense_view(t, ts, b, e - b, g);
+          k.dense_item(v.slots, v.step, plan, 0, e - b);
         }
       },
       [&](const RowTask& task) {

@@ -48,5 +48,21 @@ inline TensorSlots offset_slots(const TensorSlots& t, int64_t begin, int64_t n) 
   return s;
 }
 
+// Elements [begin, begin + n) of a tensor with `grad` as their dense gradient
+// (n values of the parameter dtype), e.g. the summed copies of one row of a
+// sparse gradient: a dense kernel run on [0, n) of it updates just those
+// elements, exactly as under the whole dense gradient.
+struct DenseView {
+  TensorSlots slots;
+  TensorStep step;
+};
+inline DenseView dense_view(const TensorSlots& t, const TensorStep& ts, int64_t begin, int64_t n,
+                            const void* grad) {
+  DenseView v{offset_slots(t, begin, n), ts};
+  v.step.sparse = false;
+  v.step.grad = grad;
+  return v;
+}
+
 }  // namespace
 }  // namespace adagrad
