@@ -65,18 +65,14 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
     const int64_t n_blocks = n >= kParallelDedup ? kDedupBlocks : 1;
     const int64_t block = (n + n_blocks - 1) / n_blocks;
     std::vector<int64_t> counts(static_cast<size_t>(n_blocks) * buckets);
-    const int threads = n_blocks > 1 ? get_num_threads() : 1;
     for (int p = 0; p < passes; ++p) {
       const int shift = 32 + p * digit;
       std::fill(counts.begin(), counts.end(), 0);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#endif
-      for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      parallel_for(n_blocks, [&](int64_t blk) {
         int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
         const int64_t end = std::min(n, (blk + 1) * block);
         for (int64_t i = blk * block; i < end; ++i) ++c[(a[i] >> shift) & mask];
-      }
+      });
       int64_t running = 0;
       for (size_t dgt = 0; dgt < buckets; ++dgt) {
         for (int64_t blk = 0; blk < n_blocks; ++blk) {
@@ -86,17 +82,13 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
           running += here;
         }
       }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#endif
-      for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      parallel_for(n_blocks, [&](int64_t blk) {
         int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
         const int64_t end = std::min(n, (blk + 1) * block);
         for (int64_t i = blk * block; i < end; ++i) b[c[(a[i] >> shift) & mask]++] = a[i];
-      }
+      });
       std::swap(a, b);
     }
-    (void)threads;
   }
   uint64_t previous = ~uint64_t(0);
   for (int64_t i = 0; i < n; ++i) {

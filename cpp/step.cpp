@@ -14,10 +14,6 @@
 #include "step.hpp"
 #include "tensor_range.hpp"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace adagrad {
 
 namespace {
@@ -69,15 +65,7 @@ void for_each_task(const WorkList& work, const std::vector<int64_t>* dense_tasks
       row_fn(row_tasks[task - n_dense]);
     }
   };
-  const int threads = get_num_threads();
-  if (threads <= 1 || n <= 1) {  // no parallel region at all: it costs microseconds
-    for (int64_t task = 0; task < n; ++task) run(task);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads)
-#endif
-  for (int64_t task = 0; task < n; ++task) run(task);
+  parallel_for(n, run);
 }
 }  // namespace
 
@@ -113,15 +101,10 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
   if (any_sparse) {
     if (rows.size() != n_tensors) rows.resize(n_tensors);
     const int64_t n_sparse = static_cast<int64_t>(sparse_ids.size());
-    const int threads = get_num_threads();
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n_sparse > 1)
-#endif
-    for (int64_t j = 0; j < n_sparse; ++j) {
+    parallel_for(n_sparse, [&](int64_t j) {
       const int32_t t = sparse_ids[j];
       dedup(steps[t], tensors[t].rows, rows[t]);
-    }
-    (void)threads;
+    });
     for (int32_t t : sparse_ids) {
       if (mode[t] != Mode::rows || tensors[t].row_len <= 0) continue;
       const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / tensors[t].row_len);
