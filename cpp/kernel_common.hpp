@@ -1,12 +1,13 @@
-// Shared by the per-ISA kernel files (dense.cpp, reduce.cpp). Everything here
-// lives in that ISA's own namespace, so inline code compiled with one ISA's
-// flags can never be merged by the linker into another ISA's path.
+// Shared by the per-ISA kernel files (ADAGRAD_KERNEL_SOURCES in CMakeLists.txt).
+// Everything here lives in that ISA's own namespace, so inline code compiled
+// with one ISA's flags can never be merged by the linker into another ISA's path.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
+#include "kernels.hpp"
 #include "step.hpp"
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -18,6 +19,10 @@
 #endif
 
 namespace adagrad::ADAGRAD_ISA_NS {
+
+// This ISA's kernels (kernels.hpp), defined by the kernel files.
+ADAGRAD_KERNELS(ADAGRAD_DECLARE_KERNEL)
+
 namespace {
 
 // Elements per inner block: the working set of one block (up to six streams
