@@ -1,19 +1,24 @@
 // Bindings of a step's plan (step.hpp): Clip, Phase and StepPlan.
+#include <pybind11/native_enum.h>
+
 #include "py_register.hpp"
 #include "step.hpp"
 
 namespace py = pybind11;
 
 void register_plan(py::module_& m) {
-  py::enum_<adagrad::Clip>(m, "Clip")
+  // Real enum.Enum subclasses, as the stub (_core.pyi) declares them.
+  py::native_enum<adagrad::Clip>(m, "Clip", "enum.Enum")
       .value("none", adagrad::Clip::none)
       .value("norm", adagrad::Clip::norm)
       .value("global_norm", adagrad::Clip::global_norm)
-      .value("value", adagrad::Clip::value);
-  py::enum_<adagrad::Phase>(m, "Phase")
+      .value("value", adagrad::Clip::value)
+      .finalize();
+  py::native_enum<adagrad::Phase>(m, "Phase", "enum.Enum")
       .value("update", adagrad::Phase::update)
       .value("accumulate", adagrad::Phase::accumulate)
-      .value("accumulate_update", adagrad::Phase::accumulate_update);
+      .value("accumulate_update", adagrad::Phase::accumulate_update)
+      .finalize();
 
   py::class_<adagrad::StepPlan>(m, "StepPlan")
       .def(py::init<>())
