@@ -8,9 +8,9 @@ namespace adagrad {
 // ADAGRAD_COMPILED_ISAS (CMakeLists.txt) lists the ISAs built into this
 // module, best first, as ADAGRAD_ISA(name) ADAGRAD_ISA(name) ...; each one's
 // kernel set is defined by its kernel_set.cpp.
-#define ADAGRAD_ISA(name) \
-  namespace isa_##name {  \
-  extern const Kernels kernel_set; \
+#define ADAGRAD_ISA(name)            \
+  namespace isa_##name {             \
+    extern const Kernels kernel_set; \
   }
 ADAGRAD_COMPILED_ISAS
 #undef ADAGRAD_ISA

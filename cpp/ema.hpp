@@ -17,8 +17,7 @@ struct Ema {
   bool overwrite;
 
   explicit Ema(const StepPlan& plan)
-      : m(static_cast<C>(plan.ema_momentum)),
-        one_minus_m(C(1) - static_cast<C>(plan.ema_momentum)),
+      : m(static_cast<C>(plan.ema_momentum)), one_minus_m(C(1) - static_cast<C>(plan.ema_momentum)),
         overwrite(plan.ema_overwrite) {}
 
   // avg = m*avg + (1-m)*v over n <= kBlock elements, then optionally

@@ -54,12 +54,10 @@ py::array scalar(py::array a, int dtype_num, const char* what) {
 
 FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, py::array iterations,
                    py::array learning_rate, const py::sequence& variables)
-    : group_object_(std::move(group)),
-      group_(group_object_.cast<PyGroup&>()),
-      plan_(plan),
+    : group_object_(std::move(group)), group_(group_object_.cast<PyGroup&>()), plan_(plan),
       iterations_(scalar(std::move(iterations), py::dtype::of<int64_t>().num(), "iterations")),
-      learning_rate_(scalar(std::move(learning_rate), py::dtype::of<float>().num(),
-                            "learning_rate")),
+      learning_rate_(
+          scalar(std::move(learning_rate), py::dtype::of<float>().num(), "learning_rate")),
       steps_(group_.group.tensors().size()) {
   if (variables.size() != steps_.size()) {
     throw std::invalid_argument("FastStep: one variable per tensor of the group.");

@@ -100,8 +100,8 @@ inline void store8(bf16* p, __m256 x) {
   // half to its low 8 bytes, then the two halves' low quadwords together.
   const __m256i high = _mm256_shuffle_epi8(
       round_to_bf16_high(x),
-      _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7,
-                       10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+      _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10,
+                       11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
   const __m256i packed = _mm256_permute4x64_epi64(high, 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
@@ -171,9 +171,8 @@ inline void store_view(X* p, const C* buf, int64_t n) {
 // accumulation update step (g + gacc) / k (Keras' operation order). Returns
 // a pointer into gbuf, or to the gradient itself when nothing changes it.
 template <class P, class C>
-inline const C* prepared_gradient(const TensorSlots& t, const TensorStep& ts,
-                                  const StepPlan& plan, int64_t b, int64_t n, C* gbuf,
-                                  C* __restrict sbuf) {
+inline const C* prepared_gradient(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan,
+                                  int64_t b, int64_t n, C* gbuf, C* __restrict sbuf) {
   const C* g = load_view<C>(static_cast<const P*>(ts.grad) + b, gbuf, n);
   if (plan.loss_scale != 0.0) {
     const C scale = static_cast<C>(plan.loss_scale);

@@ -18,37 +18,37 @@ struct SparseRows;
 struct ProbeTensor;
 
 // X(name, return type, parameters) for every kernel.
-#define ADAGRAD_KERNELS(X)                                                                     \
-  /* Pass 2: the fused update of elements [begin, end) of one tensor. */                      \
-  X(dense_item, void,                                                                          \
-    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,          \
-     int64_t end))                                                                             \
-  /* Pass 1: sum of squares (in float64, in a fixed order) and finiteness of the gradient     \
-     that the update will see before clipping, over [begin, end). */                          \
-  X(reduce_item, ReduceResult,                                                                 \
-    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,          \
-     int64_t end))                                                                             \
-  /* Sparse gradients, row mode: the update of distinct rows [d0, d1) of a de-duplicated      \
-     sparse gradient (copies summed in index order). */                                        \
-  X(sparse_rows, void,                                                                         \
-    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,    \
-     int64_t d0, int64_t d1))                                                                  \
-  /* Row mode, pass 1: one ReduceResult per distinct row in [d0, d1), into out. */            \
-  X(sparse_reduce_rows, void,                                                                  \
-    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,    \
-     int64_t d0, int64_t d1, ReduceResult* out))                                               \
-  /* Full pass: writes the dense-equivalent gradient of elements [begin, end) into a          \
-     zero-filled buffer of the parameter's dtype. */                                           \
-  X(sparse_gather, void,                                                                       \
-    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, int64_t begin,           \
-     int64_t end, void* buf))                                                                  \
-  /* Row-wise Adagrad update of rows [r0, r1), whose gradient rows are consecutive at         \
-     grad_rows (parameter dtype). */                                                           \
-  X(rowwise_rows, void,                                                                        \
-    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0, int64_t r1, \
-     const void* grad_rows))                                                                   \
-  /* Roofline probe (benchmarks): moves the bytes of elements [begin, end) of one tensor's    \
-     arrays, leaving every value unchanged. */                                                 \
+#define ADAGRAD_KERNELS(X)                                                                        \
+  /* Pass 2: the fused update of elements [begin, end) of one tensor. */                          \
+  X(dense_item, void,                                                                             \
+    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,             \
+     int64_t end))                                                                                \
+  /* Pass 1: sum of squares (in float64, in a fixed order) and finiteness of the gradient         \
+     that the update will see before clipping, over [begin, end). */                              \
+  X(reduce_item, ReduceResult,                                                                    \
+    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,             \
+     int64_t end))                                                                                \
+  /* Sparse gradients, row mode: the update of distinct rows [d0, d1) of a de-duplicated          \
+     sparse gradient (copies summed in index order). */                                           \
+  X(sparse_rows, void,                                                                            \
+    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
+     int64_t d0, int64_t d1))                                                                     \
+  /* Row mode, pass 1: one ReduceResult per distinct row in [d0, d1), into out. */                \
+  X(sparse_reduce_rows, void,                                                                     \
+    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
+     int64_t d0, int64_t d1, ReduceResult* out))                                                  \
+  /* Full pass: writes the dense-equivalent gradient of elements [begin, end) into a              \
+     zero-filled buffer of the parameter's dtype. */                                              \
+  X(sparse_gather, void,                                                                          \
+    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, int64_t begin, int64_t end, \
+     void* buf))                                                                                  \
+  /* Row-wise Adagrad update of rows [r0, r1), whose gradient rows are consecutive at             \
+     grad_rows (parameter dtype). */                                                              \
+  X(rowwise_rows, void,                                                                           \
+    (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0, int64_t r1,    \
+     const void* grad_rows))                                                                      \
+  /* Roofline probe (benchmarks): moves the bytes of elements [begin, end) of one tensor's        \
+     arrays, leaving every value unchanged. */                                                    \
   X(probe_item, void, (const ProbeTensor& t, int64_t begin, int64_t end))
 
 #define ADAGRAD_DECLARE_KERNEL(name, ret, params) ret name params;

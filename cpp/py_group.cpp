@@ -73,11 +73,12 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
 
 void register_group(py::module_& m) {
   py::class_<PyGroup>(m, "SlotGroup")
-      .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"),
-           py::arg("averages"), py::arg("grad_accumulators"), py::arg("weight_decay"),
-           py::arg("overwrite"), py::arg("names"), py::arg("rowwise") = py::none())
+      .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"), py::arg("averages"),
+           py::arg("grad_accumulators"), py::arg("weight_decay"), py::arg("overwrite"),
+           py::arg("names"), py::arg("rowwise") = py::none())
       .def_property_readonly("num_tensors",
                              [](const PyGroup& g) { return g.group.tensors().size(); })
       .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })
-      .def_property_readonly("chunk_elements", [](const PyGroup& g) { return g.group.work().chunk; });
+      .def_property_readonly("chunk_elements",
+                             [](const PyGroup& g) { return g.group.work().chunk; });
 }

@@ -25,7 +25,8 @@ struct PyStreamProbe {
 };
 
 // tensors: one (read_only, read_write) pair of array lists per tensor.
-std::unique_ptr<PyStreamProbe> make_probe(const std::vector<std::pair<py::list, py::list>>& tensors) {
+std::unique_ptr<PyStreamProbe> make_probe(
+    const std::vector<std::pair<py::list, py::list>>& tensors) {
   auto out = std::make_unique<PyStreamProbe>();
   std::vector<adagrad::ProbeTensor> probe_tensors;
   for (size_t t = 0; t < tensors.size(); ++t) {

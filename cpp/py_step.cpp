@@ -51,7 +51,8 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
   const size_t n = g.group.tensors().size();
   if (grads.size() != n) {
-    throw py::value_error("Expected " + std::to_string(n) + " gradients (one per variable); received " +
+    throw py::value_error("Expected " + std::to_string(n) +
+                          " gradients (one per variable); received " +
                           std::to_string(grads.size()) + ".");
   }
   std::vector<py::array> held;

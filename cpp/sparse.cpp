@@ -5,6 +5,8 @@
 // after every addition -- exactly the dense gradient np.add.at would build.
 // The update of a row is the dense kernel run on that row as a tensor of its
 // own, so a touched row gets the same bits as under the dense gradient.
+#include "sparse.hpp"
+
 #include <algorithm>
 #include <vector>
 
@@ -12,7 +14,6 @@
 #include "ema.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
-#include "sparse.hpp"
 #include "tensor_range.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
@@ -250,8 +251,8 @@ void sparse_reduce_rows(const TensorSlots& t, const TensorStep& ts, const Sparse
   dispatch_dtypes(t, ReduceRowsOp{t, ts, s, plan, d0, d1, out});
 }
 
-void sparse_gather(const TensorSlots& t, const TensorStep& ts, const SparseRows& s,
-                   int64_t begin, int64_t end, void* buf) {
+void sparse_gather(const TensorSlots& t, const TensorStep& ts, const SparseRows& s, int64_t begin,
+                   int64_t end, void* buf) {
   dispatch_dtypes(t, GatherOp{t, ts, s, begin, end, buf});
 }
 

@@ -3,6 +3,8 @@
 // Row-sparse gradients are de-duplicated first; their distinct rows join the
 // same parallel regions as extra tasks (row mode), unless a feature of this
 // step touches every row (full pass over the tensor's work items instead).
+#include "step.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,7 +13,6 @@
 #include "dedup.hpp"
 #include "dispatch.hpp"
 #include "sparse.hpp"
-#include "step.hpp"
 #include "tensor_range.hpp"
 
 namespace adagrad {
@@ -75,8 +76,8 @@ void for_each_task(const StepRun& run, const StepTasks& tasks, ItemFn&& item_fn,
   const WorkList& work = run.work;
   const std::vector<int64_t>* dense_tasks = tasks.any_sparse() ? &tasks.dense_tasks : nullptr;
   const std::vector<RowTask>& row_tasks = tasks.row_tasks;
-  const int64_t n_dense = dense_tasks != nullptr ? static_cast<int64_t>(dense_tasks->size())
-                                                 : work.n_tasks();
+  const int64_t n_dense =
+      dense_tasks != nullptr ? static_cast<int64_t>(dense_tasks->size()) : work.n_tasks();
   const int64_t n = n_dense + static_cast<int64_t>(row_tasks.size());
   parallel_for(n, [&](int64_t task) {
     if (task < n_dense) {
@@ -268,18 +269,16 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
         }
       },
       [&](const RowTask& task) {
-        k.sparse_rows(run.tensors[task.tensor], run.steps[task.tensor], run.rows[task.tensor],
-                      plan, task.d0, task.d1);
+        k.sparse_rows(run.tensors[task.tensor], run.steps[task.tensor], run.rows[task.tensor], plan,
+                      task.d0, task.d1);
       });
 }
 
 }  // namespace
 
 SlotGroup::SlotGroup(std::vector<TensorSlots> tensors)
-    : tensors_(std::move(tensors)),
-      work_(make_work_list(sizes_of(tensors_))),
-      partial_sums_(work_.items.size()),
-      partial_finite_(work_.items.size()),
+    : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_))),
+      partial_sums_(work_.items.size()), partial_finite_(work_.items.size()),
       sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
 
 std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
