@@ -1,5 +1,7 @@
 // This ISA's kernel set, for dispatch.cpp: every kernel of the list, compiled
-// once per ISA like the kernels themselves.
+// once per ISA like the kernels themselves. Addresses only, so the table is
+// constant-initialized: no code built for this ISA runs before dispatch.cpp
+// has checked the CPU.
 #include "dispatch.hpp"
 #include "kernel_common.hpp"
 
