@@ -1,43 +1,26 @@
 // Pass 2 of a step: the fused element-wise update of one work item, compiled
 // once per ISA. Operation order follows Keras 3 so the numbers match it.
+#include "clip.hpp"
+#include "ema.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
-// Clip scalars in the compute type, derived from the plan and the norm of
-// pass 1 exactly as Keras derives them (NaN propagates as in jnp.maximum).
-template <class C>
-struct ClipScalars {
-  C c{}, d{}, global_scale{};
-  ClipScalars(const StepPlan& plan, const TensorStep& ts) {
-    c = static_cast<C>(plan.clip_value);
-    const C norm = static_cast<C>(ts.norm);
-    if (plan.clip == Clip::norm) {
-      d = (norm != norm || norm > c) ? norm : c;  // max(norm, c)
-    } else if (plan.clip == Clip::global_norm) {
-      const C inv_norm = C(1) / norm;
-      const C inv_c = C(1) / c;
-      const C smaller = (inv_norm != inv_norm || inv_norm < inv_c) ? inv_norm : inv_c;
-      global_scale = c * smaller + (norm - norm);  // non-finite norm -> NaN
-    }
-  }
-};
-
 template <class P, class A, class C>
 struct Blocks {
   const TensorSlots& t;
   const TensorStep& ts;
   const StepPlan& plan;
-  const ClipScalars<C> clip;
-  const C lr, eps, wd, ema_m, ema_1m;
+  const GradClip<C> clip;
+  const Ema<P, C> ema_of;
+  const C lr, eps, wd;
 
   Blocks(const TensorSlots& t_, const TensorStep& ts_, const StepPlan& plan_)
-      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_),
+      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_), ema_of(plan_),
         lr(static_cast<C>(plan_.learning_rate)), eps(static_cast<C>(plan_.epsilon)),
-        wd(static_cast<C>(plan_.weight_decay)), ema_m(static_cast<C>(plan_.ema_momentum)),
-        ema_1m(C(1) - static_cast<C>(plan_.ema_momentum)) {}
+        wd(static_cast<C>(plan_.weight_decay)) {}
 
   P* param(int64_t b) const { return static_cast<P*>(t.param) + b; }
   P* gacc(int64_t b) const { return static_cast<P*>(t.grad_accumulator) + b; }
@@ -65,27 +48,9 @@ struct Blocks {
     alignas(64) C abuf[kBlock];
     const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
     if (plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr) zero_gacc(b, n);
-    switch (plan.clip) {
-      case Clip::value: {
-        const C hi = clip.c, lo = -clip.c;
-        for (int64_t i = 0; i < n; ++i) {
-          C x = g[i];
-          x = x < lo ? lo : x;  // NaN compares false and stays NaN
-          gbuf[i] = x > hi ? hi : x;
-        }
-        g = gbuf;
-        break;
-      }
-      case Clip::norm:
-        for (int64_t i = 0; i < n; ++i) gbuf[i] = (g[i] * clip.c) / clip.d;
-        g = gbuf;
-        break;
-      case Clip::global_norm:
-        for (int64_t i = 0; i < n; ++i) gbuf[i] = g[i] * clip.global_scale;
-        g = gbuf;
-        break;
-      case Clip::none:
-        break;
+    if (plan.clip != Clip::none) {  // else g stays the input: no copy on the plain path
+      clip.apply(g, gbuf, n);
+      g = gbuf;
     }
     A* acc_store = static_cast<A*>(t.accumulator) + b;
     C* __restrict v = load_view<C>(param(b), vbuf, n);
@@ -178,16 +143,10 @@ struct Blocks {
     if (plan.phase == Phase::accumulate_update) zero_gacc(b, n);
   }
 
-  // avg = m*avg + (1-m)*v on the stored value of v; optionally v = avg.
+  // The EMA follows the stored value of v (rounded to P).
   void ema(int64_t b, int64_t n) const {
     alignas(64) C vbuf[kBlock];
-    alignas(64) C mbuf[kBlock];
-    P* avg_store = static_cast<P*>(t.average) + b;
-    const C* __restrict v = load_view<C>(param(b), vbuf, n);
-    C* __restrict avg = load_view<C>(avg_store, mbuf, n);
-    for (int64_t i = 0; i < n; ++i) avg[i] = ema_m * avg[i] + ema_1m * v[i];
-    store_view(avg_store, avg, n);
-    if (plan.ema_overwrite) std::memcpy(param(b), avg_store, static_cast<size_t>(n) * sizeof(P));
+    ema_of.apply(load_view<C>(param(b), vbuf, n), static_cast<P*>(t.average) + b, param(b), n);
   }
 
   void run(int64_t begin, int64_t end) const {

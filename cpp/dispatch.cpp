@@ -4,6 +4,17 @@
 #include <cstdlib>
 
 namespace adagrad {
+
+// ADAGRAD_COMPILED_ISAS (CMakeLists.txt) lists the ISAs built into this
+// module, best first, as ADAGRAD_ISA(name) ADAGRAD_ISA(name) ...; each one's
+// kernel set is defined by its kernel_set.cpp.
+#define ADAGRAD_ISA(name)            \
+  namespace isa_##name {             \
+    extern const Kernels kernel_set; \
+  }
+ADAGRAD_COMPILED_ISAS
+#undef ADAGRAD_ISA
+
 namespace {
 
 bool cpu_has(const std::string& isa) {
@@ -18,30 +29,17 @@ bool cpu_has(const std::string& isa) {
   return isa == "baseline";
 }
 
-#define ADAGRAD_KERNEL_SET(ns)                                                        \
-  Kernels {                                                                           \
-    #ns, isa_##ns::dense_item, isa_##ns::reduce_item, isa_##ns::sparse_rows,           \
-        isa_##ns::sparse_reduce_rows, isa_##ns::sparse_gather, isa_##ns::rowwise_rows,   \
-        isa_##ns::probe_item                                                          \
-  }
-
 // Best first.
-const std::vector<Kernels>& compiled() {
-  static const std::vector<Kernels> all = {
-#if defined(ADAGRAD_HAVE_AVX512)
-      ADAGRAD_KERNEL_SET(avx512),
-#endif
-#if defined(ADAGRAD_HAVE_AVX2)
-      ADAGRAD_KERNEL_SET(avx2),
-#endif
-      ADAGRAD_KERNEL_SET(baseline),
-  };
+#define ADAGRAD_ISA(name) &isa_##name::kernel_set,
+const std::vector<const Kernels*>& compiled() {
+  static const std::vector<const Kernels*> all = {ADAGRAD_COMPILED_ISAS};
   return all;
 }
+#undef ADAGRAD_ISA
 
 const Kernels* find(const std::string& name) {
-  for (const Kernels& k : compiled()) {
-    if ((name == "auto" || name == k.isa) && cpu_has(k.isa)) return &k;
+  for (const Kernels* k : compiled()) {
+    if ((name == "auto" || name == k->isa) && cpu_has(k->isa)) return k;
   }
   return nullptr;
 }
@@ -60,8 +58,8 @@ const Kernels& kernels() { return *g_active.load(std::memory_order_acquire); }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
-  for (const Kernels& k : compiled()) {
-    if (cpu_has(k.isa)) names.emplace_back(k.isa);
+  for (const Kernels* k : compiled()) {
+    if (cpu_has(k->isa)) names.emplace_back(k->isa);
   }
   return names;
 }

@@ -8,15 +8,13 @@
 
 namespace adagrad {
 
+// One ISA's kernels: a pointer per entry of ADAGRAD_KERNELS. Each ISA defines
+// its own as isa_<name>::kernel_set (kernel_set.cpp).
 struct Kernels {
   const char* isa;
-  DenseItemFn dense_item;
-  ReduceItemFn reduce_item;
-  SparseRowsFn sparse_rows;
-  SparseReduceRowsFn sparse_reduce_rows;
-  SparseGatherFn sparse_gather;
-  RowwiseRowsFn rowwise_rows;
-  ProbeItemFn probe_item;
+#define ADAGRAD_KERNEL_POINTER(name, ret, params) ret(*name) params;
+  ADAGRAD_KERNELS(ADAGRAD_KERNEL_POINTER)
+#undef ADAGRAD_KERNEL_POINTER
 };
 
 // The active kernel set: the best supported ISA, or the one named by the

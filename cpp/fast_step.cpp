@@ -1,14 +1,17 @@
 #include "fast_step.hpp"
 
 #include <stdexcept>
+#include <string>
 #include <utility>
+
+#include "py_arrays.hpp"
+#include "py_register.hpp"
 
 namespace py = pybind11;
 
 namespace {
 
-constexpr int kReadable = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
-                          py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kReadable = kCContiguous | kAligned;
 
 // A gradient the core reads as it is: an ndarray with the parameter's dtype
 // and shape, C-contiguous, aligned, in native byte order. Anything else goes
@@ -51,12 +54,10 @@ py::array scalar(py::array a, int dtype_num, const char* what) {
 
 FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, py::array iterations,
                    py::array learning_rate, const py::sequence& variables)
-    : group_object_(std::move(group)),
-      group_(group_object_.cast<PyGroup&>()),
-      plan_(plan),
+    : group_object_(std::move(group)), group_(group_object_.cast<PyGroup&>()), plan_(plan),
       iterations_(scalar(std::move(iterations), py::dtype::of<int64_t>().num(), "iterations")),
-      learning_rate_(scalar(std::move(learning_rate), py::dtype::of<float>().num(),
-                            "learning_rate")),
+      learning_rate_(
+          scalar(std::move(learning_rate), py::dtype::of<float>().num(), "learning_rate")),
       steps_(group_.group.tensors().size()) {
   if (variables.size() != steps_.size()) {
     throw std::invalid_argument("FastStep: one variable per tensor of the group.");
@@ -102,4 +103,18 @@ int64_t FastStep::try_step(const py::handle& grads, const py::handle& variables)
   if (!r.applied) return r.first_nonfinite;
   ++*static_cast<int64_t*>(iterations_.mutable_data());
   return -1;
+}
+
+void register_fast_step(py::module_& m) {
+  py::class_<FastStep>(m, "FastStep")
+      .def(py::init<py::object, const adagrad::StepPlan&, py::array, py::array,
+                    const py::sequence&>(),
+           py::arg("group"), py::arg("plan"), py::arg("iterations"), py::arg("learning_rate"),
+           py::arg("variables"))
+      .def("accepts", &FastStep::accepts, py::arg("variables"))
+      .def("try_step", &FastStep::try_step, py::arg("grads"), py::arg("variables"),
+           "The steady-state step: -1 when it ran, >= 0 the tensor whose gradient is not "
+           "finite (plan.check_finite; nothing written), DECLINED when the call needs the "
+           "general path (nothing read or written).");
+  m.attr("DECLINED") = FastStep::kDeclined;
 }

@@ -1,12 +1,13 @@
-// Shared by the per-ISA kernel files (dense.cpp, reduce.cpp). Everything here
-// lives in that ISA's own namespace, so inline code compiled with one ISA's
-// flags can never be merged by the linker into another ISA's path.
+// Shared by the per-ISA kernel files (ADAGRAD_KERNEL_SOURCES in CMakeLists.txt).
+// Everything here lives in that ISA's own namespace, so inline code compiled
+// with one ISA's flags can never be merged by the linker into another ISA's path.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
+#include "kernels.hpp"
 #include "step.hpp"
 
 #if defined(__AVX2__) && defined(__F16C__)
@@ -18,6 +19,10 @@
 #endif
 
 namespace adagrad::ADAGRAD_ISA_NS {
+
+// This ISA's kernels (kernels.hpp), defined by the kernel files.
+ADAGRAD_KERNELS(ADAGRAD_DECLARE_KERNEL)
+
 namespace {
 
 // Elements per inner block: the working set of one block (up to six streams
@@ -95,8 +100,8 @@ inline void store8(bf16* p, __m256 x) {
   // half to its low 8 bytes, then the two halves' low quadwords together.
   const __m256i high = _mm256_shuffle_epi8(
       round_to_bf16_high(x),
-      _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7,
-                       10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
+      _mm256_setr_epi8(2, 3, 6, 7, 10, 11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1, 2, 3, 6, 7, 10,
+                       11, 14, 15, -1, -1, -1, -1, -1, -1, -1, -1));
   const __m256i packed = _mm256_permute4x64_epi64(high, 0x08);
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
@@ -166,9 +171,8 @@ inline void store_view(X* p, const C* buf, int64_t n) {
 // accumulation update step (g + gacc) / k (Keras' operation order). Returns
 // a pointer into gbuf, or to the gradient itself when nothing changes it.
 template <class P, class C>
-inline const C* prepared_gradient(const TensorSlots& t, const TensorStep& ts,
-                                  const StepPlan& plan, int64_t b, int64_t n, C* gbuf,
-                                  C* __restrict sbuf) {
+inline const C* prepared_gradient(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan,
+                                  int64_t b, int64_t n, C* gbuf, C* __restrict sbuf) {
   const C* g = load_view<C>(static_cast<const P*>(ts.grad) + b, gbuf, n);
   if (plan.loss_scale != 0.0) {
     const C scale = static_cast<C>(plan.loss_scale);

@@ -15,7 +15,7 @@ WorkList make_work_list(const std::vector<int64_t>& sizes) {
   constexpr int64_t kAlign = 256;  // whole kernel blocks, cache-line aligned starts
   const int64_t wanted = (work.total / kTargetTasks + kAlign - 1) / kAlign * kAlign;
   const int64_t chunk = work.total < kSerialBelow ? std::max<int64_t>(work.total, 1)
-                                                 : std::clamp(wanted, kMinChunk, kChunk);
+                                                  : std::clamp(wanted, kMinChunk, kChunk);
   work.chunk = chunk;
   for (size_t t = 0; t < sizes.size(); ++t) {
     for (int64_t b = 0; b < sizes[t]; b += chunk) {

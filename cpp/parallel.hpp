@@ -1,4 +1,5 @@
-// The flat work list and the one parallel region that walks it.
+// The flat work list, and the one parallel region that walks it and every
+// other parallel loop.
 #pragma once
 
 #include <cstdint>
@@ -48,21 +49,29 @@ int get_num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();
 
-// Calls fn(item_index) for every item, tasks spread over the threads.
+// Calls fn(task) for every task in [0, n_tasks), the tasks split over the
+// threads in fixed blocks. The one parallel region of the code base: every
+// parallel loop goes through it. With one thread or one task it runs on the
+// calling thread without opening a region (that costs microseconds).
 template <class Fn>
-void for_each_item(const WorkList& work, Fn&& fn) {
-  const int64_t n_tasks = work.n_tasks();
+void parallel_for(int64_t n_tasks, Fn&& fn) {
   const int threads = get_num_threads();
-  if (threads <= 1 || n_tasks <= 1) {  // no parallel region at all: it costs microseconds
-    for (int64_t i = 0; i < static_cast<int64_t>(work.items.size()); ++i) fn(i);
+  if (threads <= 1 || n_tasks <= 1) {
+    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
     return;
   }
 #if defined(_OPENMP)
 #pragma omp parallel for schedule(static) num_threads(threads)
 #endif
-  for (int64_t task = 0; task < n_tasks; ++task) {
+  for (int64_t task = 0; task < n_tasks; ++task) fn(task);
+}
+
+// Calls fn(item_index) for every item, tasks spread over the threads.
+template <class Fn>
+void for_each_item(const WorkList& work, Fn&& fn) {
+  parallel_for(work.n_tasks(), [&](int64_t task) {
     for (int64_t i = work.task_begin[task]; i < work.task_begin[task + 1]; ++i) fn(i);
-  }
+  });
 }
 
 }  // namespace adagrad

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
 
 #include <string>
 #include <utility>
@@ -21,4 +22,10 @@ struct PyGroup {
   std::vector<std::string> names;
   std::vector<pybind11::array> params;
   std::vector<int> dtype_nums;
+
+  // "variable 'w' (index 0)": how messages name variable i.
+  std::string label(size_t i) const;
 };
+
+// How messages name the variable `name` at `index`.
+std::string variable_label(const std::string& name, size_t index);

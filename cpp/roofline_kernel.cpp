@@ -66,11 +66,21 @@ bool try_fused(const ProbeTensor& t, int64_t begin, int64_t end) {
   }
   const int64_t n = end - begin;
   switch (n_writes) {
-    case 0: fused<U, 0>(read, writes, begin, n); break;
-    case 1: fused<U, 1>(read, writes, begin, n); break;
-    case 2: fused<U, 2>(read, writes, begin, n); break;
-    case 3: fused<U, 3>(read, writes, begin, n); break;
-    default: fused<U, 4>(read, writes, begin, n); break;
+    case 0:
+      fused<U, 0>(read, writes, begin, n);
+      break;
+    case 1:
+      fused<U, 1>(read, writes, begin, n);
+      break;
+    case 2:
+      fused<U, 2>(read, writes, begin, n);
+      break;
+    case 3:
+      fused<U, 3>(read, writes, begin, n);
+      break;
+    default:
+      fused<U, 4>(read, writes, begin, n);
+      break;
   }
   return true;
 }
@@ -103,9 +113,15 @@ void probe_item(const ProbeTensor& t, int64_t begin, int64_t end) {
     const int64_t n = std::min(end - b, kProbeBlock);
     for (const ProbeArray& a : t.arrays) {
       switch (a.itemsize) {
-        case 2: touch<uint16_t>(a, b, n); break;
-        case 8: touch<uint64_t>(a, b, n); break;
-        default: touch<uint32_t>(a, b, n); break;
+        case 2:
+          touch<uint16_t>(a, b, n);
+          break;
+        case 8:
+          touch<uint64_t>(a, b, n);
+          break;
+        default:
+          touch<uint32_t>(a, b, n);
+          break;
       }
     }
   }

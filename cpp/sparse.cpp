@@ -1,16 +1,20 @@
 // Row-sparse gradients and row-wise Adagrad, compiled once per ISA.
 //
-// A sparse gradient is first de-duplicated (step.cpp): each distinct row then
+// A sparse gradient is first de-duplicated (dedup.cpp): each distinct row then
 // gets the sum of its copies, in index order, rounded to the parameter dtype
 // after every addition -- exactly the dense gradient np.add.at would build.
 // The update of a row is the dense kernel run on that row as a tensor of its
 // own, so a touched row gets the same bits as under the dense gradient.
+#include "sparse.hpp"
+
 #include <algorithm>
 #include <vector>
 
+#include "clip.hpp"
+#include "ema.hpp"
 #include "kernel_common.hpp"
 #include "kernels.hpp"
-#include "sparse.hpp"
+#include "tensor_range.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
@@ -58,46 +62,6 @@ const P* summed_row(const TensorStep& ts, const SparseRows& s, int64_t row_len, 
   return out;
 }
 
-// Clip scalars in the compute type, exactly as dense.cpp derives them.
-template <class C>
-struct RowClip {
-  C c{}, d{}, global_scale{};
-  RowClip(const StepPlan& plan, const TensorStep& ts) {
-    c = static_cast<C>(plan.clip_value);
-    const C norm = static_cast<C>(ts.norm);
-    if (plan.clip == Clip::norm) {
-      d = (norm != norm || norm > c) ? norm : c;
-    } else if (plan.clip == Clip::global_norm) {
-      const C inv_norm = C(1) / norm;
-      const C inv_c = C(1) / c;
-      const C smaller = (inv_norm != inv_norm || inv_norm < inv_c) ? inv_norm : inv_c;
-      global_scale = c * smaller + (norm - norm);
-    }
-  }
-  void apply(const StepPlan& plan, const C* g, C* __restrict out, int64_t n) const {
-    switch (plan.clip) {
-      case Clip::value: {
-        const C hi = c, lo = -c;
-        for (int64_t i = 0; i < n; ++i) {
-          C x = g[i];
-          x = x < lo ? lo : x;
-          out[i] = x > hi ? hi : x;
-        }
-        break;
-      }
-      case Clip::norm:
-        for (int64_t i = 0; i < n; ++i) out[i] = (g[i] * c) / d;
-        break;
-      case Clip::global_norm:
-        for (int64_t i = 0; i < n; ++i) out[i] = g[i] * global_scale;
-        break;
-      case Clip::none:
-        for (int64_t i = 0; i < n; ++i) out[i] = g[i];
-        break;
-    }
-  }
-};
-
 // Row-wise Adagrad on rows [r0, r1) of t; the gradient of row r is at
 // g_rows + (r - r0) * L. Per row: the prepared, clipped gradient g; decay;
 // acc += mean(g^2); v -= lr * g / sqrt(acc + eps); EMA. The mean is a float64
@@ -111,24 +75,21 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
   const int64_t L = t.row_len;
   if (L <= 0 || r1 <= r0) return;
   if (row.size() < static_cast<size_t>(L)) row.resize(static_cast<size_t>(L));
-  const RowClip<C> clip(plan, ts);
+  const GradClip<C> clip(plan, ts);
   const C lr = static_cast<C>(plan.learning_rate), eps = static_cast<C>(plan.epsilon);
   const C wd = static_cast<C>(plan.weight_decay);
-  const C ema_m = static_cast<C>(plan.ema_momentum), ema_1m = C(1) - ema_m;
+  const Ema<P, C> ema(plan);
   const bool decay = t.weight_decay && plan.weight_decay != 0.0;
   const bool update_gacc = plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr;
   alignas(64) C gbuf[kBlock];
   alignas(64) C sbuf[kBlock];
   alignas(64) C vbuf[kBlock];
-  alignas(64) C mbuf[kBlock];
   for (int64_t r = r0; r < r1; ++r) {
     if (r + kPrefetchRows < r1) {
       prefetch_bytes(static_cast<P*>(t.param) + (r + kPrefetchRows) * L,
                      L * static_cast<int64_t>(sizeof(P)), true);
     }
-    const TensorSlots sub = offset_slots(t, r * L, L);
-    TensorStep st = ts;
-    st.grad = g_rows + (r - r0) * L;
+    const auto [sub, st] = dense_view(t, ts, r * L, L, g_rows + (r - r0) * L);
     double lanes[kMeanLanes] = {};
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
@@ -138,7 +99,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
         for (int64_t i = 0; i < n; ++i) ga[i] = from_c<P>(C(0));
       }
       C* __restrict out = row.data() + b;
-      clip.apply(plan, g, out, n);
+      clip.apply(g, out, n);
       int64_t i = 0;
       for (; i + kMeanLanes <= n; i += kMeanLanes) {
         for (int j = 0; j < kMeanLanes; ++j) {
@@ -170,13 +131,8 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
       store_view(vp, v, n);
       if (plan.ema && sub.average != nullptr) {
-        P* avg_store = static_cast<P*>(sub.average) + b;
-        C* __restrict m = load_view<C>(avg_store, mbuf, n);
-        for (int64_t i = 0; i < n; ++i) m[i] = ema_m * m[i] + ema_1m * v[i];
-        store_view(avg_store, m, n);
-        if (plan.ema_overwrite) {
-          std::memcpy(vp, avg_store, static_cast<size_t>(n) * sizeof(P));
-        }
+        // Follows the compute-type v, before its rounding to a 16-bit P.
+        ema.apply(v, static_cast<P*>(sub.average) + b, vp, n);
       }
     }
   }
@@ -213,10 +169,8 @@ struct RowsOp {
       if (rowwise) {
         rowwise_impl<P, A, C>(t, ts, plan, r, r + 1, g, row);
       } else {
-        TensorStep st = ts;
-        st.sparse = false;
-        st.grad = g;
-        dense_item(offset_slots(t, r * L, L), st, plan, 0, L);
+        const DenseView v = dense_view(t, ts, r * L, L, g);
+        dense_item(v.slots, v.step, plan, 0, L);
       }
     }
   }
@@ -239,10 +193,9 @@ struct ReduceRowsOp {
         out[d - d0] = {0.0, true};
         continue;
       }
-      TensorStep st = ts;
-      st.sparse = false;
-      st.grad = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
-      out[d - d0] = reduce_item(offset_slots(t, s.rows[d] * L, L), st, plan, 0, L);
+      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
+      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, g);
+      out[d - d0] = reduce_item(v.slots, v.step, plan, 0, L);
     }
   }
 };
@@ -298,8 +251,8 @@ void sparse_reduce_rows(const TensorSlots& t, const TensorStep& ts, const Sparse
   dispatch_dtypes(t, ReduceRowsOp{t, ts, s, plan, d0, d1, out});
 }
 
-void sparse_gather(const TensorSlots& t, const TensorStep& ts, const SparseRows& s,
-                   int64_t begin, int64_t end, void* buf) {
+void sparse_gather(const TensorSlots& t, const TensorStep& ts, const SparseRows& s, int64_t begin,
+                   int64_t end, void* buf) {
   dispatch_dtypes(t, GatherOp{t, ts, s, begin, end, buf});
 }
 

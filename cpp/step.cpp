@@ -3,18 +3,16 @@
 // Row-sparse gradients are de-duplicated first; their distinct rows join the
 // same parallel regions as extra tasks (row mode), unless a feature of this
 // step touches every row (full pass over the tensor's work items instead).
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <utility>
-
-#include "dispatch.hpp"
-#include "sparse.hpp"
 #include "step.hpp"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include "dedup.hpp"
+#include "dispatch.hpp"
+#include "sparse.hpp"
+#include "tensor_range.hpp"
 
 namespace adagrad {
 
@@ -51,192 +49,199 @@ std::pair<int64_t, int64_t> update_range(const TensorSlots& t, const WorkItem& i
   return {(item.begin + L - 1) / L * L, (item.end + L - 1) / L * L};
 }
 
-// One parallel region over the dense tasks `dense_tasks` (indices into the
-// work list's tasks) and the row tasks.
+// What one step works on, shared by its phases.
+struct StepRun {
+  const std::vector<TensorSlots>& tensors;
+  const WorkList& work;
+  std::vector<TensorStep>& steps;
+  const StepPlan& plan;
+  const Kernels& k;
+  std::vector<SparseRows>& rows;  // per tensor; filled for sparse gradients only
+};
+
+// How each tensor takes part in this step, and the tasks of both passes.
+struct StepTasks {
+  std::vector<Mode> mode;            // per tensor
+  std::vector<int32_t> sparse_ids;   // tensors with a sparse gradient, ascending
+  std::vector<RowTask> row_tasks;    // the distinct rows of row-mode tensors
+  std::vector<int64_t> dense_tasks;  // work-list tasks with an item not in row mode
+  bool any_sparse() const { return !sparse_ids.empty(); }
+};
+
+// One parallel region over the dense tasks (all of the work list's when no
+// gradient is sparse) and then the row tasks.
 template <class ItemFn, class RowFn>
-void for_each_task(const WorkList& work, const std::vector<int64_t>* dense_tasks,
-                   const std::vector<RowTask>& row_tasks, ItemFn&& item_fn, RowFn&& row_fn) {
-  const int64_t n_dense = dense_tasks != nullptr ? static_cast<int64_t>(dense_tasks->size())
-                                                 : work.n_tasks();
+void for_each_task(const StepRun& run, const StepTasks& tasks, ItemFn&& item_fn, RowFn&& row_fn) {
+  const WorkList& work = run.work;
+  const std::vector<int64_t>* dense_tasks = tasks.any_sparse() ? &tasks.dense_tasks : nullptr;
+  const std::vector<RowTask>& row_tasks = tasks.row_tasks;
+  const int64_t n_dense =
+      dense_tasks != nullptr ? static_cast<int64_t>(dense_tasks->size()) : work.n_tasks();
   const int64_t n = n_dense + static_cast<int64_t>(row_tasks.size());
-  auto run = [&](int64_t task) {
+  parallel_for(n, [&](int64_t task) {
     if (task < n_dense) {
       const int64_t w = dense_tasks != nullptr ? (*dense_tasks)[task] : task;
       for (int64_t i = work.task_begin[w]; i < work.task_begin[w + 1]; ++i) item_fn(i);
     } else {
       row_fn(row_tasks[task - n_dense]);
     }
-  };
-  const int threads = get_num_threads();
-  if (threads <= 1 || n <= 1) {  // no parallel region at all: it costs microseconds
-    for (int64_t task = 0; task < n; ++task) run(task);
-    return;
-  }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads)
-#endif
-  for (int64_t task = 0; task < n; ++task) run(task);
+  });
 }
-}  // namespace
 
-SlotGroup::SlotGroup(std::vector<TensorSlots> tensors)
-    : tensors_(std::move(tensors)),
-      work_(make_work_list(sizes_of(tensors_))),
-      partial_sums_(work_.items.size()),
-      partial_finite_(work_.items.size()),
-      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
+// The dense-equivalent gradient of elements [b, e) of a full-pass tensor.
+void gather(const StepRun& run, int32_t t, int64_t b, int64_t e, std::vector<unsigned char>& buf) {
+  const size_t bytes = static_cast<size_t>(e - b) * dtype_bytes(run.tensors[t].dtype);
+  buf.assign(bytes, 0);  // all-zero bits are +0.0 in every float format
+  run.k.sparse_gather(run.tensors[t], run.steps[t], run.rows[t], b, e, buf.data());
+}
 
-std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
-
-StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
-  const std::vector<TensorSlots>& tensors = group.tensors();
-  const WorkList& work = group.work();
-  const Kernels& k = kernels();
-  StepResult result;
-  const size_t n_tensors = tensors.size();
-
-  // Phase 0: de-duplicate every sparse gradient (one tensor per thread).
-  std::vector<Mode> mode(n_tensors, Mode::dense);
-  std::vector<int32_t> sparse_ids;
+// Phase 0: de-duplicates every sparse gradient (tensors spread over the
+// threads), decides each tensor's mode, and cuts the row-mode tensors'
+// distinct rows into row tasks.
+StepTasks plan_sparse(StepRun& run) {
+  const size_t n_tensors = run.tensors.size();
+  StepTasks tasks;
+  tasks.mode.assign(n_tensors, Mode::dense);
   for (size_t t = 0; t < n_tensors; ++t) {
-    if (steps[t].sparse && steps[t].grad != nullptr) {
-      sparse_ids.push_back(static_cast<int32_t>(t));
-      mode[t] = needs_full_pass(tensors[t], plan) ? Mode::full : Mode::rows;
+    if (run.steps[t].sparse && run.steps[t].grad != nullptr) {
+      tasks.sparse_ids.push_back(static_cast<int32_t>(t));
+      tasks.mode[t] = needs_full_pass(run.tensors[t], run.plan) ? Mode::full : Mode::rows;
     }
   }
-  std::vector<SparseRows>& rows = group.sparse_rows();
-  std::vector<RowTask> row_tasks;
-  std::vector<int64_t> dense_tasks;
-  const bool any_sparse = !sparse_ids.empty();
-  if (any_sparse) {
-    if (rows.size() != n_tensors) rows.resize(n_tensors);
-    const int64_t n_sparse = static_cast<int64_t>(sparse_ids.size());
-    const int threads = get_num_threads();
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && n_sparse > 1)
-#endif
-    for (int64_t j = 0; j < n_sparse; ++j) {
-      const int32_t t = sparse_ids[j];
-      dedup(steps[t], tensors[t].rows, rows[t]);
+  if (!tasks.any_sparse()) return tasks;
+  if (run.rows.size() != n_tensors) run.rows.resize(n_tensors);
+  parallel_for(static_cast<int64_t>(tasks.sparse_ids.size()), [&](int64_t j) {
+    const int32_t t = tasks.sparse_ids[j];
+    dedup(run.steps[t], run.tensors[t].rows, run.rows[t]);
+  });
+  for (int32_t t : tasks.sparse_ids) {
+    if (tasks.mode[t] != Mode::rows || run.tensors[t].row_len <= 0) continue;
+    const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / run.tensors[t].row_len);
+    const int64_t count = run.rows[t].count();
+    for (int64_t d = 0; d < count; d += per_task) {
+      tasks.row_tasks.push_back({t, d, std::min(count, d + per_task)});
     }
-    (void)threads;
-    for (int32_t t : sparse_ids) {
-      if (mode[t] != Mode::rows || tensors[t].row_len <= 0) continue;
-      const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / tensors[t].row_len);
-      const int64_t count = rows[t].count();
-      for (int64_t d = 0; d < count; d += per_task) {
-        row_tasks.push_back({t, d, std::min(count, d + per_task)});
+  }
+  // Dense tasks: only those with an item of a tensor that is not in row mode.
+  const WorkList& work = run.work;
+  for (int64_t w = 0; w < work.n_tasks(); ++w) {
+    for (int64_t i = work.task_begin[w]; i < work.task_begin[w + 1]; ++i) {
+      if (tasks.mode[work.items[i].tensor] != Mode::rows) {
+        tasks.dense_tasks.push_back(w);
+        break;
       }
     }
-    // Dense tasks: only those with an item of a tensor that is not in row mode.
-    for (int64_t w = 0; w < work.n_tasks(); ++w) {
-      for (int64_t i = work.task_begin[w]; i < work.task_begin[w + 1]; ++i) {
-        if (mode[work.items[i].tensor] != Mode::rows) {
-          dense_tasks.push_back(w);
-          break;
+  }
+  return tasks;
+}
+
+bool needs_norm(const StepPlan& plan) {
+  return plan.phase != Phase::accumulate &&
+         (plan.clip == Clip::norm || plan.clip == Clip::global_norm);
+}
+
+// Pass 1: partial sums of squares and finiteness per work item and per
+// distinct row, combined in item order, then row order (the same sums for
+// any thread count). Sets each step's clip norm; the result says whether the
+// step goes on (check_finite stops it at a non-finite gradient).
+StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+  const std::vector<TensorSlots>& tensors = run.tensors;
+  const WorkList& work = run.work;
+  std::vector<TensorStep>& steps = run.steps;
+  const StepPlan& plan = run.plan;
+  const std::vector<Mode>& mode = tasks.mode;
+  const size_t n_tensors = tensors.size();
+  StepResult result;
+  std::vector<double>& partial = group.partial_sums();
+  std::vector<unsigned char>& finite = group.partial_finite();
+  // Row-mode partials: one per distinct row, combined in row order below.
+  std::vector<std::vector<ReduceResult>> row_partial(tasks.any_sparse() ? n_tensors : 0);
+  for (int32_t t : tasks.sparse_ids) {
+    if (mode[t] == Mode::rows) row_partial[t].resize(static_cast<size_t>(run.rows[t].count()));
+  }
+  for_each_task(
+      run, tasks,
+      [&](int64_t i) {
+        const WorkItem& item = work.items[i];
+        const TensorStep& ts = steps[item.tensor];
+        if (ts.grad == nullptr || mode[item.tensor] == Mode::rows) {
+          partial[i] = 0.0;
+          finite[i] = 1;
+          return;
         }
-      }
+        ReduceResult r;
+        if (mode[item.tensor] == Mode::full) {
+          std::vector<unsigned char> buf;
+          gather(run, item.tensor, item.begin, item.end, buf);
+          const int64_t n = item.end - item.begin;
+          const DenseView v = dense_view(tensors[item.tensor], ts, item.begin, n, buf.data());
+          r = run.k.reduce_item(v.slots, v.step, plan, 0, n);
+        } else {
+          r = run.k.reduce_item(tensors[item.tensor], ts, plan, item.begin, item.end);
+        }
+        partial[i] = r.sum_squares;
+        finite[i] = r.finite ? 1 : 0;
+      },
+      [&](const RowTask& task) {
+        run.k.sparse_reduce_rows(tensors[task.tensor], steps[task.tensor], run.rows[task.tensor],
+                                 plan, task.d0, task.d1, row_partial[task.tensor].data() + task.d0);
+      });
+  // Combine in item order: the same sum for any thread count.
+  std::vector<double> tensor_sums(n_tensors, 0.0);
+  for (size_t i = 0; i < work.items.size(); ++i) {
+    const int32_t t = work.items[i].tensor;
+    if (mode[t] == Mode::rows) {
+      if (finite[i] == 0) finite[i] = 1;  // unreachable: row-mode items are skipped
+      continue;
+    }
+    tensor_sums[t] += partial[i];
+    if (finite[i] == 0 && result.finite) {
+      result.finite = false;
+      result.first_nonfinite = t;
     }
   }
-  const std::vector<int64_t>* dense_list = any_sparse ? &dense_tasks : nullptr;
-
-  // The dense-equivalent gradient of elements [b, e) of a full-pass tensor.
-  auto gather = [&](int32_t t, int64_t b, int64_t e, std::vector<unsigned char>& buf) {
-    const size_t bytes = static_cast<size_t>(e - b) * dtype_bytes(tensors[t].dtype);
-    buf.assign(bytes, 0);  // all-zero bits are +0.0 in every float format
-    k.sparse_gather(tensors[t], steps[t], rows[t], b, e, buf.data());
-  };
-
-  const bool update_step = plan.phase != Phase::accumulate;
-  const bool need_norm =
-      update_step && (plan.clip == Clip::norm || plan.clip == Clip::global_norm);
-  if (need_norm || plan.check_finite) {
-    std::vector<double>& partial = group.partial_sums();
-    std::vector<unsigned char>& finite = group.partial_finite();
-    // Row-mode partials: one per distinct row, combined in row order below.
-    std::vector<std::vector<ReduceResult>> row_partial(any_sparse ? n_tensors : 0);
-    for (int32_t t : sparse_ids) {
-      if (mode[t] == Mode::rows) row_partial[t].resize(static_cast<size_t>(rows[t].count()));
-    }
-    for_each_task(
-        work, dense_list, row_tasks,
-        [&](int64_t i) {
-          const WorkItem& item = work.items[i];
-          const TensorStep& ts = steps[item.tensor];
-          if (ts.grad == nullptr || mode[item.tensor] == Mode::rows) {
-            partial[i] = 0.0;
-            finite[i] = 1;
-            return;
-          }
-          ReduceResult r;
-          if (mode[item.tensor] == Mode::full) {
-            std::vector<unsigned char> buf;
-            gather(item.tensor, item.begin, item.end, buf);
-            TensorStep st = ts;
-            st.sparse = false;
-            st.grad = buf.data();
-            r = k.reduce_item(offset_slots(tensors[item.tensor], item.begin, item.end - item.begin),
-                              st, plan, 0, item.end - item.begin);
-          } else {
-            r = k.reduce_item(tensors[item.tensor], ts, plan, item.begin, item.end);
-          }
-          partial[i] = r.sum_squares;
-          finite[i] = r.finite ? 1 : 0;
-        },
-        [&](const RowTask& task) {
-          k.sparse_reduce_rows(tensors[task.tensor], steps[task.tensor], rows[task.tensor], plan,
-                               task.d0, task.d1, row_partial[task.tensor].data() + task.d0);
-        });
-    // Combine in item order: the same sum for any thread count.
-    std::vector<double> tensor_sums(n_tensors, 0.0);
-    for (size_t i = 0; i < work.items.size(); ++i) {
-      const int32_t t = work.items[i].tensor;
-      if (mode[t] == Mode::rows) {
-        if (finite[i] == 0) finite[i] = 1;  // unreachable: row-mode items are skipped
-        continue;
-      }
-      tensor_sums[t] += partial[i];
-      if (finite[i] == 0 && result.finite) {
+  for (int32_t t : tasks.sparse_ids) {
+    if (mode[t] != Mode::rows) continue;
+    for (const ReduceResult& r : row_partial[t]) {
+      tensor_sums[t] += r.sum_squares;
+      if (!r.finite && (result.finite || t < result.first_nonfinite)) {
         result.finite = false;
         result.first_nonfinite = t;
       }
     }
-    for (int32_t t : sparse_ids) {
-      if (mode[t] != Mode::rows) continue;
-      for (const ReduceResult& r : row_partial[t]) {
-        tensor_sums[t] += r.sum_squares;
-        if (!r.finite && (result.finite || t < result.first_nonfinite)) {
-          result.finite = false;
-          result.first_nonfinite = t;
-        }
-      }
+  }
+  if (plan.check_finite && !result.finite) {
+    result.applied = false;
+    return result;
+  }
+  if (needs_norm(plan)) {
+    double total = 0.0;
+    for (size_t t = 0; t < n_tensors; ++t) {
+      if (steps[t].grad == nullptr || tensors[t].overwrite) continue;
+      total += tensor_sums[t];
+      // Keras: sqrt only of a positive sum (a NaN sum stays NaN).
+      steps[t].norm = tensor_sums[t] > 0.0 ? std::sqrt(tensor_sums[t]) : tensor_sums[t];
     }
-    if (plan.check_finite && !result.finite) {
-      result.applied = false;
-      return result;
-    }
-    if (need_norm) {
-      double total = 0.0;
-      for (size_t t = 0; t < n_tensors; ++t) {
-        if (steps[t].grad == nullptr || tensors[t].overwrite) continue;
-        total += tensor_sums[t];
-        // Keras: sqrt only of a positive sum (a NaN sum stays NaN).
-        steps[t].norm = tensor_sums[t] > 0.0 ? std::sqrt(tensor_sums[t]) : tensor_sums[t];
-      }
-      if (plan.clip == Clip::global_norm) {
-        const double global_norm = std::sqrt(total);
-        for (TensorStep& ts : steps) ts.norm = global_norm;
-      }
+    if (plan.clip == Clip::global_norm) {
+      const double global_norm = std::sqrt(total);
+      for (TensorStep& ts : steps) ts.norm = global_norm;
     }
   }
+  return result;
+}
 
+// Pass 2: the fused update of every dense work item, full-pass range and
+// distinct row.
+void update_pass(const StepRun& run, const StepTasks& tasks) {
+  const StepPlan& plan = run.plan;
+  const Kernels& k = run.k;
   for_each_task(
-      work, dense_list, row_tasks,
+      run, tasks,
       [&](int64_t i) {
-        const WorkItem& item = work.items[i];
-        const TensorSlots& t = tensors[item.tensor];
-        const TensorStep& ts = steps[item.tensor];
-        const Mode m = mode[item.tensor];
+        const WorkItem& item = run.work.items[i];
+        const TensorSlots& t = run.tensors[item.tensor];
+        const TensorStep& ts = run.steps[item.tensor];
+        const Mode m = tasks.mode[item.tensor];
         if (m == Mode::rows) return;
         const bool rowwise_update =
             t.rowwise && ts.grad != nullptr && plan.phase != Phase::accumulate && !t.overwrite;
@@ -249,7 +254,7 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
         const void* g = ts.grad;
         std::vector<unsigned char> buf;
         if (m == Mode::full) {
-          gather(item.tensor, b, e, buf);
+          gather(run, item.tensor, b, e, buf);
           g = buf.data();
         } else {
           g = static_cast<const unsigned char*>(ts.grad) +
@@ -258,16 +263,34 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
         if (rowwise_update) {
           k.rowwise_rows(t, ts, plan, b / t.row_len, e / t.row_len, g);
         } else {
-          TensorStep st = ts;
-          st.sparse = false;
-          st.grad = g;
-          k.dense_item(offset_slots(t, b, e - b), st, plan, 0, e - b);
+          const DenseView v = dense_view(t, ts, b, e - b, g);
+          k.dense_item(v.slots, v.step, plan, 0, e - b);
         }
       },
       [&](const RowTask& task) {
-        k.sparse_rows(tensors[task.tensor], steps[task.tensor], rows[task.tensor], plan, task.d0,
-                      task.d1);
+        k.sparse_rows(run.tensors[task.tensor], run.steps[task.tensor], run.rows[task.tensor], plan,
+                      task.d0, task.d1);
       });
+}
+
+}  // namespace
+
+SlotGroup::SlotGroup(std::vector<TensorSlots> tensors)
+    : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_))),
+      partial_sums_(work_.items.size()), partial_finite_(work_.items.size()),
+      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
+
+std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
+
+StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+  StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
+  const StepTasks tasks = plan_sparse(run);
+  StepResult result;
+  if (needs_norm(plan) || plan.check_finite) {
+    result = reduce_pass(run, group, tasks);
+    if (!result.applied) return result;
+  }
+  update_pass(run, tasks);
   return result;
 }
 

@@ -26,8 +26,8 @@ struct TensorSlots {
   int64_t size = 0;
   DType dtype = DType::f32;              // parameter, gradient, average, gradient accumulator
   DType accumulator_dtype = DType::f32;  // the Adagrad accumulator (may be wider)
-  bool weight_decay = true;        // false when excluded from weight decay
-  bool overwrite = false;          // overwrite_with_gradient: v = g, no Adagrad
+  bool weight_decay = true;              // false when excluded from weight decay
+  bool overwrite = false;                // overwrite_with_gradient: v = g, no Adagrad
   // Row-wise Adagrad: one accumulator element per row (accumulator has `rows`
   // elements). Only for variables with 2+ dimensions.
   bool rowwise = false;

@@ -1,0 +1,87 @@
+#include "py_arrays.hpp"
+
+#include <sstream>
+
+namespace py = pybind11;
+using adagrad::DType;
+
+std::string shape_str(const std::vector<py::ssize_t>& dims) {
+  std::ostringstream out;
+  out << '(';
+  for (size_t d = 0; d < dims.size(); ++d) out << (d > 0 ? ", " : "") << dims[d];
+  out << (dims.size() == 1 ? ",)" : ")");
+  return out.str();
+}
+
+std::string shape_str(const py::array& a) {
+  return shape_str(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+}
+
+std::string dtype_name(const py::dtype& dt) { return py::str(dt.attr("name")).cast<std::string>(); }
+
+std::string type_name(const py::handle& obj) {
+  return py::str(py::type::of(obj).attr("__name__")).cast<std::string>();
+}
+
+bool is_native(const py::dtype& dt) {
+  const char order = dt.byteorder();
+  return order == '=' || order == '|' || dt.attr("isnative").cast<bool>();
+}
+
+DType dtype_code(const py::dtype& dt, const std::string& what) {
+  if (dt.kind() == 'f') {
+    if (dt.itemsize() == 4) return DType::f32;
+    if (dt.itemsize() == 8) return DType::f64;
+    if (dt.itemsize() == 2) return DType::f16;
+  }
+  if (dtype_name(dt) == "bfloat16") return DType::bf16;
+  throw py::type_error(what + " has dtype " + dtype_name(dt) +
+                       "; expected float32, float64, float16 or bfloat16.");
+}
+
+py::array writable_buffer(const py::handle& obj, const std::string& what) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(what + " must be a numpy.ndarray; received " + type_name(obj) + ".");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const int flags = a.flags();
+  const char* problem = nullptr;
+  if (!(flags & kCContiguous)) problem = "is not C-contiguous";
+  else if (!(flags & kWriteable)) problem = "is read-only";
+  else if (!(flags & kAligned)) problem = "is not aligned";
+  else if (!is_native(a.dtype())) problem = "is not in native byte order";
+  if (problem != nullptr) {
+    throw py::value_error(what + " " + problem +
+                          "; it must be updated in place, so pass a C-contiguous, writeable, "
+                          "aligned, native-byte-order array (e.g. np.ascontiguousarray).");
+  }
+  return a;
+}
+
+void* optional_slot(const py::handle& obj, const py::array& param, const std::string& what,
+                    bool wide_ok, std::vector<py::array>& keep, py::ssize_t expected_size) {
+  if (obj.is_none()) return nullptr;
+  py::array a = writable_buffer(obj, what);
+  const bool same_dtype = a.dtype().num() == param.dtype().num();
+  const bool wide = wide_ok && dtype_code(a.dtype(), what) == DType::f32;
+  if (!same_dtype && !wide) {
+    throw py::type_error(what + " has dtype " + dtype_name(a.dtype()) + "; expected " +
+                         dtype_name(param.dtype()) + ".");
+  }
+  const py::ssize_t want = expected_size >= 0 ? expected_size : param.size();
+  if (a.size() != want) {
+    throw py::value_error(what + " has " + std::to_string(a.size()) + " elements; expected " +
+                          std::to_string(want) + ".");
+  }
+  keep.push_back(a);
+  return a.mutable_data();
+}
+
+py::array as_array(const py::handle& obj, const std::string& what) {
+  py::array a = py::array::ensure(obj, kCContiguous | kAligned | kNotSwapped);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error(what + " must be array-like; received " + type_name(obj) + ".");
+  }
+  return a;
+}

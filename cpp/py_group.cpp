@@ -1,0 +1,84 @@
+#include "py_group.hpp"
+
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <optional>
+
+#include "py_arrays.hpp"
+#include "py_register.hpp"
+
+namespace py = pybind11;
+
+std::string variable_label(const std::string& name, size_t index) {
+  return "variable '" + name + "' (index " + std::to_string(index) + ")";
+}
+
+std::string PyGroup::label(size_t i) const { return variable_label(names[i], i); }
+
+namespace {
+
+std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accumulators,
+                                    const py::list& averages, const py::list& grad_accumulators,
+                                    const std::vector<bool>& weight_decay,
+                                    const std::vector<bool>& overwrite,
+                                    const std::vector<std::string>& names,
+                                    const std::optional<std::vector<bool>>& rowwise) {
+  const size_t n = params.size();
+  if (rowwise && rowwise->size() != n) {
+    throw py::value_error("SlotGroup: every list must have one entry per parameter.");
+  }
+  if (accumulators.size() != n || averages.size() != n || grad_accumulators.size() != n ||
+      weight_decay.size() != n || overwrite.size() != n || names.size() != n) {
+    throw py::value_error("SlotGroup: every list must have one entry per parameter.");
+  }
+  std::vector<py::array> keep;
+  std::vector<py::array> param_arrays;
+  std::vector<int> nums;
+  std::vector<adagrad::TensorSlots> slots(n);
+  for (size_t i = 0; i < n; ++i) {
+    const std::string var = variable_label(names[i], i);
+    py::array p = writable_buffer(params[i], var);
+    adagrad::TensorSlots& s = slots[i];
+    s.dtype = dtype_code(p.dtype(), var);
+    s.param = p.mutable_data();
+    s.size = p.size();
+    s.rows = p.ndim() >= 1 ? p.shape(0) : 0;
+    s.row_len = s.rows > 0 ? p.size() / s.rows : 0;
+    s.rowwise = rowwise && (*rowwise)[i];
+    if (s.rowwise && p.ndim() < 2) {
+      throw py::value_error(var + ": row-wise accumulators need a variable with 2+ dimensions.");
+    }
+    s.accumulator = optional_slot(accumulators[i], p, "the accumulator of " + var, true, keep,
+                                  s.rowwise ? s.rows : -1);
+    s.accumulator_dtype =
+        accumulators[i].is_none() ? s.dtype : dtype_code(py::array(accumulators[i]).dtype(), var);
+    s.average = optional_slot(averages[i], p, "the EMA average of " + var, false, keep);
+    s.grad_accumulator =
+        optional_slot(grad_accumulators[i], p, "the gradient accumulator of " + var, false, keep);
+    s.weight_decay = weight_decay[i];
+    s.overwrite = overwrite[i];
+    if (!s.overwrite && s.accumulator == nullptr) {
+      throw py::value_error(var + " needs an accumulator.");
+    }
+    keep.push_back(p);
+    param_arrays.push_back(p);
+    nums.push_back(p.dtype().num());
+  }
+  return std::make_unique<PyGroup>(std::move(slots), std::move(keep), names,
+                                   std::move(param_arrays), std::move(nums));
+}
+
+}  // namespace
+
+void register_group(py::module_& m) {
+  py::class_<PyGroup>(m, "SlotGroup")
+      .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"), py::arg("averages"),
+           py::arg("grad_accumulators"), py::arg("weight_decay"), py::arg("overwrite"),
+           py::arg("names"), py::arg("rowwise") = py::none())
+      .def_property_readonly("num_tensors",
+                             [](const PyGroup& g) { return g.group.tensors().size(); })
+      .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })
+      .def_property_readonly("chunk_elements",
+                             [](const PyGroup& g) { return g.group.work().chunk; });
+}

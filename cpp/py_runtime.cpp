@@ -1,0 +1,21 @@
+// Bindings of the run-time settings: thread count (parallel.hpp) and ISA
+// (dispatch.hpp).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "dispatch.hpp"
+#include "parallel.hpp"
+#include "py_register.hpp"
+
+namespace py = pybind11;
+
+void register_runtime(py::module_& m) {
+  m.def("get_num_threads", &adagrad::get_num_threads);
+  m.def("set_num_threads", &adagrad::set_num_threads, py::arg("n"));
+  m.def("openmp_enabled", &adagrad::openmp_enabled);
+  m.def("isa", []() { return std::string(adagrad::kernels().isa); });
+  m.def("available_isas", &adagrad::available_isas);
+  m.def("select_isa", &adagrad::select_isa, py::arg("name"));
+}

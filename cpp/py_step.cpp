@@ -1,0 +1,88 @@
+// Binding of one general step: every gradient checked (dense ones converted
+// when they must be), then the core's step with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "py_arrays.hpp"
+#include "py_group.hpp"
+#include "py_register.hpp"
+#include "py_sparse.hpp"
+#include "step.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+// Gradients are only read, so one that is not contiguous, aligned and native
+// is copied into a form that is; its dtype and shape must match exactly.
+py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
+  const std::string var = g.label(i);
+  py::array a = py::isinstance<py::array>(obj) ? py::reinterpret_borrow<py::array>(obj)
+                                               : py::array::ensure(obj);
+  if (!a) {
+    PyErr_Clear();
+    throw py::type_error("The gradient for " + var + " must be array-like; received " +
+                         type_name(obj) + ".");
+  }
+  const py::array& p = g.params[i];
+  if (a.dtype().num() != g.dtype_nums[i]) {
+    throw py::type_error("The gradient for " + var + " has dtype " + dtype_name(a.dtype()) +
+                         ", but the variable has dtype " + dtype_name(p.dtype()) +
+                         ". Cast the gradient, e.g. grad.astype(np." + dtype_name(p.dtype()) +
+                         ").");
+  }
+  bool same_shape = a.ndim() == p.ndim();
+  for (py::ssize_t d = 0; same_shape && d < a.ndim(); ++d) same_shape = a.shape(d) == p.shape(d);
+  if (!same_shape) {
+    throw py::value_error("The gradient for " + var + " has shape " + shape_str(a) +
+                          ", but the variable has shape " + shape_str(p) + ".");
+  }
+  const int need = kCContiguous | kAligned;
+  if ((a.flags() & need) != need || !is_native(a.dtype())) {
+    a = py::array::ensure(a, need | kNotSwapped);
+    if (!a) throw py::error_already_set();
+  }
+  return a;
+}
+
+int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+  const size_t n = g.group.tensors().size();
+  if (grads.size() != n) {
+    throw py::value_error("Expected " + std::to_string(n) +
+                          " gradients (one per variable); received " +
+                          std::to_string(grads.size()) + ".");
+  }
+  std::vector<py::array> held;
+  held.reserve(2 * n);
+  std::vector<adagrad::TensorStep> steps(n);
+  for (size_t i = 0; i < n; ++i) {
+    py::handle obj = grads[i];
+    if (obj.is_none()) continue;
+    if (is_sparse(obj)) {
+      auto [idx, values] = sparse_gradient(g, i, obj, steps[i]);
+      held.push_back(idx);
+      held.push_back(values);
+      continue;
+    }
+    held.push_back(gradient_buffer(g, i, obj));
+    steps[i].grad = held.back().data();
+  }
+  adagrad::StepResult r;
+  {
+    py::gil_scoped_release release;
+    r = adagrad::run_step(g.group, steps, plan);
+  }
+  return r.applied ? -1 : r.first_nonfinite;
+}
+
+}  // namespace
+
+void register_step(py::module_& m) {
+  m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
+        "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
+        "the index of the first tensor with a non-finite gradient when plan.check_finite "
+        "stopped the step before anything was written.");
+}
