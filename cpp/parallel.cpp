@@ -9,13 +9,18 @@
 
 namespace adagrad {
 
-WorkList make_work_list(const std::vector<int64_t>& sizes) {
+int64_t work_chunk(const std::vector<int64_t>& sizes) {
+  int64_t total = 0;
+  for (int64_t size : sizes) total += size;
+  constexpr int64_t kAlign = 256;  // whole kernel blocks, cache-line aligned starts
+  const int64_t wanted = (total / kTargetTasks + kAlign - 1) / kAlign * kAlign;
+  return total < kSerialBelow ? std::max<int64_t>(total, 1) : std::clamp(wanted, kMinChunk, kChunk);
+}
+
+WorkList make_work_list(const std::vector<int64_t>& sizes, int64_t chunk) {
   WorkList work;
   for (int64_t size : sizes) work.total += size;
-  constexpr int64_t kAlign = 256;  // whole kernel blocks, cache-line aligned starts
-  const int64_t wanted = (work.total / kTargetTasks + kAlign - 1) / kAlign * kAlign;
-  const int64_t chunk = work.total < kSerialBelow ? std::max<int64_t>(work.total, 1)
-                                                  : std::clamp(wanted, kMinChunk, kChunk);
+  if (chunk <= 0) chunk = work_chunk(sizes);
   work.chunk = chunk;
   for (size_t t = 0; t < sizes.size(); ++t) {
     for (int64_t b = 0; b < sizes[t]; b += chunk) {

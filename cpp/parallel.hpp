@@ -34,7 +34,13 @@ struct WorkList {
   int64_t n_tasks() const { return static_cast<int64_t>(task_begin.size()) - 1; }
 };
 
-WorkList make_work_list(const std::vector<int64_t>& sizes);
+// The item size for tensors of these sizes (from the sizes alone).
+int64_t work_chunk(const std::vector<int64_t>& sizes);
+
+// Items of `chunk` elements (0: work_chunk(sizes)). A shard of a model that
+// starts on item boundaries and uses the whole model's chunk gets exactly the
+// items one process would, and with them the same partial sums.
+WorkList make_work_list(const std::vector<int64_t>& sizes, int64_t chunk = 0);
 
 // The element counts (`.size`) of a list of tensors, for make_work_list.
 template <class Tensor>

@@ -23,8 +23,13 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
                                     const std::vector<bool>& weight_decay,
                                     const std::vector<bool>& overwrite,
                                     const std::vector<std::string>& names,
-                                    const std::optional<std::vector<bool>>& rowwise) {
+                                    const std::optional<std::vector<bool>>& rowwise,
+                                    const std::optional<int64_t>& chunk) {
   const size_t n = params.size();
+  if (chunk && *chunk < 1) {
+    throw py::value_error("SlotGroup: chunk must be >= 1; received " + std::to_string(*chunk) +
+                          ".");
+  }
   if (rowwise && rowwise->size() != n) {
     throw py::value_error("SlotGroup: every list must have one entry per parameter.");
   }
@@ -66,7 +71,7 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
     nums.push_back(p.dtype().num());
   }
   return std::make_unique<PyGroup>(std::move(slots), std::move(keep), names,
-                                   std::move(param_arrays), std::move(nums));
+                                   std::move(param_arrays), std::move(nums), chunk.value_or(0));
 }
 
 }  // namespace
@@ -75,10 +80,12 @@ void register_group(py::module_& m) {
   py::class_<PyGroup>(m, "SlotGroup")
       .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"), py::arg("averages"),
            py::arg("grad_accumulators"), py::arg("weight_decay"), py::arg("overwrite"),
-           py::arg("names"), py::arg("rowwise") = py::none())
+           py::arg("names"), py::arg("rowwise") = py::none(), py::arg("chunk") = py::none())
       .def_property_readonly("num_tensors",
                              [](const PyGroup& g) { return g.group.tensors().size(); })
       .def_property_readonly("num_tasks", [](const PyGroup& g) { return g.group.work().n_tasks(); })
       .def_property_readonly("chunk_elements",
                              [](const PyGroup& g) { return g.group.work().chunk; });
+  m.def("work_chunk", &adagrad::work_chunk, py::arg("sizes"),
+        "The work-item size the core chooses for tensors of these element counts.");
 }

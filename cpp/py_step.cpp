@@ -2,7 +2,9 @@
 // when they must be), then the core's step with the GIL released.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,20 +50,26 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
   return a;
 }
 
-int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+// Checks every gradient of a call and fills `steps`; `held` keeps the arrays
+// the core reads alive while the GIL is released.
+std::vector<adagrad::TensorStep> gradients(const PyGroup& g, const py::sequence& grads,
+                                           bool sparse_ok, std::vector<py::array>& held) {
   const size_t n = g.group.tensors().size();
   if (grads.size() != n) {
     throw py::value_error("Expected " + std::to_string(n) +
                           " gradients (one per variable); received " +
                           std::to_string(grads.size()) + ".");
   }
-  std::vector<py::array> held;
   held.reserve(2 * n);
   std::vector<adagrad::TensorStep> steps(n);
   for (size_t i = 0; i < n; ++i) {
     py::handle obj = grads[i];
     if (obj.is_none()) continue;
     if (is_sparse(obj)) {
+      if (!sparse_ok) {
+        throw py::value_error("The gradient for " + g.label(i) +
+                              " is sparse; partial sums take dense gradients.");
+      }
       auto [idx, values] = sparse_gradient(g, i, obj, steps[i]);
       held.push_back(idx);
       held.push_back(values);
@@ -70,19 +78,50 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
     held.push_back(gradient_buffer(g, i, obj));
     steps[i].grad = held.back().data();
   }
+  return steps;
+}
+
+int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan,
+             const std::optional<std::vector<double>>& norms) {
+  if (norms && norms->size() != g.group.tensors().size()) {
+    throw py::value_error("Expected one norm per tensor (" +
+                          std::to_string(g.group.tensors().size()) + "); received " +
+                          std::to_string(norms->size()) + ".");
+  }
+  std::vector<py::array> held;
+  std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
   adagrad::StepResult r;
   {
     py::gil_scoped_release release;
-    r = adagrad::run_step(g.group, steps, plan);
+    r = adagrad::run_step(g.group, steps, plan, norms ? &*norms : nullptr);
   }
   return r.applied ? -1 : r.first_nonfinite;
+}
+
+py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+  std::vector<py::array> held;
+  std::vector<adagrad::TensorStep> steps = gradients(g, grads, false, held);
+  {
+    py::gil_scoped_release release;
+    adagrad::run_partials(g.group, steps, plan);
+  }
+  const std::vector<double>& sums = g.group.partial_sums();
+  const std::vector<unsigned char>& finite = g.group.partial_finite();
+  return py::make_tuple(
+      py::array_t<double>(static_cast<py::ssize_t>(sums.size()), sums.data()),
+      py::array_t<uint8_t>(static_cast<py::ssize_t>(finite.size()), finite.data()));
 }
 
 }  // namespace
 
 void register_step(py::module_& m) {
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
+        py::arg("norms") = py::none(),
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
         "the index of the first tensor with a non-finite gradient when plan.check_finite "
-        "stopped the step before anything was written.");
+        "stopped the step before anything was written. `norms`: each tensor's clip norm, "
+        "computed elsewhere; then the norm and finiteness pass is skipped.");
+  m.def("partial_sums", &partial_sums, py::arg("group"), py::arg("grads"), py::arg("plan"),
+        "Pass 1 alone over dense gradients: (float64 sum of squares, uint8 finite) per work "
+        "item, in item order. Writes nothing.");
 }

@@ -140,22 +140,20 @@ bool needs_norm(const StepPlan& plan) {
          (plan.clip == Clip::norm || plan.clip == Clip::global_norm);
 }
 
-// Pass 1: partial sums of squares and finiteness per work item and per
-// distinct row, combined in item order, then row order (the same sums for
-// any thread count). Sets each step's clip norm; the result says whether the
-// step goes on (check_finite stops it at a non-finite gradient).
-StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+// Row-mode partials: one per distinct row of each row-mode tensor.
+using RowPartials = std::vector<std::vector<ReduceResult>>;
+
+// Pass 1, in parallel: the partial sum of squares and finiteness of every work
+// item (into the group's scratch) and of every distinct row.
+RowPartials compute_partials(const StepRun& run, SlotGroup& group, const StepTasks& tasks) {
   const std::vector<TensorSlots>& tensors = run.tensors;
   const WorkList& work = run.work;
-  std::vector<TensorStep>& steps = run.steps;
+  const std::vector<TensorStep>& steps = run.steps;
   const StepPlan& plan = run.plan;
   const std::vector<Mode>& mode = tasks.mode;
-  const size_t n_tensors = tensors.size();
-  StepResult result;
   std::vector<double>& partial = group.partial_sums();
   std::vector<unsigned char>& finite = group.partial_finite();
-  // Row-mode partials: one per distinct row, combined in row order below.
-  std::vector<std::vector<ReduceResult>> row_partial(tasks.any_sparse() ? n_tensors : 0);
+  RowPartials row_partial(tasks.any_sparse() ? tensors.size() : 0);
   for (int32_t t : tasks.sparse_ids) {
     if (mode[t] == Mode::rows) row_partial[t].resize(static_cast<size_t>(run.rows[t].count()));
   }
@@ -186,6 +184,24 @@ StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
         run.k.sparse_reduce_rows(tensors[task.tensor], steps[task.tensor], run.rows[task.tensor],
                                  plan, task.d0, task.d1, row_partial[task.tensor].data() + task.d0);
       });
+  return row_partial;
+}
+
+// Pass 1: partial sums of squares and finiteness per work item and per
+// distinct row, combined in item order, then row order (the same sums for
+// any thread count). Sets each step's clip norm; the result says whether the
+// step goes on (check_finite stops it at a non-finite gradient).
+StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+  const std::vector<TensorSlots>& tensors = run.tensors;
+  const WorkList& work = run.work;
+  std::vector<TensorStep>& steps = run.steps;
+  const StepPlan& plan = run.plan;
+  const std::vector<Mode>& mode = tasks.mode;
+  const size_t n_tensors = tensors.size();
+  StepResult result;
+  const RowPartials row_partial = compute_partials(run, group, tasks);
+  const std::vector<double>& partial = group.partial_sums();
+  std::vector<unsigned char>& finite = group.partial_finite();
   // Combine in item order: the same sum for any thread count.
   std::vector<double> tensor_sums(n_tensors, 0.0);
   for (size_t i = 0; i < work.items.size(); ++i) {
@@ -275,23 +291,31 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
 
 }  // namespace
 
-SlotGroup::SlotGroup(std::vector<TensorSlots> tensors)
-    : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_))),
+SlotGroup::SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk)
+    : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_), chunk)),
       partial_sums_(work_.items.size()), partial_finite_(work_.items.size()),
       sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
 
 std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
 
-StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
+                    const std::vector<double>* norms) {
   StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
   const StepTasks tasks = plan_sparse(run);
   StepResult result;
-  if (needs_norm(plan) || plan.check_finite) {
+  if (norms != nullptr) {
+    for (size_t t = 0; t < steps.size(); ++t) steps[t].norm = (*norms)[t];
+  } else if (needs_norm(plan) || plan.check_finite) {
     result = reduce_pass(run, group, tasks);
     if (!result.applied) return result;
   }
   update_pass(run, tasks);
   return result;
+}
+
+void run_partials(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+  StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
+  compute_partials(run, group, plan_sparse(run));
 }
 
 }  // namespace adagrad

@@ -88,7 +88,8 @@ struct StepResult {
 // All trainable variables of one optimizer, with the work list cut once.
 class SlotGroup {
  public:
-  explicit SlotGroup(std::vector<TensorSlots> tensors);
+  // `chunk`: the work-item size (0: the core's choice for these tensors).
+  explicit SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk = 0);
   const std::vector<TensorSlots>& tensors() const { return tensors_; }
   const WorkList& work() const { return work_; }
   // Per-item partial sums of squares; scratch reused by every step.
@@ -108,6 +109,14 @@ class SlotGroup {
 // Runs one whole step over every tensor. `steps` is aligned with the group's
 // tensors. Thread-safe for distinct groups; one group is used by one caller
 // at a time (the Python optimizer holds a lock).
-StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan);
+// `norms`, when given, are each tensor's clip norm computed elsewhere (a
+// distributed step folds every rank's partial sums): pass 1 is skipped.
+StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
+                    const std::vector<double>* norms = nullptr);
+
+// Pass 1 alone, over dense gradients: each work item's sum of squares and
+// finiteness, into group.partial_sums() and group.partial_finite(). Nothing
+// is written to any tensor.
+void run_partials(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan);
 
 }  // namespace adagrad

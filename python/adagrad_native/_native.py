@@ -76,6 +76,7 @@ class NativeStep:
 
     def __init__(self, slots: Callable[[], Slots]) -> None:
         self._slots_source = slots
+        self._chunk: int | None = None  # work-item size; None: the core's choice
         self._slots: Slots | None = None
         self._group: Any = None
         self._layout = Variable.layout_version  # the variables' layout the group reflects
@@ -91,7 +92,7 @@ class NativeStep:
     def bind(self) -> None:
         """Creates the group over the optimizer's buffers (at build)."""
         self._slots = self._slots_source()
-        self._group = _group(self._slots)
+        self._group = _group(self._slots, self._chunk)
         self._layout = Variable.layout_version
         self._single_groups.clear()
 
@@ -105,9 +106,15 @@ class NativeStep:
         slots = self._slots_source()
         if self._slots is None or slots.buffers() != self._slots.buffers():
             self._slots = slots
-            self._group = _group(slots)
+            self._group = _group(slots, self._chunk)
             self._single_groups.clear()
         self._layout = Variable.layout_version
+
+    @property
+    def bound_slots(self) -> Slots:
+        """The buffers the group is bound to."""
+        assert self._slots is not None, "bind() must run first"
+        return self._slots
 
     def invalidate(self) -> None:
         """A hyperparameter changed: reconfigure the plan and drop the fast step."""
@@ -153,6 +160,29 @@ class NativeStep:
 
         Args:
             grads: Dense arrays, sparse gradients or None, by build index.
+            update: See `prepare` for this and the other arguments.
+            learning_rate: The learning rate, or None.
+            loss_scale: The loss scale (0: off).
+            check_finite: Whether to check finiteness first.
+            any_update: Whether any variable gets an Adagrad update.
+            ema_momentum: The effective EMA momentum.
+            ema_overwrite: Whether variables are overwritten with their averages.
+
+        Returns:
+            -1 when the step ran, else the index of the first tensor whose
+            gradient is not finite (only with `check_finite`; nothing written).
+        """
+        self.prepare(update=update, learning_rate=learning_rate, loss_scale=loss_scale,
+                     check_finite=check_finite, any_update=any_update,
+                     ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+        return self.step(grads)
+
+    def prepare(self, *, update: bool, learning_rate: float | None, loss_scale: float,
+                check_finite: bool, any_update: bool, ema_momentum: float,
+                ema_overwrite: bool) -> None:
+        """Writes this call's fields of the plan.
+
+        Args:
             update: Whether this call is an update step (False: an accumulation
                 micro-step).
             learning_rate: The learning rate; None keeps the last one (Keras
@@ -162,15 +192,10 @@ class NativeStep:
             any_update: Whether any variable gets an Adagrad update this call.
             ema_momentum: The effective EMA momentum of this iteration.
             ema_overwrite: Whether this iteration overwrites variables with their averages.
-
-        Returns:
-            -1 when the step ran, else the index of the first tensor whose
-            gradient is not finite (only with `check_finite`; nothing written).
         """
         if self._layout != Variable.layout_version:
             self._follow_layout()
-        static = self._static
-        assert static is not None, "configure() must run before run()"
+        static = self.static
         plan = self._plan
         key = (loss_scale, check_finite, any_update)
         if key != self._call_key:
@@ -186,8 +211,37 @@ class NativeStep:
         if plan.ema:
             plan.ema_momentum = ema_momentum
             plan.ema_overwrite = ema_overwrite
-        bad: int = _core.step(self._group, grads, plan)
+
+    @property
+    def static(self) -> StaticPlan:
+        """The hyperparameter-derived plan settings in use."""
+        assert self._static is not None, "configure() must run before a step"
+        return self._static
+
+    def step(self, grads: Sequence[Any], norms: Sequence[float] | None = None) -> int:
+        """The prepared step in the core.
+
+        Args:
+            grads: As for `run`.
+            norms: Each tensor's clip norm, computed elsewhere (distributed
+                steps); then the core's own norm and finiteness pass is skipped.
+
+        Returns:
+            As `run`.
+        """
+        bad: int = _core.step(self._group, grads, self._plan, norms)
         return bad
+
+    def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Pass 1 of the prepared step only: per work item, in item order.
+
+        Returns:
+            The float64 sum of squares of each item's gradient as the update
+            would see it before clipping, and whether the gradient is finite
+            there (uint8, read only under a finiteness check). Nothing is written.
+        """
+        sums, finite = _core.partial_sums(self._group, grads, self._plan)
+        return sums, finite
 
     def keep_fast(self, variables: Sequence[Any], iterations: np.ndarray,
                   learning_rate: np.ndarray) -> None:
@@ -242,8 +296,14 @@ class NativeStep:
         _core.step(group, [gradient], plan)
 
 
-def _group(slots: Slots) -> Any:
+def work_chunk(sizes: Sequence[int]) -> int:
+    """The core's work-item size for tensors of these element counts."""
+    return int(_core.work_chunk(list(sizes)))
+
+
+def _group(slots: Slots, chunk: int | None) -> Any:
     return _core.SlotGroup(
+        chunk=chunk,
         params=slots.params,
         accumulators=slots.accumulators,
         averages=slots.averages,

@@ -131,7 +131,7 @@ class Optimizer:
         self._validate(weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
                        ema_momentum, ema_overwrite_frequency, loss_scale_factor,
                        gradient_accumulation_steps)
-        self._native = NativeStep(self._native_slots)
+        self._native = self._make_native_step()
         self.name = name or auto_name(_snake_case(type(self).__name__))
         self.weight_decay = weight_decay
         self.clipnorm = clipnorm
@@ -150,6 +150,7 @@ class Optimizer:
         self._trainable_variables: list[Variable] = []
         self._trainable_variables_indices: dict[int, int] = {}
         self._user_variables: list[Any] = []
+        self._stepped_variables: list[Variable] = []
         self._call_order: CallOrder | None = None
         self._exclude_from_weight_decay: set[int] = set()
         self._exclude_from_weight_decay_pattern: re.Pattern[str] | None = None
@@ -362,17 +363,19 @@ class Optimizer:
                 return
             var_list = list(var_list)
             variables = self._as_variables(var_list)
+            stepped = self._native_variables(variables)
             if self.use_ema:
                 self._model_variables_moving_average = self.add_optimizer_variables(
-                    variables, "average")
+                    stepped, "average")
             else:
                 self._model_variables_moving_average = [None] * len(variables)
             self._accumulated_gradients = [
                 self.add_variable_from_reference(v, "gradient_accumulator")
                 if self.gradient_accumulation_steps else None
-                for v in variables
+                for v in stepped
             ]
-            self._build_slots(variables)
+            self._build_slots(stepped)
+            self._stepped_variables = stepped
             self._user_variables = var_list
             self._trainable_variables = variables
             self._call_order = CallOrder(var_list, variables)
@@ -382,6 +385,17 @@ class Optimizer:
             self._has_overwrite = any(self._overwrite)
             self._native.bind()
             self.built = True
+
+    def _make_native_step(self) -> NativeStep:
+        """The engine of this optimizer's steps (made once, bound at build)."""
+        return NativeStep(self._native_slots)
+
+    def _native_variables(self, variables: list[Variable]) -> list[Variable]:
+        """What the native step updates, and what slots are shaped like, per variable.
+
+        The variables themselves; a sharded optimizer returns this rank's pieces.
+        """
+        return variables
 
     # Hooks of the concrete optimizer (Adagrad): its slots and its plan inputs.
     def _build_slots(self, variables: list[Variable]) -> None:
@@ -408,7 +422,7 @@ class Optimizer:
         accumulators, rowwise = self._algorithm_slots()
         variables = self._trainable_variables
         return Slots(
-            params=[v.value for v in variables],
+            params=[v.value for v in self._stepped_variables],
             accumulators=accumulators,
             averages=arrays(self._model_variables_moving_average),
             grad_accumulators=arrays(self._accumulated_gradients),
@@ -776,10 +790,10 @@ class Optimizer:
                 f"was built with; received {len(var_list)}."
             )
         indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
-        for v, i in zip(var_list, indices):
+        for i in indices:
             average = averages[i]
-            if average is not None:
-                _as_variable(v).assign(average.value)
+            if average is not None:  # the variable's buffer, as the native step sees it
+                self._stepped_variables[i].assign(average.value)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, in Keras' format.
