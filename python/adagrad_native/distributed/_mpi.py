@@ -1,0 +1,54 @@
+"""mpi4py, imported on first use, and the collectives the distributed layer needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_INSTALL = 'pip install "adagrad_native[mpi]"'
+
+
+def mpi() -> Any:
+    """The `mpi4py.MPI` module.
+
+    Raises:
+        ImportError: Naming the extra to install, when mpi4py is missing.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as err:
+        raise ImportError(
+            "adagrad_native.distributed needs mpi4py and an MPI library: " + _INSTALL
+            + " (installs mpi4py and the MPICH wheel)."
+        ) from err
+    return MPI
+
+
+def world() -> Any:
+    """`MPI.COMM_WORLD`."""
+    return mpi().COMM_WORLD
+
+
+def as_bytes(array: np.ndarray) -> np.ndarray:
+    """A flat uint8 view of a C-contiguous array (any dtype, bfloat16 included)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def agree(comm: Any, description: Any, what: str) -> None:
+    """Raises the same error on every rank unless all ranks pass equal `description`s.
+
+    One all-gather of small Python objects; every rank sees every description,
+    so every rank builds the same message and none is left waiting.
+
+    Raises:
+        ValueError: Naming the first rank whose description differs from rank 0's.
+    """
+    everything = comm.allgather(description)
+    for rank, other in enumerate(everything):
+        if other != everything[0]:
+            raise ValueError(
+                f"Ranks disagree on {what}: rank 0 has {everything[0]!r}, rank {rank} has "
+                f"{other!r}. Every rank must make the same calls with the same variables "
+                "and arguments."
+            )

@@ -1,0 +1,205 @@
+"""Checkpoints of sharded optimizers: one file per rank plus a manifest, at any rank count.
+
+A checkpoint is a folder::
+
+    path/manifest.json          which generation is current, the ranks, the config
+    path/gen-000007/rank-00000.npz ...   each rank's shard of every slot
+
+A save writes a new generation, then replaces the manifest atomically, then
+removes older generations: a crash at any point leaves the previous
+checkpoint loadable, and the next save removes what the crash left. Each rank
+file holds, per slot, this rank's elements of the flat slot and where they go
+(`lo`, `hi` of the whole slot's `shape`), so a checkpoint loads at any number of
+ranks, and converts to and from the one-process `save_state` file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import numpy as np
+
+from adagrad_native import checkpoint
+
+_MANIFEST = "manifest.json"
+_FORMAT = 1
+
+
+def _slot_places(optimizer: Any) -> dict[str, tuple[tuple[int, ...], int, int, Any]]:
+    """Per state key: the whole slot's shape, this rank's [lo, hi) of it (flat), the Variable."""
+    rank = optimizer.comm.Get_rank()
+    pieces = optimizer._layout.pieces(rank)
+    places: dict[str, tuple[tuple[int, ...], int, int, Any]] = {}
+    slot_lists = (optimizer._model_variables_moving_average, optimizer._accumulated_gradients,
+                  optimizer._accumulators)
+    for slots in slot_lists:
+        for t, slot in enumerate(slots):
+            if slot is None:
+                continue
+            variable = optimizer._trainable_variables[t]
+            rowwise = slots is optimizer._accumulators and optimizer._rowwise(variable)
+            per = int(np.prod(variable.shape[1:])) if rowwise else 1
+            shape = (variable.shape[0],) if rowwise else variable.shape
+            lo, hi = (pieces[t].begin // per, pieces[t].end // per) if per else (0, 0)
+            places[checkpoint._state_key(optimizer, slot)] = (shape, lo, hi, slot)
+    for variable in optimizer.variables:
+        key = checkpoint._state_key(optimizer, variable)
+        if key not in places:  # iteration, learning_rate: the same on every rank
+            places[key] = (variable.shape, 0, variable.size, variable)
+    return places
+
+
+def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
+    """Writes a sharded optimizer's state as a checkpoint folder (a collective).
+
+    Args:
+        optimizer: A built `ShardedAdagrad` or `ShardedRowWiseAdagrad`.
+        path: The checkpoint folder (created if needed).
+    """
+    if not optimizer.built:
+        raise ValueError("save_state needs a built optimizer: call build(variables) first.")
+    comm = optimizer.comm
+    rank, size = comm.Get_rank(), comm.Get_size()
+    path = os.fspath(path)
+    current = _read_manifest(path) if rank == 0 else None
+    number = int(current["generation"].split("-")[1]) + 1 if current else 0
+    generation = comm.bcast(f"gen-{number:06d}")
+    folder = os.path.join(path, generation)
+    if rank == 0:
+        os.makedirs(path, exist_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)  # left by a crashed save
+        os.makedirs(folder)
+    comm.Barrier()
+    places = _slot_places(optimizer)
+    arrays = {key: var.value.reshape(-1).copy() for key, (_, _, _, var) in places.items()}
+    layout = {key: [list(shape), lo, hi] for key, (shape, lo, hi, _) in places.items()}
+    arrays["__places__"] = np.array(json.dumps(layout))
+    problem = None
+    try:
+        _write_npz(os.path.join(folder, f"rank-{rank:05d}.npz"), arrays)
+    except OSError as err:
+        problem = str(err)
+    for other_rank, other in enumerate(comm.allgather(problem)):  # also the barrier
+        if other is not None:
+            raise OSError(f"Rank {other_rank} could not write its part of the checkpoint "
+                          f"{path!r}: {other}. The previous checkpoint is unchanged.")
+    if rank == 0:
+        try:
+            config: Any = optimizer.get_config()
+            json.dumps(config)
+        except TypeError:
+            config = None
+        manifest = {"format": _FORMAT, "generation": generation, "ranks": size,
+                    "config": config}
+        _write_manifest(path, manifest)
+        for name in os.listdir(path):
+            if name.startswith("gen-") and name != generation:
+                shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    comm.Barrier()
+
+
+def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Loads a checkpoint folder (any rank count) or a one-process `save_state` file.
+
+    A collective. Every entry is checked on every rank before anything is
+    assigned, and every rank raises the same error when one does not match.
+
+    Returns:
+        The config stored with the state (None when it could not be saved).
+    """
+    if not optimizer.built:
+        raise ValueError("load_state needs a built optimizer: call build(variables) first.")
+    comm = optimizer.comm
+    path = os.fspath(path)
+    places = _slot_places(optimizer)
+    problem, config, chosen = None, None, {}
+    try:
+        whole, config = _read_whole(path)
+        for key, (shape, lo, hi, var) in places.items():
+            stored = whole.get(key)
+            if stored is None:
+                raise ValueError(f"missing {key!r}")
+            if tuple(stored.shape) != tuple(shape):
+                raise ValueError(f"{key!r} has shape {stored.shape}, expected {shape}")
+            chosen[key] = stored.reshape(-1)[lo:hi].reshape(var.shape)
+        unexpected = sorted(set(whole) - set(places))
+        if unexpected:
+            raise ValueError(f"unexpected entries {unexpected}")
+    except (OSError, ValueError, KeyError) as err:
+        problem = f"{err}"
+    for rank, other in enumerate(comm.allgather(problem)):
+        if other is not None:
+            raise ValueError(f"The checkpoint {path!r} does not match optimizer "
+                             f"'{optimizer.name}' (rank {rank}): {other}. Nothing was loaded.")
+    for key, (_, _, _, var) in places.items():
+        var.assign(chosen[key])
+    return config
+
+
+def to_single_process(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Converts a checkpoint folder into a one-process `save_state` file (no MPI needed)."""
+    whole, config = _read_whole(os.fspath(path))
+    arrays = dict(whole)
+    arrays[checkpoint._CONFIG_KEY] = np.array(json.dumps(config))
+    _write_npz(os.fspath(out), arrays)
+
+
+def _read_whole(path: str) -> tuple[dict[str, np.ndarray], Any]:
+    """Every slot, whole, from a checkpoint folder or a one-process file; and the config."""
+    if not os.path.isdir(path):
+        with np.load(path, allow_pickle=False) as data:
+            stored = {key: data[key] for key in data.files}
+        config = json.loads(str(stored.pop(checkpoint._CONFIG_KEY, "null")))
+        return stored, config
+    manifest = _read_manifest(path)
+    if manifest is None:
+        raise ValueError(f"{path!r} has no {_MANIFEST}")
+    folder = os.path.join(path, manifest["generation"])
+    whole: dict[str, np.ndarray] = {}
+    for rank in range(manifest["ranks"]):
+        with np.load(os.path.join(folder, f"rank-{rank:05d}.npz"), allow_pickle=False) as data:
+            places = json.loads(str(data["__places__"]))
+            for key, (shape, lo, hi) in places.items():
+                part = data[key]
+                if key not in whole:
+                    whole[key] = np.zeros(int(np.prod(shape)), part.dtype)
+                whole[key][lo:hi] = part
+            shapes = {key: tuple(shape) for key, (shape, _, _) in places.items()}
+    return {key: a.reshape(shapes[key]) for key, a in whole.items()}, manifest["config"]
+
+
+def _read_manifest(path: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(path, _MANIFEST)) as f:
+            manifest: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        return None
+    return manifest
+
+
+def _write_manifest(path: str, manifest: dict[str, Any]) -> None:
+    tmp = os.path.join(path, _MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, _MANIFEST))
+    _fsync_folder(path)
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
