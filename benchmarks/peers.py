@@ -354,10 +354,12 @@ def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
 
     buffers = native_buffers(native_optimizer(wl, data, roofline.accumulator_dtype), data)
     probes = [
-        _native.stream_probe([
-            ([buffers[r][i] for r in p.read_only], [buffers[r][i] for r in p.read_write])
-            for i in range(len(data.params))
-        ])
+        _native.stream_probe(
+            [
+                ([buffers[r][i] for r in p.read_only], [buffers[r][i] for r in p.read_write])
+                for i in range(len(data.params))
+            ]
+        )
         for p in roofline.passes
     ]
 

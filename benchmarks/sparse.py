@@ -62,15 +62,17 @@ def roofline_ms(distinct: int, width: int, acc_width: int, repeats: int) -> floa
     return t_rw + t_ro
 
 
-def bench_native(cls: type, table: np.ndarray, ids: np.ndarray, values: np.ndarray,
-                 repeats: int) -> float:
+def bench_native(
+    cls: type, table: np.ndarray, ids: np.ndarray, values: np.ndarray, repeats: int
+) -> float:
     opt = cls(learning_rate=LR, epsilon=EPS, initial_accumulator_value=INIT_ACC)
     grad = an.SparseGradient(ids, values)
     return median_ms(lambda: opt.apply([grad], [table]), repeats)
 
 
-def bench_torch(table: np.ndarray, ids: np.ndarray, values: np.ndarray,
-                repeats: int, threads: int) -> float | None:
+def bench_torch(
+    table: np.ndarray, ids: np.ndarray, values: np.ndarray, repeats: int, threads: int
+) -> float | None:
     try:
         import torch
     except ImportError:
@@ -89,8 +91,7 @@ def bench_torch(table: np.ndarray, ids: np.ndarray, values: np.ndarray,
         return median_ms(step, repeats)
 
 
-def bench_tf(table: np.ndarray, ids: np.ndarray, values: np.ndarray,
-             repeats: int) -> float | None:
+def bench_tf(table: np.ndarray, ids: np.ndarray, values: np.ndarray, repeats: int) -> float | None:
     try:
         import tensorflow as tf
     except ImportError:
@@ -101,8 +102,13 @@ def bench_tf(table: np.ndarray, ids: np.ndarray, values: np.ndarray,
 
     def step() -> None:
         tf.raw_ops.ResourceSparseApplyAdagradV2(
-            var=var.handle, accum=acc.handle, lr=np.float32(LR), epsilon=np.float32(EPS),
-            grad=tval, indices=tid)
+            var=var.handle,
+            accum=acc.handle,
+            lr=np.float32(LR),
+            epsilon=np.float32(EPS),
+            grad=tval,
+            indices=tid,
+        )
 
     return median_ms(step, repeats)
 
@@ -132,10 +138,14 @@ def main() -> None:
     if args.quick:
         workloads = workloads[:1]
     info = an.build_info()
-    print(f"# sparse Adagrad step, {ROWS:,} rows, batch {BATCH:,}; threads={args.threads}, "
-          f"isa={info['isa']}, median of {args.repeats}")
-    header = (f"| {'workload':<16} | {'distinct':>8} | {'implementation':<26} | {'ms/step':>8} "
-              f"| {'rows/s (M)':>10} | {'roofline':>8} | {'vs torch':>8} |")
+    print(
+        f"# sparse Adagrad step, {ROWS:,} rows, batch {BATCH:,}; threads={args.threads}, "
+        f"isa={info['isa']}, median of {args.repeats}"
+    )
+    header = (
+        f"| {'workload':<16} | {'distinct':>8} | {'implementation':<26} | {'ms/step':>8} "
+        f"| {'rows/s (M)':>10} | {'roofline':>8} | {'vs torch':>8} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for kind, width in workloads:
@@ -147,13 +157,21 @@ def main() -> None:
         roof_rw = roofline_ms(distinct, width, 1, args.repeats)
         results: dict[str, tuple[float | None, float]] = {}
         results["adagrad_native Adagrad"] = (
-            bench_native(an.Adagrad, table0.copy(), ids, values, args.repeats), roof)
+            bench_native(an.Adagrad, table0.copy(), ids, values, args.repeats),
+            roof,
+        )
         results["adagrad_native RowWise"] = (
-            bench_native(an.RowWiseAdagrad, table0.copy(), ids, values, args.repeats), roof_rw)
+            bench_native(an.RowWiseAdagrad, table0.copy(), ids, values, args.repeats),
+            roof_rw,
+        )
         results["torch.optim.Adagrad"] = (
-            bench_torch(table0.copy(), ids, values, args.repeats, args.threads), roof)
-        results["TF SparseApplyAdagradV2"] = (bench_tf(table0.copy(), ids, values,
-                                                       args.repeats), roof)
+            bench_torch(table0.copy(), ids, values, args.repeats, args.threads),
+            roof,
+        )
+        results["TF SparseApplyAdagradV2"] = (
+            bench_tf(table0.copy(), ids, values, args.repeats),
+            roof,
+        )
         if not args.no_oracle and width == 64 and kind == "zipf":
             results["numpy oracle (dense)"] = (bench_oracle(table0.copy(), ids, values), roof)
         torch_ms = results["torch.optim.Adagrad"][0]
@@ -161,8 +179,10 @@ def main() -> None:
             if ms is None:
                 continue
             speedup = f"{torch_ms / ms:7.1f}x" if torch_ms else "     n/a"
-            print(f"| {f'{kind} x{width}':<16} | {distinct:>8,} | {name:<26} | {ms:>8.3f} "
-                  f"| {distinct / ms / 1e3:>10.2f} | {roof_ms / ms:>7.1%} | {speedup:>8} |")
+            print(
+                f"| {f'{kind} x{width}':<16} | {distinct:>8,} | {name:<26} | {ms:>8.3f} "
+                f"| {distinct / ms / 1e3:>10.2f} | {roof_ms / ms:>7.1%} | {speedup:>8} |"
+            )
         del table0
 
 

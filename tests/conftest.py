@@ -51,8 +51,9 @@ class Snapshot:
         self.before = optimizer_arrays(opt, self.variables)
 
     def assert_unchanged(self):
-        assert_identical(optimizer_arrays(self.opt, self.variables), self.before,
-                         "optimizer or variable array")
+        assert_identical(
+            optimizer_arrays(self.opt, self.variables), self.before, "optimizer or variable array"
+        )
 
 
 @pytest.fixture

@@ -51,5 +51,6 @@ def assert_identical(got, want, what="array"):
     assert len(got) == len(want), f"{what}s: {len(got)}, expected {len(want)}"
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
         assert a.shape == b.shape and a.dtype == b.dtype, (
-            f"{what} {i}: {a.shape} {a.dtype}, expected {b.shape} {b.dtype}")
+            f"{what} {i}: {a.shape} {a.dtype}, expected {b.shape} {b.dtype}"
+        )
         assert a.tobytes() == b.tobytes(), f"{what} {i} differs: {a!r}, expected {b!r}"

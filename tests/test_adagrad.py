@@ -31,16 +31,41 @@ SHAPES = {
     "many50": None,
 }
 SHAPES_ALL = dict(SHAPES, **{"100003": (100003,)})
-_SMALL = [(), (1,), (2,), (3,), (5,), (2, 3), (4, 4), (7,), (8,), (9,), (16,), (17,),
-          (3, 1, 2), (0,), (31,), (33,), (2, 2, 2), (64,), (65,), (1, 1), (6, 5), (15,),
-          (2, 0), (127,), (129,)]
+_SMALL = [
+    (),
+    (1,),
+    (2,),
+    (3,),
+    (5,),
+    (2, 3),
+    (4, 4),
+    (7,),
+    (8,),
+    (9,),
+    (16,),
+    (17,),
+    (3, 1, 2),
+    (0,),
+    (31,),
+    (33,),
+    (2, 2, 2),
+    (64,),
+    (65,),
+    (1, 1),
+    (6, 5),
+    (15,),
+    (2, 0),
+    (127,),
+    (129,),
+]
 
 
 def make_layout(shape_id, dtype_id):
     """[(name, shape, dtype)] for a case: the main tensor plus two small companions."""
     if shape_id == "many50":
-        specs = [(f"t{i}" + ("_bias" if i % 7 == 3 else ""), _SMALL[i % len(_SMALL)])
-                 for i in range(50)]
+        specs = [
+            (f"t{i}" + ("_bias" if i % 7 == 3 else ""), _SMALL[i % len(_SMALL)]) for i in range(50)
+        ]
     else:
         specs = [("main", SHAPES_ALL[shape_id]), ("aux_bias", (3,)), ("aux_kernel", (2, 2))]
     out = []
@@ -73,62 +98,88 @@ EMA = dict(use_ema=True, ema_momentum=0.9)
 FEATURES = {
     "plain": Feature(),
     "numpy_arrays": Feature(numpy_arrays=True),
-    "numpy_arrays_ema_wd": Feature(numpy_arrays=True, exclude_var=True,
-                                   opt=dict(weight_decay=0.05, **EMA)),
-    "hparams": Feature(opt=dict(learning_rate=0.5, initial_accumulator_value=0.3,
-                                epsilon=1e-6)),
+    "numpy_arrays_ema_wd": Feature(
+        numpy_arrays=True, exclude_var=True, opt=dict(weight_decay=0.05, **EMA)
+    ),
+    "hparams": Feature(opt=dict(learning_rate=0.5, initial_accumulator_value=0.3, epsilon=1e-6)),
     "lr_schedule": Feature(lr="schedule"),
     "lr_callable": Feature(lr="callable"),
     "loss_scale": Feature(opt=dict(loss_scale_factor=128.0), grad_scale=128.0),
     "clipnorm": Feature(opt=dict(clipnorm=1.0), grad_scale=3.0, zero_grad_step=True),
     "clipvalue": Feature(opt=dict(clipvalue=0.5)),
-    "global_clipnorm": Feature(opt=dict(global_clipnorm=1.0), grad_scale=3.0,
-                               zero_grad_step=True),
+    "global_clipnorm": Feature(opt=dict(global_clipnorm=1.0), grad_scale=3.0, zero_grad_step=True),
     "wd_exclude_var": Feature(opt=dict(weight_decay=0.05), exclude_var=True),
     "wd_exclude_name": Feature(opt=dict(weight_decay=0.05), exclude_name=("bias",)),
     "ema": Feature(opt=dict(EMA)),
     "ema_overwrite3": Feature(opt=dict(ema_overwrite_frequency=3, **EMA)),
     "accum2": Feature(opt=dict(gradient_accumulation_steps=2)),
-    "accum3_ema_clipnorm": Feature(opt=dict(gradient_accumulation_steps=3, clipnorm=1.0, **EMA),
-                                   grad_scale=3.0),
+    "accum3_ema_clipnorm": Feature(
+        opt=dict(gradient_accumulation_steps=3, clipnorm=1.0, **EMA), grad_scale=3.0
+    ),
     "accum3_global_ema_overwrite2": Feature(
-        opt=dict(gradient_accumulation_steps=3, global_clipnorm=1.0,
-                 ema_overwrite_frequency=2, **EMA), grad_scale=3.0),
+        opt=dict(
+            gradient_accumulation_steps=3, global_clipnorm=1.0, ema_overwrite_frequency=2, **EMA
+        ),
+        grad_scale=3.0,
+    ),
     "accum2_clipvalue_wd_schedule": Feature(
-        lr="schedule", exclude_var=True,
-        opt=dict(gradient_accumulation_steps=2, clipvalue=0.5, weight_decay=0.05)),
+        lr="schedule",
+        exclude_var=True,
+        opt=dict(gradient_accumulation_steps=2, clipvalue=0.5, weight_decay=0.05),
+    ),
     "none_grads": Feature(none_grads=True),
-    "none_grads_ema_global": Feature(none_grads=True, opt=dict(global_clipnorm=1.0, **EMA),
-                                     grad_scale=3.0),
-    "none_grads_accum3_ema": Feature(none_grads=True,
-                                     opt=dict(gradient_accumulation_steps=3, **EMA)),
+    "none_grads_ema_global": Feature(
+        none_grads=True, opt=dict(global_clipnorm=1.0, **EMA), grad_scale=3.0
+    ),
+    "none_grads_accum3_ema": Feature(
+        none_grads=True, opt=dict(gradient_accumulation_steps=3, **EMA)
+    ),
     "overwrite": Feature(overwrite=True),
     "overwrite_accum2": Feature(overwrite=True, opt=dict(gradient_accumulation_steps=2)),
     "overwrite_ema_global_scale": Feature(
-        overwrite=True, grad_scale=4.0,
-        opt=dict(global_clipnorm=1.0, loss_scale_factor=4.0, ema_overwrite_frequency=2, **EMA)),
+        overwrite=True,
+        grad_scale=4.0,
+        opt=dict(global_clipnorm=1.0, loss_scale_factor=4.0, ema_overwrite_frequency=2, **EMA),
+    ),
     "constraints": Feature(constraint=True, grad_scale=2.0),
-    "constraints_accum2_ema": Feature(constraint=True, grad_scale=2.0,
-                                      opt=dict(gradient_accumulation_steps=2, **EMA)),
+    "constraints_accum2_ema": Feature(
+        constraint=True, grad_scale=2.0, opt=dict(gradient_accumulation_steps=2, **EMA)
+    ),
     "all_features": Feature(
-        lr="schedule", none_grads=True, overwrite=True, exclude_name=("bias",),
-        constraint=True, grad_scale=8.0,
-        opt=dict(loss_scale_factor=4.0, gradient_accumulation_steps=2, global_clipnorm=1.0,
-                 weight_decay=0.05, ema_overwrite_frequency=2, **EMA)),
+        lr="schedule",
+        none_grads=True,
+        overwrite=True,
+        exclude_name=("bias",),
+        constraint=True,
+        grad_scale=8.0,
+        opt=dict(
+            loss_scale_factor=4.0,
+            gradient_accumulation_steps=2,
+            global_clipnorm=1.0,
+            weight_decay=0.05,
+            ema_overwrite_frequency=2,
+            **EMA,
+        ),
+    ),
 }
-LARGE_FEATURES = ["plain", "global_clipnorm", "ema_overwrite3", "accum3_ema_clipnorm",
-                  "all_features"]
+LARGE_FEATURES = [
+    "plain",
+    "global_clipnorm",
+    "ema_overwrite3",
+    "accum3_ema_clipnorm",
+    "all_features",
+]
 
 
 def _cases():
     for dtype_id in ("f32", "f64"):
         for shape_id in SHAPES:
             for feat_id in FEATURES:
-                yield pytest.param(dtype_id, shape_id, feat_id,
-                                   id=f"{dtype_id}-{shape_id}-{feat_id}")
+                yield pytest.param(
+                    dtype_id, shape_id, feat_id, id=f"{dtype_id}-{shape_id}-{feat_id}"
+                )
         for feat_id in LARGE_FEATURES:
-            yield pytest.param(dtype_id, "100003", feat_id,
-                               id=f"{dtype_id}-100003-{feat_id}")
+            yield pytest.param(dtype_id, "100003", feat_id, id=f"{dtype_id}-100003-{feat_id}")
     for shape_id in ("9", "many50"):
         for feat_id in FEATURES:
             yield pytest.param("mixed", shape_id, feat_id, id=f"mixed-{shape_id}-{feat_id}")
@@ -175,8 +226,13 @@ def setup_case(dtype_id, shape_id, feat: Feature, rng):
     kwargs = dict(learning_rate=0.1)
     kwargs.update(feat.opt)
     native_lr, ref_lr = _lr_pair(feat.lr, kwargs.pop("learning_rate"))
-    ref = ReferenceAdagrad(learning_rate=ref_lr, exclude_from_weight_decay=excluded,
-                           overwrite_with_gradient=overwrite, constraints=constraints, **kwargs)
+    ref = ReferenceAdagrad(
+        learning_rate=ref_lr,
+        exclude_from_weight_decay=excluded,
+        overwrite_with_gradient=overwrite,
+        constraints=constraints,
+        **kwargs,
+    )
     ref.build(init)
     opt = an.Adagrad(learning_rate=native_lr, **kwargs)
 
@@ -184,8 +240,12 @@ def setup_case(dtype_id, shape_id, feat: Feature, rng):
         variables = [a.copy() for a in init]
     else:
         variables = [
-            an.Variable(a.copy(), name=name, constraint=constraints.get(i),
-                        overwrite_with_gradient=i in overwrite)
+            an.Variable(
+                a.copy(),
+                name=name,
+                constraint=constraints.get(i),
+                overwrite_with_gradient=i in overwrite,
+            )
             for i, (a, (name, _, _)) in enumerate(zip(init, layout, strict=True))
         ]
     if feat.exclude_var:
@@ -236,8 +296,9 @@ def test_matches_reference(dtype_id, shape_id, feat_id, rng):
     uses_accum = bool(feat.opt.get("gradient_accumulation_steps"))
     for step in range(STEPS):
         grads = make_grads(step, layout, feat, rng)
-        warn = (pytest.warns(UserWarning) if any(g is None for g in grads)
-                else contextlib.nullcontext())
+        warn = (
+            pytest.warns(UserWarning) if any(g is None for g in grads) else contextlib.nullcontext()
+        )
         with warn:
             # Exercise the three entry points in turn.
             if step % 3 == 0:
@@ -267,22 +328,35 @@ def test_variables_order_names_and_dtypes():
     # Keras groups slots by kind (all averages, all gradient accumulators, all accumulators);
     # overwrite_with_gradient variables get a gradient accumulator but no average/accumulator.
     assert [v.path for v in opt.variables] == [
-        "opt/iteration", "opt/learning_rate",
-        "opt/w_average", "opt/b_average",
-        "opt/w_gradient_accumulator", "opt/b_gradient_accumulator", "opt/s_gradient_accumulator",
-        "opt/w_accumulator", "opt/b_accumulator",
+        "opt/iteration",
+        "opt/learning_rate",
+        "opt/w_average",
+        "opt/b_average",
+        "opt/w_gradient_accumulator",
+        "opt/b_gradient_accumulator",
+        "opt/s_gradient_accumulator",
+        "opt/w_accumulator",
+        "opt/b_accumulator",
     ]
     assert [v.name for v in opt.variables][:3] == ["iteration", "learning_rate", "w_average"]
     dtypes = [np.dtype(v.dtype) for v in opt.variables]
     assert dtypes[0] == np.int64 and dtypes[1] == np.float32
-    assert dtypes[2:] == [np.float32, np.float64, np.float32, np.float64, np.float32,
-                          np.float32, np.float64]
+    assert dtypes[2:] == [
+        np.float32,
+        np.float64,
+        np.float32,
+        np.float64,
+        np.float32,
+        np.float32,
+        np.float64,
+    ]
     assert opt._accumulators[2] is None and opt._model_variables_moving_average[2] is None
     assert opt._accumulated_gradients[2] is not None
     np.testing.assert_array_equal(np.asarray(opt._accumulators[1]), np.full(3, 0.1))
     assert np.asarray(opt._accumulators[0]).dtype == np.float32
-    np.testing.assert_array_equal(np.asarray(opt._accumulators[0]),
-                                  np.full((2, 3), 0.1, np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(opt._accumulators[0]), np.full((2, 3), 0.1, np.float32)
+    )
 
 
 def test_schedule_has_no_learning_rate_variable():
@@ -348,7 +422,8 @@ def test_update_step_direct():
     opt.update_step(g, v, 0.5)
     acc = np.float32(0.2) + g * g
     want = np.array([1.0, 2.0, 3.0], np.float32) - (np.float32(0.5) * g) / np.sqrt(
-        acc + np.float32(1e-6))
+        acc + np.float32(1e-6)
+    )
     assert_close(np.asarray(opt._accumulators[0]), acc, 1, "accumulator")
     assert_close(np.asarray(v), want, 1, "param")
     assert int(opt.iterations) == 0  # update_step does not count

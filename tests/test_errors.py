@@ -34,8 +34,9 @@ def trained():
     alpha = an.Variable(np.arange(3, dtype=F32), name="alpha")
     beta = an.Variable(np.ones((2, 2), F64), name="beta")
     omega = an.Variable(np.zeros(2, F32), name="omega", overwrite_with_gradient=True)
-    opt = an.Adagrad(learning_rate=0.1, use_ema=True, gradient_accumulation_steps=2,
-                     weight_decay=0.01)
+    opt = an.Adagrad(
+        learning_rate=0.1, use_ema=True, gradient_accumulation_steps=2, weight_decay=0.01
+    )
     variables = [alpha, beta, omega]
     opt.apply(_good_grads(), variables)
     return opt, variables
@@ -50,18 +51,30 @@ def _bad_grad_cases():
         "too_few_grads_with_vars": ([g[0], g[1]], True, ["2", "3"]),
         "too_many_grads_with_vars": (g + [g[0]], True, ["4", "3"]),
         "shape_mismatch_last": ([g[0], g[1], np.ones(3, F32)], True, ["omega", "(3,)", "(2,)"]),
-        "shape_mismatch_middle": ([g[0], np.ones((2, 3), F64), g[2]], True,
-                                  ["beta", "(2, 3)", "(2, 2)"]),
-        "shape_mismatch_no_vars": ([g[0], np.ones((4,), F64), g[2]], False,
-                                   ["beta", "(4,)", "(2, 2)"]),
+        "shape_mismatch_middle": (
+            [g[0], np.ones((2, 3), F64), g[2]],
+            True,
+            ["beta", "(2, 3)", "(2, 2)"],
+        ),
+        "shape_mismatch_no_vars": (
+            [g[0], np.ones((4,), F64), g[2]],
+            False,
+            ["beta", "(4,)", "(2, 2)"],
+        ),
         "shape_mismatch_after_none": ([None, np.ones((1,), F64), g[2]], True, ["beta", "(1,)"]),
         "dtype_mismatch": ([g[0], g[1].astype(F32), g[2]], True, ["beta", "float32", "float64"]),
-        "dtype_mismatch_first": ([g[0].astype(F64), g[1], g[2]], True,
-                                 ["alpha", "float64", "float32"]),
+        "dtype_mismatch_first": (
+            [g[0].astype(F64), g[1], g[2]],
+            True,
+            ["alpha", "float64", "float32"],
+        ),
         "int_gradient": ([np.array([1, 2, 3], np.int32), g[1], g[2]], True, ["alpha", "int32"]),
         "all_none": ([None, None, None], True, ["No gradients provided for any variable"]),
-        "all_none_without_vars": ([None, None, None], False,
-                                  ["No gradients provided for any variable"]),
+        "all_none_without_vars": (
+            [None, None, None],
+            False,
+            ["No gradients provided for any variable"],
+        ),
     }
 
 
@@ -155,26 +168,36 @@ def test_unusable_array_is_rejected(kind, entry, snapshot):
 
 # ------------------------------------------------------------- constructor
 CTOR_CASES = {
-    "clipnorm_and_clipvalue": (dict(clipnorm=1.0, clipvalue=0.5),
-                               ["Only one of", "clipnorm=1.0", "clipvalue=0.5"]),
-    "clipnorm_and_global": (dict(clipnorm=1.0, global_clipnorm=2.0),
-                            ["Only one of", "global_clipnorm=2.0"]),
+    "clipnorm_and_clipvalue": (
+        dict(clipnorm=1.0, clipvalue=0.5),
+        ["Only one of", "clipnorm=1.0", "clipvalue=0.5"],
+    ),
+    "clipnorm_and_global": (
+        dict(clipnorm=1.0, global_clipnorm=2.0),
+        ["Only one of", "global_clipnorm=2.0"],
+    ),
     "clipvalue_and_global": (dict(clipvalue=0.5, global_clipnorm=2.0), ["Only one of"]),
     # Keras counts `is not None`, so a zero clip still counts as set.
     "clipnorm_zero_and_clipvalue": (dict(clipnorm=0.0, clipvalue=0.5), ["Only one of"]),
-    "ema_momentum_above_1": (dict(use_ema=True, ema_momentum=1.5),
-                             ["ema_momentum", "1.5"]),
-    "ema_momentum_negative": (dict(use_ema=True, ema_momentum=-0.1),
-                              ["ema_momentum", "-0.1"]),
-    "ema_overwrite_frequency_negative": (dict(use_ema=True, ema_overwrite_frequency=-1),
-                                         ["ema_overwrite_frequency", "-1"]),
-    "ema_overwrite_frequency_float": (dict(use_ema=True, ema_overwrite_frequency=2.5),
-                                      ["ema_overwrite_frequency", "2.5"]),
+    "ema_momentum_above_1": (dict(use_ema=True, ema_momentum=1.5), ["ema_momentum", "1.5"]),
+    "ema_momentum_negative": (dict(use_ema=True, ema_momentum=-0.1), ["ema_momentum", "-0.1"]),
+    "ema_overwrite_frequency_negative": (
+        dict(use_ema=True, ema_overwrite_frequency=-1),
+        ["ema_overwrite_frequency", "-1"],
+    ),
+    "ema_overwrite_frequency_float": (
+        dict(use_ema=True, ema_overwrite_frequency=2.5),
+        ["ema_overwrite_frequency", "2.5"],
+    ),
     "accumulation_1": (dict(gradient_accumulation_steps=1), ["gradient_accumulation_steps", "1"]),
-    "accumulation_negative": (dict(gradient_accumulation_steps=-2),
-                              ["gradient_accumulation_steps", "-2"]),
-    "initial_accumulator_negative": (dict(initial_accumulator_value=-0.1),
-                                     ["initial_accumulator_value", "-0.1"]),
+    "accumulation_negative": (
+        dict(gradient_accumulation_steps=-2),
+        ["gradient_accumulation_steps", "-2"],
+    ),
+    "initial_accumulator_negative": (
+        dict(initial_accumulator_value=-0.1),
+        ["initial_accumulator_value", "-0.1"],
+    ),
     "learning_rate_negative": (dict(learning_rate=-0.1), ["learning_rate", "-0.1"]),
     "learning_rate_string": (dict(learning_rate="fast"), ["learning_rate", "fast"]),
     "epsilon_negative": (dict(epsilon=-1e-07), ["epsilon", "-1e-07"]),

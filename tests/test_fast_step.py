@@ -40,13 +40,16 @@ class Pair:
 
     def step(self, i, fast_grads=None, general_grads=None):
         self.fast.apply(fast_grads if fast_grads is not None else self.grads[i], self.params)
-        self.general.apply(iter(general_grads if general_grads is not None else self.grads[i]),
-                           self.general_params)
+        self.general.apply(
+            iter(general_grads if general_grads is not None else self.grads[i]), self.general_params
+        )
 
     def assert_same(self):
-        assert_identical([*self.params, *(v.value for v in self.fast.variables)],
-                         [*self.general_params, *(v.value for v in self.general.variables)],
-                         "fast vs general: array")
+        assert_identical(
+            [*self.params, *(v.value for v in self.fast.variables)],
+            [*self.general_params, *(v.value for v in self.general.variables)],
+            "fast vs general: array",
+        )
 
     def assert_fast(self):
         assert self.fast._native.fast_step is not None, "the fast path was not set up"
@@ -121,7 +124,8 @@ CHANGES = {
     "learning_rate_number": lambda o: setattr(o, "learning_rate", 0.5),
     "learning_rate_assign": lambda o: o.learning_rate.assign(0.5),
     "learning_rate_schedule": lambda o: setattr(
-        o, "learning_rate", an.schedules.ExponentialDecay(0.5, 2, 0.5)),
+        o, "learning_rate", an.schedules.ExponentialDecay(0.5, 2, 0.5)
+    ),
     "epsilon": lambda o: setattr(o, "epsilon", 0.5),
     "weight_decay": lambda o: setattr(o, "weight_decay", 0.1),
     "clipnorm": lambda o: setattr(o, "clipnorm", 0.1),
@@ -151,8 +155,9 @@ def test_a_change_between_fast_steps_is_seen(change_id):
     changed, unchanged = run(True), run(False)
     state = [*changed.params, changed.fast.iterations.value]
     other = [*unchanged.params, unchanged.fast.iterations.value]
-    assert any(a.tobytes() != b.tobytes()
-               for a, b in zip(state, other, strict=True)), "vacuous change"
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(state, other, strict=True)), (
+        "vacuous change"
+    )
 
 
 def test_setting_a_number_learning_rate_every_step_stays_fast():
@@ -222,9 +227,13 @@ DECLINED = {
     "reordered_variables": lambda grads, params: (grads[::-1], params[::-1]),
     "new_view_objects": lambda grads, params: (grads, [p.view() for p in params]),
     "sparse_gradient": lambda grads, params: (
-        [an.SparseGradient(np.array([1, 1, 4]), grads[0][[0, 1, 2]]), *grads[1:]], params),
+        [an.SparseGradient(np.array([1, 1, 4]), grads[0][[0, 1, 2]]), *grads[1:]],
+        params,
+    ),
     "byte_swapped_gradient": lambda grads, params: (
-        [g.astype(g.dtype.newbyteorder()) for g in grads], params),
+        [g.astype(g.dtype.newbyteorder()) for g in grads],
+        params,
+    ),
 }
 
 
@@ -252,13 +261,15 @@ def test_declined_calls_match_the_general_path(declined_id):
     assert int(pair.fast.iterations) == 4
 
 
-@pytest.mark.parametrize("bad_id, error, message", [
-    ("dtype", TypeError, r"variable 'param_0' \(index 0\) has dtype float64"),
-    ("shape", ValueError, r"variable 'param_0' \(index 0\) has shape \(5, 7\)"),
-    ("count", ValueError, r"Received 4 gradients for 5 variables"),
-])
-def test_bad_gradients_after_fast_steps_raise_and_change_nothing(bad_id, error, message,
-                                                                  snapshot):
+@pytest.mark.parametrize(
+    "bad_id, error, message",
+    [
+        ("dtype", TypeError, r"variable 'param_0' \(index 0\) has dtype float64"),
+        ("shape", ValueError, r"variable 'param_0' \(index 0\) has shape \(5, 7\)"),
+        ("count", ValueError, r"Received 4 gradients for 5 variables"),
+    ],
+)
+def test_bad_gradients_after_fast_steps_raise_and_change_nothing(bad_id, error, message, snapshot):
     pair = Pair(lambda: an.Adagrad(0.1))
     pair.step(0)
     pair.assert_fast()
@@ -280,8 +291,9 @@ def test_stateless_apply_between_fast_steps_touches_nothing(snapshot):
     pair.step(0)
     pair.assert_fast()
     snap = snapshot(pair.fast, pair.params)
-    new_params, _ = pair.fast.stateless_apply([v.value for v in pair.fast.variables],
-                                              pair.grads[1], pair.params)
+    new_params, _ = pair.fast.stateless_apply(
+        [v.value for v in pair.fast.variables], pair.grads[1], pair.params
+    )
     snap.assert_unchanged()
     pair.step(1)
     pair.assert_same()

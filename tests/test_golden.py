@@ -24,8 +24,7 @@ def test_single_step(dtype):
     opt = an.Adagrad(learning_rate=0.5)
     var = an.Variable(np.array([1.0, 2.0, 3.0, 4.0], dtype))
     opt.apply_gradients(zip([np.array([1.0, 6.0, 7.0, 2.0], dtype)], [var], strict=True))
-    np.testing.assert_allclose(var.numpy(), [0.5233, 1.5007, 2.5005, 3.5061],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(var.numpy(), [0.5233, 1.5007, 2.5005, 3.5061], rtol=1e-4, atol=1e-4)
 
 
 # fmt: off
@@ -81,9 +80,12 @@ def test_weight_decay_with_exclusions():
         # clipvalue=1 on [100, 100] -> [1, 1]
         pytest.param(dict(clipvalue=1), [100.0, 100.0], [1.0, 1.0], id="clipvalue"),
         # global_clipnorm=1 on [50, 100] -> g / ||g||
-        pytest.param(dict(global_clipnorm=1), [50.0, 100.0],
-                     list(np.array([50.0, 100.0]) / np.linalg.norm([50.0, 100.0])),
-                     id="global_clipnorm"),
+        pytest.param(
+            dict(global_clipnorm=1),
+            [50.0, 100.0],
+            list(np.array([50.0, 100.0]) / np.linalg.norm([50.0, 100.0])),
+            id="global_clipnorm",
+        ),
     ],
 )
 def test_clip_examples_through_the_accumulator(kwargs, grad, clipped):
@@ -109,8 +111,14 @@ def test_ema_table_with_overwrite_every_3_steps():
     #         avg = 0.9 (v0 - 1.19208532) + 0.1 (v0 - 1.69208532)  = v0 - 1.24208532
     v0 = np.array([[3.0, 4.0], [5.0, 6.0]], np.float32)
     v = an.Variable(v0.copy())
-    opt = an.Adagrad(learning_rate=1.0, initial_accumulator_value=0.0, epsilon=0.0,
-                     use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=3)
+    opt = an.Adagrad(
+        learning_rate=1.0,
+        initial_accumulator_value=0.0,
+        epsilon=0.0,
+        use_ema=True,
+        ema_momentum=0.9,
+        ema_overwrite_frequency=3,
+    )
     g = np.ones((2, 2), np.float32)
     table = [  # (v0 - v, v0 - avg, accumulator)
         (1.0, 1.0, 1.0),
@@ -121,8 +129,9 @@ def test_ema_table_with_overwrite_every_3_steps():
     for d_v, d_avg, acc in table:
         opt.apply_gradients([(g, v)])
         np.testing.assert_allclose(v.numpy(), v0 - d_v, rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(opt._model_variables_moving_average[0]),
-                                   v0 - d_avg, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(opt._model_variables_moving_average[0]), v0 - d_avg, rtol=1e-6, atol=1e-6
+        )
         np.testing.assert_allclose(np.asarray(opt._accumulators[0]), np.full((2, 2), acc))
 
 
@@ -145,8 +154,9 @@ def test_gradient_accumulation_3_micro_steps():
         opt.apply_gradients([(g, v)])
         np.testing.assert_allclose(v.numpy(), want_v, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(np.asarray(opt._accumulated_gradients[0]), np.full((2, 2), gacc))
-        np.testing.assert_allclose(np.asarray(opt._accumulators[0]), np.full((2, 2), acc),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(opt._accumulators[0]), np.full((2, 2), acc), rtol=1e-6
+        )
         assert int(opt._iterations) == raw
         assert int(opt.iterations) == it
 
@@ -172,8 +182,9 @@ def test_overwrite_with_gradient():
     opt = an.Adagrad(learning_rate=1.0)
     opt.apply_gradients([(g, v), (g.copy(), v2)])
     np.testing.assert_array_equal(v.numpy(), np.ones((2, 2)))
-    np.testing.assert_allclose(v2.numpy(), [[1.0, 2.0], [3.0, 4.0]] - 1 / np.sqrt(1.1 + 1e-7),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        v2.numpy(), [[1.0, 2.0], [3.0, 4.0]] - 1 / np.sqrt(1.1 + 1e-7), rtol=1e-6
+    )
     assert opt._accumulators[0] is None
 
 
@@ -216,14 +227,17 @@ def test_callable_learning_rate():
     opt = an.Adagrad(learning_rate=lambda: 0.1)
     assert int(opt.iterations) == 0
     opt.apply_gradients([(np.ones((2, 2), np.float32), v)])
-    np.testing.assert_allclose(v.numpy(), [[1.0, 2.0], [3.0, 4.0]] - 0.1 / np.sqrt(1.1 + 1e-7),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        v.numpy(), [[1.0, 2.0], [3.0, 4.0]] - 0.1 / np.sqrt(1.1 + 1e-7), rtol=1e-6
+    )
     assert int(opt.iterations) == 1
 
 
 def test_constraints_are_applied(rng):
-    v = an.Variable(rng.random((2, 2)).astype(np.float32) - 1.0,
-                    constraint=lambda x: np.maximum(np.asarray(x), 0.0))
+    v = an.Variable(
+        rng.random((2, 2)).astype(np.float32) - 1.0,
+        constraint=lambda x: np.maximum(np.asarray(x), 0.0),
+    )
     opt = an.Adagrad(learning_rate=0.0001)
     opt.apply_gradients([(np.zeros((2, 2), np.float32), v)])
     assert np.min(v.numpy()) == 0.0
@@ -242,5 +256,6 @@ def test_empty_gradients():
         opt.apply_gradients([(None, v), (np.ones((2, 2), np.float32), v2)])
     assert any(issubclass(w.category, UserWarning) for w in caught)
     np.testing.assert_array_equal(v.numpy(), [[3.0, 4.0], [5.0, 6.0]])
-    np.testing.assert_allclose(v2.numpy(), [[3.0, 4.0], [5.0, 6.0]] - 1 / np.sqrt(1.1 + 1e-7),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        v2.numpy(), [[3.0, 4.0], [5.0, 6.0]] - 1 / np.sqrt(1.1 + 1e-7), rtol=1e-6
+    )

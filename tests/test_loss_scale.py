@@ -25,7 +25,8 @@ def _run(optimizer, grads, variables, stateless):
         return
     optimizer.build(variables)
     new_vars, new_opt = optimizer.stateless_apply(
-        [v.numpy() for v in optimizer.variables], grads, [np.asarray(v) for v in variables])
+        [v.numpy() for v in optimizer.variables], grads, [np.asarray(v) for v in variables]
+    )
     for ref, value in zip(optimizer.variables, new_opt):
         ref.assign(value)
     for ref, value in zip(variables, new_vars):
@@ -99,10 +100,16 @@ def test_variables_layout_is_keras():
     optimizer = _lso(name="lso")
     optimizer.build([an.Variable(np.ones(3, F32), name="w")])
     paths = [v.path for v in optimizer.variables]
-    assert paths[:4] == ["lso/iteration", "lso/learning_rate", "lso/step_counter",
-                         "lso/dynamic_scale"]
-    assert paths[4:] == [f"{optimizer.inner_optimizer.name}/{n}"
-                         for n in ("iteration", "learning_rate", "w_accumulator")]
+    assert paths[:4] == [
+        "lso/iteration",
+        "lso/learning_rate",
+        "lso/step_counter",
+        "lso/dynamic_scale",
+    ]
+    assert paths[4:] == [
+        f"{optimizer.inner_optimizer.name}/{n}"
+        for n in ("iteration", "learning_rate", "w_accumulator")
+    ]
 
 
 def test_config_has_keras_four_keys_and_round_trips():
@@ -115,12 +122,21 @@ def test_config_has_keras_four_keys_and_round_trips():
 
 
 def test_deserializes_keras_config_with_base_defaults():
-    config = {"name": "loss_scale_optimizer", "weight_decay": None, "clipnorm": None,
-              "global_clipnorm": None, "clipvalue": None, "use_ema": False,
-              "ema_momentum": 0.99, "ema_overwrite_frequency": None, "loss_scale_factor": None,
-              "gradient_accumulation_steps": None,
-              "inner_optimizer": an.serialize(an.Adagrad(0.5)),
-              "initial_scale": 2.0, "dynamic_growth_steps": 2}
+    config = {
+        "name": "loss_scale_optimizer",
+        "weight_decay": None,
+        "clipnorm": None,
+        "global_clipnorm": None,
+        "clipvalue": None,
+        "use_ema": False,
+        "ema_momentum": 0.99,
+        "ema_overwrite_frequency": None,
+        "loss_scale_factor": None,
+        "gradient_accumulation_steps": None,
+        "inner_optimizer": an.serialize(an.Adagrad(0.5)),
+        "initial_scale": 2.0,
+        "dynamic_growth_steps": 2,
+    }
     assert an.LossScaleOptimizer.from_config(config).dynamic_growth_steps == 2
 
 
@@ -129,8 +145,12 @@ def test_refused_arguments():
         _lso(dynamic=False)
     with pytest.raises(ValueError, match="arguments: `foo`, `bar`"):
         _lso(foo=True, bar=3)
-    for arg, value in [("weight_decay", 0.5), ("clipnorm", 0.5), ("use_ema", True),
-                       ("gradient_accumulation_steps", 2)]:
+    for arg, value in [
+        ("weight_decay", 0.5),
+        ("clipnorm", 0.5),
+        ("use_ema", True),
+        ("gradient_accumulation_steps", 2),
+    ]:
         with pytest.raises(ValueError, match="on the `inner_optimizer`"):
             _lso(**{arg: value})
     with pytest.raises(ValueError, match="dynamic_growth_steps.*0"):

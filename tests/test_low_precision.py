@@ -18,8 +18,21 @@ import adagrad_native as an
 from tests.oracle import ReferenceAdagrad
 
 # Around the vector widths (8, 16 lanes), the 256-element block and the 16 Ki chunk.
-SHAPES = [(), (1,), (7,), (8,), (9,), (15,), (16,), (17,), (29,), (33,), (3, 5, 7), (257,),
-          (70_001,)]
+SHAPES = [
+    (),
+    (1,),
+    (7,),
+    (8,),
+    (9,),
+    (15,),
+    (16,),
+    (17,),
+    (29,),
+    (33,),
+    (3, 5, 7),
+    (257,),
+    (70_001,),
+]
 FEATURES = {
     "plain": dict(),
     "hparams": dict(learning_rate=0.5, initial_accumulator_value=0.3, epsilon=1e-3),
@@ -30,8 +43,13 @@ FEATURES = {
     "global_clipnorm": dict(global_clipnorm=1.0),
     "ema_overwrite2": dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=2),
     "accum2": dict(gradient_accumulation_steps=2),
-    "accum3_clipnorm_wd_ema": dict(gradient_accumulation_steps=3, clipnorm=1.0,
-                                   weight_decay=0.05, use_ema=True, ema_momentum=0.9),
+    "accum3_clipnorm_wd_ema": dict(
+        gradient_accumulation_steps=3,
+        clipnorm=1.0,
+        weight_decay=0.05,
+        use_ema=True,
+        ema_momentum=0.9,
+    ),
 }
 NORM_FEATURES = {"clipnorm", "global_clipnorm", "accum3_clipnorm_wd_ema"}
 STEPS = 6
@@ -39,6 +57,7 @@ STEPS = 6
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Distance in units in the last place between two arrays of one 16-bit dtype."""
+
     def ordered(x):
         bits = x.view(np.uint16).astype(np.int32)
         return np.where(bits & 0x8000, -(bits & 0x7FFF), bits)
@@ -79,11 +98,13 @@ def test_matches_the_oracle(low_precision_dtype, acc_dtype, feature):
             assert_ulps(acc.value, want, max_ulps, f"step {step}: accumulator {i}")
         if kwargs.get("use_ema"):
             for i, (avg, want) in enumerate(
-                    zip(opt._model_variables_moving_average, ref.averages, strict=True)):
+                zip(opt._model_variables_moving_average, ref.averages, strict=True)
+            ):
                 assert_ulps(avg.value, want, max_ulps, f"step {step}: average {i}")
         if kwargs.get("gradient_accumulation_steps"):
             for i, (gacc, want) in enumerate(
-                    zip(opt._accumulated_gradients, ref.grad_accumulators, strict=True)):
+                zip(opt._accumulated_gradients, ref.grad_accumulators, strict=True)
+            ):
                 assert_ulps(gacc.value, want, max_ulps, f"step {step}: grad accumulator {i}")
 
 

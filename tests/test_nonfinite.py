@@ -20,8 +20,9 @@ def _state(opt, params):
 
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
-@pytest.mark.parametrize("clip", [{}, {"global_clipnorm": 1.0}, {"clipnorm": 1.0}],
-                         ids=["noclip", "global", "clipnorm"])
+@pytest.mark.parametrize(
+    "clip", [{}, {"global_clipnorm": 1.0}, {"clipnorm": 1.0}], ids=["noclip", "global", "clipnorm"]
+)
 def test_raise_names_variable_and_changes_nothing(bad, clip):
     opt, params = _setup("raise", **clip)
     opt.apply([np.ones_like(p) for p in params], params)

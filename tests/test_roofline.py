@@ -28,8 +28,9 @@ def _arrays(dtypes, size, rng):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
-@pytest.mark.parametrize("sizes", [(7,), (70_001,), (0, 1, 33, 16_384, 5)],
-                         ids=["tiny", "multi_chunk", "many_tensors"])
+@pytest.mark.parametrize(
+    "sizes", [(7,), (70_001,), (0, 1, 33, 16_384, 5)], ids=["tiny", "multi_chunk", "many_tensors"]
+)
 def test_probe_leaves_values_unchanged_and_counts_bytes(layout, sizes):
     rng = np.random.default_rng(0)
     ro_dtypes, rw_dtypes = layout
@@ -41,19 +42,25 @@ def test_probe_leaves_values_unchanged_and_counts_bytes(layout, sizes):
     probe()
     assert [a.tobytes() for a in everything] == before
     assert probe.bytes == sum(a.nbytes for ro, _ in tensors for a in ro) + 2 * sum(
-        a.nbytes for _, rw in tensors for a in rw)
+        a.nbytes for _, rw in tensors for a in rw
+    )
 
 
 def test_probe_rejects_mismatched_sizes():
-    with pytest.raises(ValueError, match="array of tensor 1 has 4 elements; the tensor's other "
-                                         "arrays have 3"):
+    with pytest.raises(
+        ValueError, match="array of tensor 1 has 4 elements; the tensor's other arrays have 3"
+    ):
         _native.stream_probe([([np.ones(2)], []), ([np.ones(3)], [np.ones(4)])])
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.ones(8)[::2], "not C-contiguous"),
-    (np.ones(4, np.int8), "itemsize 1; expected 2, 4 or 8"),
-], ids=["strided", "one_byte_items"])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.ones(8)[::2], "not C-contiguous"),
+        (np.ones(4, np.int8), "itemsize 1; expected 2, 4 or 8"),
+    ],
+    ids=["strided", "one_byte_items"],
+)
 def test_probe_rejects_arrays_it_cannot_stream(bad, message):
     with pytest.raises(ValueError, match=message):
         _native.stream_probe([([bad], [])])

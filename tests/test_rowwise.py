@@ -17,8 +17,15 @@ from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 STEPS = 5
 
 
-SHAPES = {"2x3": (2, 3), "1x1": (1, 1), "7x9x2": (7, 9, 2), "3x300": (3, 300),
-          "60x17": (60, 17), "vector9": (9,), "scalar": ()}
+SHAPES = {
+    "2x3": (2, 3),
+    "1x1": (1, 1),
+    "7x9x2": (7, 9, 2),
+    "3x300": (3, 300),
+    "60x17": (60, 17),
+    "vector9": (9,),
+    "scalar": (),
+}
 EMA = dict(use_ema=True, ema_momentum=0.9)
 FEATURES = {
     "plain": {},
@@ -30,8 +37,13 @@ FEATURES = {
     "weight_decay": dict(weight_decay=0.05),
     "ema_overwrite2": dict(ema_overwrite_frequency=2, **EMA),
     "accum2": dict(gradient_accumulation_steps=2),
-    "all_features": dict(loss_scale_factor=4.0, gradient_accumulation_steps=3,
-                         global_clipnorm=1.0, weight_decay=0.05, **EMA),
+    "all_features": dict(
+        loss_scale_factor=4.0,
+        gradient_accumulation_steps=3,
+        global_clipnorm=1.0,
+        weight_decay=0.05,
+        **EMA,
+    ),
 }
 
 
@@ -42,8 +54,13 @@ def _cases():
                 for grad in ("dense", "sparse"):
                     if grad == "sparse" and SHAPES[shape_id] == ():
                         continue
-                    yield pytest.param(dtype_id, shape_id, feat_id, grad,
-                                       id=f"{dtype_id}-{shape_id}-{feat_id}-{grad}")
+                    yield pytest.param(
+                        dtype_id,
+                        shape_id,
+                        feat_id,
+                        grad,
+                        id=f"{dtype_id}-{shape_id}-{feat_id}-{grad}",
+                    )
 
 
 @pytest.mark.parametrize("dtype_id, shape_id, feat_id, grad", list(_cases()))
@@ -62,16 +79,23 @@ def test_matches_oracle(dtype_id, shape_id, feat_id, grad, rng):
         for a in init:
             if grad == "sparse" and a.ndim >= 1:
                 idx = rng.integers(0, a.shape[0], a.shape[0] + 2)
-                grads.append(an.SparseGradient(
-                    idx, (rng.standard_normal((len(idx),) + a.shape[1:]) * 2).astype(dt)))
+                grads.append(
+                    an.SparseGradient(
+                        idx, (rng.standard_normal((len(idx),) + a.shape[1:]) * 2).astype(dt)
+                    )
+                )
             else:
                 grads.append((rng.standard_normal(a.shape) * 2).astype(dt))
         opt.apply(grads, variables)
         ref.apply(grads)
         for i, v in enumerate(variables):
             assert_close(v.numpy(), ref.params[i], step + 1, f"step {step} param {i}")
-            assert_close(opt._accumulators[i].numpy(), ref.accumulators[i], step + 1,
-                         f"step {step} accumulator {i}")
+            assert_close(
+                opt._accumulators[i].numpy(),
+                ref.accumulators[i],
+                step + 1,
+                f"step {step} accumulator {i}",
+            )
 
 
 def test_accumulator_shapes_and_names():
@@ -83,13 +107,18 @@ def test_accumulator_shapes_and_names():
     shapes = [a.shape for a in opt._accumulators]
     assert shapes == [(10,), (4,), ()]
     assert [a.path.split("/")[-1] for a in opt._accumulators] == [
-        "table_accumulator", "bias_accumulator", "s_accumulator"]
+        "table_accumulator",
+        "bias_accumulator",
+        "s_accumulator",
+    ]
     assert np.all(opt._accumulators[0].numpy() == np.float32(0.25))
 
 
 def test_vectors_and_scalars_behave_as_adagrad(rng):
-    init = [rng.standard_normal((17,)).astype(np.float32),
-            np.full((), rng.standard_normal(), np.float32)]
+    init = [
+        rng.standard_normal((17,)).astype(np.float32),
+        np.full((), rng.standard_normal(), np.float32),
+    ]
     a, b = [x.copy() for x in init], [x.copy() for x in init]
     o1, o2 = an.RowWiseAdagrad(learning_rate=0.1), an.Adagrad(learning_rate=0.1)
     for _ in range(3):
@@ -100,15 +129,19 @@ def test_vectors_and_scalars_behave_as_adagrad(rng):
         assert x.tobytes() == y.tobytes()
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(weight_decay=0.01, **EMA), dict(clipnorm=1.0),
-                                    dict(gradient_accumulation_steps=2)],
-                         ids=["plain", "wd_ema", "clipnorm", "accum2"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, dict(weight_decay=0.01, **EMA), dict(clipnorm=1.0), dict(gradient_accumulation_steps=2)],
+    ids=["plain", "wd_ema", "clipnorm", "accum2"],
+)
 def test_sparse_equals_dense(kwargs, rng):
     shape = (500, 24)
     init = rng.standard_normal(shape).astype(np.float32)
     a, b = init.copy(), init.copy()
-    o1, o2 = an.RowWiseAdagrad(learning_rate=0.1, **kwargs), an.RowWiseAdagrad(
-        learning_rate=0.1, **kwargs)
+    o1, o2 = (
+        an.RowWiseAdagrad(learning_rate=0.1, **kwargs),
+        an.RowWiseAdagrad(learning_rate=0.1, **kwargs),
+    )
     for _ in range(4):
         idx = rng.integers(0, 120, 300)
         values = rng.standard_normal((300, 24)).astype(np.float32)
@@ -129,8 +162,11 @@ def test_thread_count_does_not_change_bits(grad, rng, restore_threads):
     for _ in range(3):
         idx = rng.zipf(1.2, 8000) % shape[0]
         values = rng.standard_normal((8000, 70)).astype(np.float32)
-        batches.append(an.SparseGradient(idx, values) if grad == "sparse"
-                       else dense_equivalent(idx, values, shape))
+        batches.append(
+            an.SparseGradient(idx, values)
+            if grad == "sparse"
+            else dense_equivalent(idx, values, shape)
+        )
     results = []
     for threads in (1, 2, 3):
         an.set_num_threads(threads)
@@ -171,8 +207,9 @@ def test_stateless_apply_and_state_round_trip(rng):
     opt = an.RowWiseAdagrad(learning_rate=0.1)
     opt.build([var])
     grad = an.SparseGradient([3, 3, 7], rng.standard_normal((3, 4)).astype(np.float32))
-    new_vars, new_opt = opt.stateless_apply([v.numpy() for v in opt.variables], [grad],
-                                            [init.copy()])
+    new_vars, new_opt = opt.stateless_apply(
+        [v.numpy() for v in opt.variables], [grad], [init.copy()]
+    )
     np.testing.assert_array_equal(var.numpy(), init)  # nothing changed in place
     opt.apply([grad], [var])
     assert new_vars[0].tobytes() == var.numpy().tobytes()

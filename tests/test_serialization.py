@@ -8,17 +8,35 @@ import adagrad_native as an
 from adagrad_native import schedules
 
 KERAS_ADAGRAD_KEYS = {
-    "name", "learning_rate", "weight_decay", "clipnorm", "global_clipnorm", "clipvalue",
-    "use_ema", "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor",
-    "gradient_accumulation_steps", "initial_accumulator_value", "epsilon",
+    "name",
+    "learning_rate",
+    "weight_decay",
+    "clipnorm",
+    "global_clipnorm",
+    "clipvalue",
+    "use_ema",
+    "ema_momentum",
+    "ema_overwrite_frequency",
+    "loss_scale_factor",
+    "gradient_accumulation_steps",
+    "initial_accumulator_value",
+    "epsilon",
 }
 
 CONFIGS = {
     "defaults": {},
-    "everything": dict(learning_rate=0.25, initial_accumulator_value=0.3, epsilon=1e-6,
-                       weight_decay=0.01, clipnorm=1.5, use_ema=True, ema_momentum=0.9,
-                       ema_overwrite_frequency=3, loss_scale_factor=128.0,
-                       gradient_accumulation_steps=4),
+    "everything": dict(
+        learning_rate=0.25,
+        initial_accumulator_value=0.3,
+        epsilon=1e-6,
+        weight_decay=0.01,
+        clipnorm=1.5,
+        use_ema=True,
+        ema_momentum=0.9,
+        ema_overwrite_frequency=3,
+        loss_scale_factor=128.0,
+        gradient_accumulation_steps=4,
+    ),
     "schedule": dict(learning_rate=schedules.ExponentialDecay(0.1, 100, 0.5)),
 }
 

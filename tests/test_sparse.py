@@ -31,8 +31,13 @@ def assert_same(got, want, what, norm_clip=False):
     got, want = np.asarray(got), np.asarray(want)
     if norm_clip:
         eps = float(np.finfo(np.float32 if got.dtype.itemsize <= 4 else got.dtype).eps)
-        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64),
-                                   rtol=2 * eps * STEPS, atol=2 * eps * STEPS, err_msg=what)
+        np.testing.assert_allclose(
+            got.astype(np.float64),
+            want.astype(np.float64),
+            rtol=2 * eps * STEPS,
+            atol=2 * eps * STEPS,
+            err_msg=what,
+        )
     else:
         assert got.tobytes() == want.tobytes(), f"{what}: not bit-identical"
 
@@ -63,11 +68,18 @@ FEATURES = {
     "weight_decay": dict(weight_decay=0.05),
     "ema": dict(EMA),
     "ema_overwrite2": dict(ema_overwrite_frequency=2, **EMA),
-    "all_features": dict(loss_scale_factor=4.0, gradient_accumulation_steps=2,
-                         global_clipnorm=1.0, weight_decay=0.05, ema_overwrite_frequency=2,
-                         **EMA),
+    "all_features": dict(
+        loss_scale_factor=4.0,
+        gradient_accumulation_steps=2,
+        global_clipnorm=1.0,
+        weight_decay=0.05,
+        ema_overwrite_frequency=2,
+        **EMA,
+    ),
 }
 NORM_CLIP = ("clipnorm", "global_clipnorm", "accum3_ema_clipnorm", "all_features")
+
+
 def _run_pair(dtype_id, feat_id, pattern, rng, extra=None, lazy=False):
     """Runs native sparse, native dense and the oracle side by side; returns them."""
     dt = FLOAT_DTYPES[dtype_id]
@@ -103,8 +115,7 @@ def _cases():
             for pattern in ("unique", "duplicates", "empty", "all_rows"):
                 if dtype_id != "float32" and pattern in ("unique", "empty"):
                     continue
-                yield pytest.param(dtype_id, feat_id, pattern,
-                                   id=f"{dtype_id}-{feat_id}-{pattern}")
+                yield pytest.param(dtype_id, feat_id, pattern, id=f"{dtype_id}-{feat_id}-{pattern}")
 
 
 @pytest.mark.parametrize("dtype_id, feat_id, pattern", list(_cases()))
@@ -120,8 +131,12 @@ def test_sparse_equals_dense(dtype_id, feat_id, pattern, rng):
     if dt in (np.float32, np.float64):
         for i in range(2):
             assert_close(vs[i], ref.params[i], STEPS, f"oracle param {i}")
-            assert_close(np.asarray(o_s._accumulators[i]), ref.accumulators[i], STEPS,
-                         f"oracle accumulator {i}")
+            assert_close(
+                np.asarray(o_s._accumulators[i]),
+                ref.accumulators[i],
+                STEPS,
+                f"oracle accumulator {i}",
+            )
 
 
 def test_untouched_rows_are_not_written_in_a_plain_step(rng):
@@ -137,8 +152,17 @@ def test_untouched_rows_are_not_written_in_a_plain_step(rng):
     np.testing.assert_array_equal(acc[3], np.float32(0.1) + np.float32(4.0))  # (1+1)^2
 
 
-@pytest.mark.parametrize("entry", ["apply", "apply_gradients", "stateless_apply",
-                                   "loss_scale", "indexed_slices_like", "numpy_variable"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "apply",
+        "apply_gradients",
+        "stateless_apply",
+        "loss_scale",
+        "indexed_slices_like",
+        "numpy_variable",
+    ],
+)
 def test_entry_points(entry, rng):
     init = rng.standard_normal(TABLE).astype(np.float32)
     idx = np.array([1, 7, 1, 30], np.int64)
@@ -159,8 +183,9 @@ def test_entry_points(entry, rng):
     elif entry == "stateless_apply":
         opt = an.Adagrad(learning_rate=0.1)
         opt.build([var])
-        new_vars, _ = opt.stateless_apply([v.numpy() for v in opt.variables], [sg],
-                                          [np.asarray(var)])
+        new_vars, _ = opt.stateless_apply(
+            [v.numpy() for v in opt.variables], [sg], [np.asarray(var)]
+        )
         got = new_vars[0]
         np.testing.assert_array_equal(np.asarray(var), init)  # stateless: untouched
     else:
@@ -204,34 +229,45 @@ def test_one_dimensional_variable(rng):
 def test_large_table_mixed_with_dense(rng):
     """Many rows and tasks, a zero-width table and a dense tensor in one call."""
     shape = (20000, 33)
-    init = [rng.standard_normal(shape).astype(np.float32),
-            rng.standard_normal((300, 0)).astype(np.float32),
-            rng.standard_normal((70000,)).astype(np.float32)]
+    init = [
+        rng.standard_normal(shape).astype(np.float32),
+        rng.standard_normal((300, 0)).astype(np.float32),
+        rng.standard_normal((70000,)).astype(np.float32),
+    ]
     for kwargs in ({}, dict(global_clipnorm=5.0), dict(weight_decay=0.01, **EMA)):
         vs, vd = [a.copy() for a in init], [a.copy() for a in init]
-        o_s, o_d = an.Adagrad(learning_rate=0.1, **kwargs), an.Adagrad(learning_rate=0.1,
-                                                                        **kwargs)
+        o_s, o_d = an.Adagrad(learning_rate=0.1, **kwargs), an.Adagrad(learning_rate=0.1, **kwargs)
         for _ in range(2):
             idx = rng.zipf(1.3, 5000) % shape[0]
             values = rng.standard_normal((5000, 33)).astype(np.float32)
             g2 = rng.standard_normal(70000).astype(np.float32)
             empty = an.SparseGradient(np.array([5, 5]), np.zeros((2, 0), np.float32))
             o_s.apply([an.SparseGradient(idx, values), empty, g2], vs)
-            o_d.apply([dense_equivalent(idx, values, shape), np.zeros((300, 0), np.float32),
-                       g2], vd)
+            o_d.apply(
+                [dense_equivalent(idx, values, shape), np.zeros((300, 0), np.float32), g2], vd
+            )
         for a, b in zip(vs, vd, strict=True):
             assert_same(a, b, str(kwargs), norm_clip="global_clipnorm" in kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [{}, dict(clipnorm=1.0), dict(global_clipnorm=1.0),
-                                    dict(weight_decay=0.01, **EMA),
-                                    dict(gradient_accumulation_steps=2)],
-                         ids=["plain", "clipnorm", "global_clipnorm", "wd_ema", "accum2"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(clipnorm=1.0),
+        dict(global_clipnorm=1.0),
+        dict(weight_decay=0.01, **EMA),
+        dict(gradient_accumulation_steps=2),
+    ],
+    ids=["plain", "clipnorm", "global_clipnorm", "wd_ema", "accum2"],
+)
 def test_thread_count_does_not_change_bits(kwargs, rng, restore_threads):
     shape = (30000, 16)
     init = rng.standard_normal(shape).astype(np.float32)
-    batches = [(rng.zipf(1.2, 20000) % shape[0], rng.standard_normal((20000, 16))
-                .astype(np.float32)) for _ in range(3)]
+    batches = [
+        (rng.zipf(1.2, 20000) % shape[0], rng.standard_normal((20000, 16)).astype(np.float32))
+        for _ in range(3)
+    ]
     results = []
     for threads in (1, 2, 3):
         an.set_num_threads(threads)
@@ -266,8 +302,12 @@ def test_lazy_mode_matches_its_oracle(dtype_id, feat_id, rng):
         assert_close(vs[i], ref.params[i], STEPS, f"lazy param {i}")
     if o_s.use_ema:
         for i in range(2):
-            assert_close(np.asarray(o_s._model_variables_moving_average[i]), ref.averages[i],
-                         STEPS, f"lazy average {i}")
+            assert_close(
+                np.asarray(o_s._model_variables_moving_average[i]),
+                ref.averages[i],
+                STEPS,
+                f"lazy average {i}",
+            )
 
 
 def test_lazy_leaves_untouched_rows_alone(rng):
@@ -295,23 +335,46 @@ def _slices(indices, values, dense_shape=None):
 
 
 BAD = {
-    "index_too_large": (lambda: _slices(np.array([1, 40, 2]), np.ones((3, 6), np.float32)),
-                        ValueError, r"row id 40 at position 1.*\[0, 40\)"),
-    "negative_index": (lambda: _slices(np.array([0, 3, -1], np.int32),
-                                       np.ones((3, 6), np.float32)),
-                       ValueError, "row id -1 at position 2"),
-    "float_indices": (lambda: _slices(np.array([0.0, 1.0]), np.ones((2, 6), np.float32)),
-                      TypeError, "indices .* have dtype float64; expected int32 or int64"),
-    "indices_2d": (lambda: _slices(np.array([[0, 1]]), np.ones((2, 6), np.float32)),
-                   ValueError, r"shape \(1, 2\); expected a 1-D array"),
-    "values_shape": (lambda: _slices(np.array([0, 1]), np.ones((2, 5), np.float32)),
-                     ValueError, r"values .* have shape \(2, 5\); expected \(2, 6\)"),
-    "values_rows": (lambda: _slices(np.array([0, 1]), np.ones((3, 6), np.float32)),
-                    ValueError, r"have shape \(3, 6\); expected \(2, 6\)"),
-    "values_dtype": (lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float64)),
-                     TypeError, "dtype float64, but the variable has dtype float32"),
-    "dense_shape": (lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float32), (41, 6)),
-                    ValueError, "dense_shape"),
+    "index_too_large": (
+        lambda: _slices(np.array([1, 40, 2]), np.ones((3, 6), np.float32)),
+        ValueError,
+        r"row id 40 at position 1.*\[0, 40\)",
+    ),
+    "negative_index": (
+        lambda: _slices(np.array([0, 3, -1], np.int32), np.ones((3, 6), np.float32)),
+        ValueError,
+        "row id -1 at position 2",
+    ),
+    "float_indices": (
+        lambda: _slices(np.array([0.0, 1.0]), np.ones((2, 6), np.float32)),
+        TypeError,
+        "indices .* have dtype float64; expected int32 or int64",
+    ),
+    "indices_2d": (
+        lambda: _slices(np.array([[0, 1]]), np.ones((2, 6), np.float32)),
+        ValueError,
+        r"shape \(1, 2\); expected a 1-D array",
+    ),
+    "values_shape": (
+        lambda: _slices(np.array([0, 1]), np.ones((2, 5), np.float32)),
+        ValueError,
+        r"values .* have shape \(2, 5\); expected \(2, 6\)",
+    ),
+    "values_rows": (
+        lambda: _slices(np.array([0, 1]), np.ones((3, 6), np.float32)),
+        ValueError,
+        r"have shape \(3, 6\); expected \(2, 6\)",
+    ),
+    "values_dtype": (
+        lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float64)),
+        TypeError,
+        "dtype float64, but the variable has dtype float32",
+    ),
+    "dense_shape": (
+        lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float32), (41, 6)),
+        ValueError,
+        "dense_shape",
+    ),
 }
 
 
@@ -340,12 +403,16 @@ def test_sparse_gradient_for_scalar_changes_nothing(rng, snapshot):
     snap.assert_unchanged()
 
 
-@pytest.mark.parametrize("indices, values, error, message", [
-    (np.array([0.5]), np.ones((1, 2)), TypeError, "int32 or int64"),
-    (np.array([[0]]), np.ones((1, 2)), ValueError, "1-D"),
-    (np.array([0, 1]), np.ones((3, 2)), ValueError, "one row per index"),
-    (np.array([0, 1]), np.ones((2, 2)), ValueError, "dense_shape"),
-], ids=["float", "2d", "rows", "dense_shape"])
+@pytest.mark.parametrize(
+    "indices, values, error, message",
+    [
+        (np.array([0.5]), np.ones((1, 2)), TypeError, "int32 or int64"),
+        (np.array([[0]]), np.ones((1, 2)), ValueError, "1-D"),
+        (np.array([0, 1]), np.ones((3, 2)), ValueError, "one row per index"),
+        (np.array([0, 1]), np.ones((2, 2)), ValueError, "dense_shape"),
+    ],
+    ids=["float", "2d", "rows", "dense_shape"],
+)
 def test_sparse_gradient_constructor_errors(indices, values, error, message):
     dense_shape = (4, 3) if message == "dense_shape" else None
     with pytest.raises(error, match=message):
@@ -370,8 +437,7 @@ def test_nonfinite_sparse_gradient_is_named_and_changes_nothing(clip, rng, snaps
     values = np.ones((3, 6), np.float32)
     values[2, 1] = np.nan
     with pytest.raises(ValueError, match="'emb' \\(index 1\\) contains inf or NaN"):
-        opt.apply([np.ones(5, np.float32), an.SparseGradient([4, 9, 4], values)],
-                  [bias, table])
+        opt.apply([np.ones(5, np.float32), an.SparseGradient([4, 9, 4], values)], [bias, table])
     snap.assert_unchanged()
 
 
@@ -422,6 +488,7 @@ def test_parallel_dedup_of_a_large_batch(rng, restore_threads):
     for threads in (1, 2, 3):
         an.set_num_threads(threads)
         got = init.copy()
-        an.Adagrad(learning_rate=0.1).apply([an.SparseGradient(idx.astype(np.int32), values)],
-                                            [got])
+        an.Adagrad(learning_rate=0.1).apply(
+            [an.SparseGradient(idx.astype(np.int32), values)], [got]
+        )
         assert got.tobytes() == want.tobytes(), f"{threads} threads"

@@ -12,8 +12,10 @@ F32 = np.float32
 
 def _trained(seed=0, steps=3, **kwargs):
     rng = np.random.default_rng(seed)
-    variables = [an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel"),
-                 an.Variable(rng.normal(size=3).astype(F32), name="bias")]
+    variables = [
+        an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel"),
+        an.Variable(rng.normal(size=3).astype(F32), name="bias"),
+    ]
     opt = an.Adagrad(0.1, use_ema=True, gradient_accumulation_steps=2, **kwargs)
     for _ in range(steps):
         opt.apply([rng.normal(size=v.shape).astype(F32) for v in variables], variables)
@@ -87,8 +89,10 @@ def test_checkpoint_is_name_keyed_and_survives_reordering(tmp_path):
     an.save_state(opt, path)
     assert os.listdir(tmp_path) == ["ckpt.npz"]  # no temporary file left behind
     rng = np.random.default_rng(5)
-    reordered = [an.Variable(rng.normal(size=(3,)).astype(F32), name="bias"),
-                 an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel")]
+    reordered = [
+        an.Variable(rng.normal(size=(3,)).astype(F32), name="bias"),
+        an.Variable(rng.normal(size=(4, 3)).astype(F32), name="kernel"),
+    ]
     other = an.Adagrad(0.1, use_ema=True, gradient_accumulation_steps=2, name="renamed")
     other.build(reordered)
     config = an.load_state(other, path)
@@ -105,8 +109,12 @@ def test_checkpoint_mismatch_lists_the_problems(tmp_path):
     path = tmp_path / "ckpt.npz"
     an.save_state(opt, path)
     other = an.Adagrad(0.1)  # no EMA, no accumulation: fewer variables
-    other.build([an.Variable(np.ones((4, 3), F32), name="kernel"),
-                 an.Variable(np.ones(7, F32), name="bias")])
+    other.build(
+        [
+            an.Variable(np.ones((4, 3), F32), name="kernel"),
+            an.Variable(np.ones(7, F32), name="bias"),
+        ]
+    )
     before = _values(other)
     with pytest.raises(ValueError, match=r"unexpected \['bias_average'.*mismatched \['bias_acc"):
         an.load_state(other, path)
@@ -139,7 +147,10 @@ def test_stateless_apply_errors():
         opt.stateless_apply([], [np.ones(2, F32)], [np.ones(2, F32)])
     opt, variables = _trained()
     with pytest.raises(ValueError, match="optimizer_variables.*expected"):
-        opt.stateless_apply(_values(opt)[:-1], [np.ones(v.shape, F32) for v in variables],
-                            [v.numpy() for v in variables])
+        opt.stateless_apply(
+            _values(opt)[:-1],
+            [np.ones(v.shape, F32) for v in variables],
+            [v.numpy() for v in variables],
+        )
     with pytest.raises(ValueError, match="trainable_variables.*expected 2"):
         opt.stateless_apply(_values(opt), [np.ones((4, 3), F32)], [variables[0].numpy()])

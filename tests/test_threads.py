@@ -10,8 +10,13 @@ import adagrad_native as an
 from tests.helpers import assert_identical
 
 CONFIGS = {
-    "global_clipnorm_ema_wd": dict(global_clipnorm=1.0, use_ema=True, ema_momentum=0.9,
-                                   ema_overwrite_frequency=2, weight_decay=0.01),
+    "global_clipnorm_ema_wd": dict(
+        global_clipnorm=1.0,
+        use_ema=True,
+        ema_momentum=0.9,
+        ema_overwrite_frequency=2,
+        weight_decay=0.01,
+    ),
     "clipnorm_accum2_ema": dict(clipnorm=1.0, gradient_accumulation_steps=2, use_ema=True),
     "plain": dict(),
 }

@@ -99,8 +99,7 @@ def test_attributes_from_constructor():
     def clip(x):
         return np.clip(x, 0, 1)
 
-    v = an.Variable(np.ones(2, F32), trainable=False, constraint=clip,
-                    overwrite_with_gradient=True)
+    v = an.Variable(np.ones(2, F32), trainable=False, constraint=clip, overwrite_with_gradient=True)
     assert v.trainable is False
     assert v.constraint is clip
     assert v.overwrite_with_gradient is True
@@ -165,8 +164,10 @@ def test_plain_numpy_arrays_are_updated_in_place(dtype, rng):
     ref.build([a, b])
     opt = an.Adagrad(learning_rate=0.1, use_ema=True)
     for _ in range(3):
-        grads = [rng.standard_normal(a.shape).astype(dtype),
-                 rng.standard_normal(b.shape).astype(dtype)]
+        grads = [
+            rng.standard_normal(a.shape).astype(dtype),
+            rng.standard_normal(b.shape).astype(dtype),
+        ]
         opt.apply(grads, [a, b])
         ref.apply(grads)
     assert (a.ctypes.data, b.ctypes.data) == addrs

@@ -44,7 +44,7 @@ def child(elements: int, repeats: int) -> None:
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats + 2):
         names = list(steps)
-        for name in names[r % 4:] + names[:r % 4]:
+        for name in names[r % 4 :] + names[: r % 4]:
             t0 = time.perf_counter()
             steps[name]()
             if r >= 2:
@@ -62,23 +62,40 @@ def main() -> None:
     if args.child:
         child(args.elements, args.repeats)
         return
-    print(f"one plain float32 step of {args.elements} elements: median ms of {args.repeats} "
-          "interleaved calls per process; speed-up = numpy-placed / package-placed")
-    print("| process | step, np.full_like accumulator | step, package's | speed-up "
-          "| probe, np.full_like | probe, package's | speed-up |")
+    print(
+        f"one plain float32 step of {args.elements} elements: median ms of {args.repeats} "
+        "interleaved calls per process; speed-up = numpy-placed / package-placed"
+    )
+    print(
+        "| process | step, np.full_like accumulator | step, package's | speed-up "
+        "| probe, np.full_like | probe, package's | speed-up |"
+    )
     print("|--:|--:|--:|--:|--:|--:|--:|")
     step_ratios, probe_ratios = [], []
     for p in range(args.processes):
         out = subprocess.run(
-            [sys.executable, "-m", "benchmarks.studies.placement", "--child",
-             "--elements", str(args.elements), "--repeats", str(args.repeats)],
-            check=True, capture_output=True, text=True, cwd=REPO_ROOT,
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.studies.placement",
+                "--child",
+                "--elements",
+                str(args.elements),
+                "--repeats",
+                str(args.repeats),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
         ).stdout.split()
         step_np, step_pkg, probe_np, probe_pkg = (float(x) for x in out)
         step_ratios.append(step_np / step_pkg)
         probe_ratios.append(probe_np / probe_pkg)
-        print(f"| {p + 1} | {step_np:.2f} | {step_pkg:.2f} | {step_ratios[-1]:.2f} "
-              f"| {probe_np:.2f} | {probe_pkg:.2f} | {probe_ratios[-1]:.2f} |")
+        print(
+            f"| {p + 1} | {step_np:.2f} | {step_pkg:.2f} | {step_ratios[-1]:.2f} "
+            f"| {probe_np:.2f} | {probe_pkg:.2f} | {probe_ratios[-1]:.2f} |"
+        )
     for what, r in (("step", step_ratios), ("probe", probe_ratios)):
         print(f"{what} speed-up: median {np.median(r):.2f}, min {min(r):.2f}, max {max(r):.2f}")
 

@@ -34,10 +34,14 @@ def main(argv: list[str] | None = None) -> int:
 
     info = an.build_info()
     n_params = sum(p.size for p in model.params)
-    print(f"adagrad_native {info['version']}: ISA {info['isa']}, OpenMP {info['openmp']}, "
-          f"{info['num_threads']} threads")
-    print(f"MLP 2-{args.hidden}-{args.hidden}-3 ({n_params} parameters, {len(model.params)} "
-          f"tensors) on {len(y_train)} spiral points, 3 classes")
+    print(
+        f"adagrad_native {info['version']}: ISA {info['isa']}, OpenMP {info['openmp']}, "
+        f"{info['num_threads']} threads"
+    )
+    print(
+        f"MLP 2-{args.hidden}-{args.hidden}-3 ({n_params} parameters, {len(model.params)} "
+        f"tensors) on {len(y_train)} spiral points, 3 classes"
+    )
     first_loss = model.loss_and_grads(x_train, y_train)[0]
     print(f"epoch  0  train loss {first_loss:.4f}")
     step_times: list[float] = []
@@ -45,21 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         order = rng.permutation(len(y_train))
         losses = []
         for start in range(0, len(order), args.batch_size):
-            batch = order[start:start + args.batch_size]
+            batch = order[start : start + args.batch_size]
             loss, grads = model.loss_and_grads(x_train[batch], y_train[batch])
             t0 = time.perf_counter()
             optimizer.apply(grads, model.params)
             step_times.append(time.perf_counter() - t0)
             losses.append(loss)
         if epoch % 5 == 0 or epoch == 1:
-            print(f"epoch {epoch:2d}  train loss {np.mean(losses):.4f}  "
-                  f"test accuracy {model.accuracy(x_test, y_test):6.1%}  "
-                  f"optimizer step {np.median(step_times[-len(losses):]) * 1e6:6.1f} us")
+            print(
+                f"epoch {epoch:2d}  train loss {np.mean(losses):.4f}  "
+                f"test accuracy {model.accuracy(x_test, y_test):6.1%}  "
+                f"optimizer step {np.median(step_times[-len(losses) :]) * 1e6:6.1f} us"
+            )
     final_loss = model.loss_and_grads(x_train, y_train)[0]
-    print(f"train loss fell from {first_loss:.4f} to {final_loss:.4f}; test accuracy "
-          f"{model.accuracy(x_test, y_test):.1%}; median optimizer step "
-          f"{np.median(step_times) * 1e6:.1f} us over {len(step_times)} steps "
-          f"({int(optimizer.iterations)} iterations)")
+    print(
+        f"train loss fell from {first_loss:.4f} to {final_loss:.4f}; test accuracy "
+        f"{model.accuracy(x_test, y_test):.1%}; median optimizer step "
+        f"{np.median(step_times) * 1e6:.1f} us over {len(step_times)} steps "
+        f"({int(optimizer.iterations)} iterations)"
+    )
     return 0 if final_loss < first_loss else 1
 
 

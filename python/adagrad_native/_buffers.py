@@ -43,5 +43,5 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype)
     raw = np.empty(nbytes + HUGE_PAGE, np.uint8)
     start = -raw.ctypes.data % HUGE_PAGE
-    placed: np.ndarray = raw[start:start + nbytes].view(dtype).reshape(shape)
+    placed: np.ndarray = raw[start : start + nbytes].view(dtype).reshape(shape)
     return placed

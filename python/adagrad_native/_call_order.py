@@ -85,7 +85,9 @@ class CallOrder:
         seen: set[int] = set()
         for position, i in enumerate(order):
             if i in seen:
-                raise ValueError(f"Variable '{self._variables[i].path}' appears twice "
-                                 f"in one call (again at position {position}).")
+                raise ValueError(
+                    f"Variable '{self._variables[i].path}' appears twice "
+                    f"in one call (again at position {position})."
+                )
             seen.add(i)
         return None if order == self._identity else order

@@ -25,8 +25,14 @@ def _received(name: str, value: Any, with_type: bool = False) -> str:
     return f"Received: {name}={value!r}{kind}."
 
 
-def real(value: Any, name: str, *, minimum: float | None = None, strict: bool = False,
-         maximum: float | None = None) -> Any:
+def real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    maximum: float | None = None,
+) -> Any:
     """Checks a finite real number, optionally bounded; returns it unchanged.
 
     Args:
@@ -61,8 +67,9 @@ def real(value: Any, name: str, *, minimum: float | None = None, strict: bool = 
     return value
 
 
-def optional_real(value: Any, name: str, *, minimum: float | None = None,
-                  strict: bool = False) -> Any:
+def optional_real(
+    value: Any, name: str, *, minimum: float | None = None, strict: bool = False
+) -> Any:
     """`real`, with None accepted (meaning "off")."""
     return None if value is None else real(value, name, minimum=minimum, strict=strict)
 
@@ -75,15 +82,19 @@ def integer(value: Any, name: str, *, minimum: int) -> int:
             `ValueError` for its integer arguments).
     """
     if is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"Argument `{name}` must be an integer >= {minimum}. "
-                         + _received(name, value))
+        raise ValueError(
+            f"Argument `{name}` must be an integer >= {minimum}. " + _received(name, value)
+        )
     return int(value)
 
 
 def optional_integer(value: Any, name: str, *, minimum: int) -> Any:
     """`integer`, with None and 0 accepted as "off" and returned unchanged (as Keras)."""
-    return value if value is None or (not is_bool(value) and value == 0) \
+    return (
+        value
+        if value is None or (not is_bool(value) and value == 0)
         else integer(value, name, minimum=minimum)
+    )
 
 
 def real_list(value: Any, name: str) -> list[Any] | tuple[Any, ...]:
@@ -122,8 +133,10 @@ def flag(value: Any, name: str) -> bool:
         TypeError: For anything else (1 and "yes" included).
     """
     if not is_bool(value):
-        raise TypeError(f"Argument `{name}` must be a bool (True or False). "
-                        + _received(name, value, with_type=True))
+        raise TypeError(
+            f"Argument `{name}` must be a bool (True or False). "
+            + _received(name, value, with_type=True)
+        )
     return bool(value)
 
 
@@ -134,6 +147,7 @@ def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:
         ValueError: Naming the choices.
     """
     if value not in choices:
-        raise ValueError(f"Argument `{name}` must be one of {tuple(choices)}. "
-                         + _received(name, value))
+        raise ValueError(
+            f"Argument `{name}` must be one of {tuple(choices)}. " + _received(name, value)
+        )
     return value

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def make_spirals(n_per_class: int, n_classes: int, noise: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def make_spirals(
+    n_per_class: int, n_classes: int, noise: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Interleaved 2-D spirals, one arm per class: not linearly separable."""
     t = np.sqrt(rng.uniform(0.05, 1.0, size=(n_classes, n_per_class)))
     labels = np.repeat(np.arange(n_classes), n_per_class)
@@ -30,8 +31,9 @@ class MLP:
     def create(cls, sizes: list[int], rng: np.random.Generator) -> MLP:
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            params.append((rng.normal(size=(fan_in, fan_out)) *
-                           np.sqrt(2.0 / fan_in)).astype(np.float32))
+            params.append(
+                (rng.normal(size=(fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            )
             params.append(np.zeros(fan_out, np.float32))
         return cls(params)
 

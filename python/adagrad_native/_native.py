@@ -153,9 +153,18 @@ class NativeStep:
         bad: int = fast.try_step(grads, variables)
         return None if bad == _core.DECLINED else bad
 
-    def run(self, grads: Sequence[Any], *, update: bool, learning_rate: float | None,
-            loss_scale: float, check_finite: bool, any_update: bool, ema_momentum: float,
-            ema_overwrite: bool) -> int:
+    def run(
+        self,
+        grads: Sequence[Any],
+        *,
+        update: bool,
+        learning_rate: float | None,
+        loss_scale: float,
+        check_finite: bool,
+        any_update: bool,
+        ema_momentum: float,
+        ema_overwrite: bool,
+    ) -> int:
         """One step over gradients in build order (None: no gradient).
 
         Args:
@@ -172,14 +181,28 @@ class NativeStep:
             -1 when the step ran, else the index of the first tensor whose
             gradient is not finite (only with `check_finite`; nothing written).
         """
-        self.prepare(update=update, learning_rate=learning_rate, loss_scale=loss_scale,
-                     check_finite=check_finite, any_update=any_update,
-                     ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+        self.prepare(
+            update=update,
+            learning_rate=learning_rate,
+            loss_scale=loss_scale,
+            check_finite=check_finite,
+            any_update=any_update,
+            ema_momentum=ema_momentum,
+            ema_overwrite=ema_overwrite,
+        )
         return self.step(grads)
 
-    def prepare(self, *, update: bool, learning_rate: float | None, loss_scale: float,
-                check_finite: bool, any_update: bool, ema_momentum: float,
-                ema_overwrite: bool) -> None:
+    def prepare(
+        self,
+        *,
+        update: bool,
+        learning_rate: float | None,
+        loss_scale: float,
+        check_finite: bool,
+        any_update: bool,
+        ema_momentum: float,
+        ema_overwrite: bool,
+    ) -> None:
         """Writes this call's fields of the plan.
 
         Args:
@@ -243,8 +266,9 @@ class NativeStep:
         sums, finite = _core.partial_sums(self._group, grads, self._plan)
         return sums, finite
 
-    def keep_fast(self, variables: Sequence[Any], iterations: np.ndarray,
-                  learning_rate: np.ndarray) -> None:
+    def keep_fast(
+        self, variables: Sequence[Any], iterations: np.ndarray, learning_rate: np.ndarray
+    ) -> None:
         """Makes the step just run repeatable natively, for as long as nothing changes.
 
         The FastStep repeats the last plan, reading the learning rate from its
@@ -257,23 +281,24 @@ class NativeStep:
             iterations: The optimizer's int64 counter, bumped in place.
             learning_rate: The float32 learning-rate variable's buffer.
         """
-        self._fast = _core.FastStep(self._group, self._plan, iterations, learning_rate,
-                                    variables)
+        self._fast = _core.FastStep(self._group, self._plan, iterations, learning_rate, variables)
         self._fast_layout = Variable.layout_version
 
     def keeps(self, variables: Sequence[Any] | None) -> bool:
         """Whether a kept fast step takes calls naming `variables` (None: build order)."""
         fast = self._fast
-        return bool(fast is not None and self._fast_layout == Variable.layout_version
-                    and fast.accepts(variables))
+        return bool(
+            fast is not None
+            and self._fast_layout == Variable.layout_version
+            and fast.accepts(variables)
+        )
 
     @property
     def fast_step(self) -> Any:
         """The kept steady-state step, or None."""
         return self._fast
 
-    def update_one(self, index: int, gradient: Any, learning_rate: float,
-                   epsilon: float) -> None:
+    def update_one(self, index: int, gradient: Any, learning_rate: float, epsilon: float) -> None:
         """Only the Adagrad update of one variable: no clipping, decay, EMA or counter.
 
         Raises:
@@ -286,10 +311,20 @@ class NativeStep:
             s = self._slots
             assert s is not None, "bind() must run before update_one()"
             if s.accumulators[index] is None:
-                raise ValueError(f"Variable '{s.names[index]}' has overwrite_with_gradient="
-                                 "True; it has no Adagrad accumulator to update.")
-            group = _core.SlotGroup([s.params[index]], [s.accumulators[index]], [None], [None],
-                                    [False], [False], [s.names[index]], [s.rowwise[index]])
+                raise ValueError(
+                    f"Variable '{s.names[index]}' has overwrite_with_gradient="
+                    "True; it has no Adagrad accumulator to update."
+                )
+            group = _core.SlotGroup(
+                [s.params[index]],
+                [s.accumulators[index]],
+                [None],
+                [None],
+                [False],
+                [False],
+                [s.names[index]],
+                [s.rowwise[index]],
+            )
             self._single_groups[index] = group
         plan = _core.StepPlan()
         plan.learning_rate, plan.epsilon = learning_rate, epsilon

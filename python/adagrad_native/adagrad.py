@@ -127,24 +127,29 @@ class Adagrad(Optimizer):
     def _build_slots(self, variables: list[Variable]) -> None:
         init = float(self.initial_accumulator_value)
         self._accumulators = [
-            None if v.overwrite_with_gradient
-            else self.add_variable_from_reference(v, "accumulator", init,
-                                                  dtype=self._accumulator_dtype_for(v))
+            None
+            if v.overwrite_with_gradient
+            else self.add_variable_from_reference(
+                v, "accumulator", init, dtype=self._accumulator_dtype_for(v)
+            )
             for v in variables
         ]
 
     def _accumulator_dtype_for(self, variable: Variable) -> str:
         low_precision = variable.dtype in ("float16", "bfloat16")
-        return self.accumulator_dtype if low_precision and self.accumulator_dtype \
-            else variable.dtype
+        return (
+            self.accumulator_dtype if low_precision and self.accumulator_dtype else variable.dtype
+        )
 
     def _rowwise(self, variable: Variable) -> bool:
         """Whether the variable's accumulator holds one value per row (RowWiseAdagrad)."""
         return False
 
     def _algorithm_slots(self) -> tuple[list[np.ndarray | None], list[bool]]:
-        return ([None if a is None else a.value for a in self._accumulators],
-                [self._rowwise(v) for v in self._trainable_variables])
+        return (
+            [None if a is None else a.value for a in self._accumulators],
+            [self._rowwise(v) for v in self._trainable_variables],
+        )
 
     def _plan_inputs(self) -> tuple[float, bool]:
         return float(self.epsilon), self.sparse_updates == "lazy"
@@ -163,16 +168,17 @@ class Adagrad(Optimizer):
             raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
         lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0))
         with self._lock:
-            self._native.update_one(self._index_of(variable, 0), gradient, lr,
-                                    float(self.epsilon))
+            self._native.update_one(self._index_of(variable, 0), gradient, lr, float(self.epsilon))
 
     def get_config(self) -> dict[str, Any]:
         """Keras' Adagrad config: the base keys plus the accumulator value and epsilon."""
         config = super().get_config()
-        config.update({
-            "initial_accumulator_value": self.initial_accumulator_value,
-            "epsilon": self.epsilon,
-        })
+        config.update(
+            {
+                "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon,
+            }
+        )
         # Our own options only when set, so that Keras can load the config.
         if self.accumulator_dtype is not None:
             config["accumulator_dtype"] = self.accumulator_dtype

@@ -17,7 +17,7 @@ _CONFIG_KEY = "__config__"
 def _state_key(optimizer: Any, variable: Variable) -> str:
     # Relative to the optimizer's name, so renaming the optimizer keeps the keys.
     prefix = f"{variable.path.split('/', 1)[0]}/"
-    return variable.path[len(prefix):] if variable.path.startswith(prefix) else variable.path
+    return variable.path[len(prefix) :] if variable.path.startswith(prefix) else variable.path
 
 
 def _state_entries(optimizer: Any) -> dict[str, Any]:
@@ -85,11 +85,10 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     missing = sorted(set(entries) - set(stored))
     unexpected = sorted(set(stored) - set(entries))
     mismatched = [
-        f"{key}: expected {var.shape} {var.dtype}, stored {stored[key].shape} "
-        f"{stored[key].dtype}"
+        f"{key}: expected {var.shape} {var.dtype}, stored {stored[key].shape} {stored[key].dtype}"
         for key, var in entries.items()
-        if key in stored and (stored[key].shape != var.shape
-                              or stored[key].dtype.kind != var.value.dtype.kind)
+        if key in stored
+        and (stored[key].shape != var.shape or stored[key].dtype.kind != var.value.dtype.kind)
     ]
     if missing or unexpected or mismatched:
         raise ValueError(

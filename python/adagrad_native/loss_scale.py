@@ -46,9 +46,14 @@ class LossScaleOptimizer(Optimizer):
             optimizer), as Keras does; `dynamic=False` is refused too.
     """
 
-    def __init__(self, inner_optimizer: Optimizer, initial_scale: float = 2.0**15,
-                 dynamic_growth_steps: int = 2000, name: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        inner_optimizer: Optimizer,
+        initial_scale: float = 2.0**15,
+        dynamic_growth_steps: int = 2000,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not kwargs.pop("dynamic", True):
             raise ValueError(
                 "LossScaleOptimizer no longer supports `dynamic=False`. Instead, simply set "
@@ -86,8 +91,9 @@ class LossScaleOptimizer(Optimizer):
             # order of `variables` (these two first) does not depend on it.
             self.inner_optimizer.build(var_list)
             self.step_counter = self.add_variable((), "zeros", "int64", "none", "step_counter")
-            self.dynamic_scale = self.add_variable((), float(self.initial_scale), "float32",
-                                                   "none", "dynamic_scale")
+            self.dynamic_scale = self.add_variable(
+                (), float(self.initial_scale), "float32", "none", "dynamic_scale"
+            )
             self.built = True
 
     @property
@@ -136,8 +142,9 @@ class LossScaleOptimizer(Optimizer):
                         "be built. Call `optimizer.build(trainable_variables)` first."
                     )
                 self.build(trainable_variables)
-            finite = self.inner_optimizer._scaled_apply(grads, trainable_variables,
-                                                        float(self.dynamic_scale.value))
+            finite = self.inner_optimizer._scaled_apply(
+                grads, trainable_variables, float(self.dynamic_scale.value)
+            )
             counter, dyn = self.step_counter.value, self.dynamic_scale.value
             if not finite:
                 counter[...] = 0
@@ -167,8 +174,9 @@ class LossScaleOptimizer(Optimizer):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any],
-                    custom_objects: dict[str, Any] | None = None) -> LossScaleOptimizer:
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> LossScaleOptimizer:
         """Recreates the optimizer (and its inner optimizer) from `get_config()` output."""
         config = dict(config)
         inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)

@@ -50,6 +50,7 @@ class Hyperparameter(Generic[T]):
             native.invalidate()
 
     if TYPE_CHECKING:
+
         @overload
         def __get__(self, optimizer: None, owner: type) -> Hyperparameter[T]: ...
 
@@ -120,17 +121,26 @@ class Optimizer:
     ) -> None:
         _checks.one_of(on_nonfinite, "on_nonfinite", _NONFINITE_POLICIES)
         if kwargs.pop("decay", None) is not None:
-            warnings.warn("Argument `decay` is no longer supported and will be ignored.",
-                          stacklevel=2)
+            warnings.warn(
+                "Argument `decay` is no longer supported and will be ignored.", stacklevel=2
+            )
         if kwargs:
             raise ValueError(f"Argument(s) not recognized: {kwargs}")
         if name is not None and (not isinstance(name, str) or not name or "/" in name):
             raise ValueError(
                 f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
             )
-        self._validate(weight_decay, clipnorm, clipvalue, global_clipnorm, use_ema,
-                       ema_momentum, ema_overwrite_frequency, loss_scale_factor,
-                       gradient_accumulation_steps)
+        self._validate(
+            weight_decay,
+            clipnorm,
+            clipvalue,
+            global_clipnorm,
+            use_ema,
+            ema_momentum,
+            ema_overwrite_frequency,
+            loss_scale_factor,
+            gradient_accumulation_steps,
+        )
         self._native = self._make_native_step()
         self.name = name or auto_name(_snake_case(type(self).__name__))
         self.weight_decay = weight_decay
@@ -160,15 +170,24 @@ class Optimizer:
         self._model_variables_moving_average: list[Variable | None] = []
         self._accumulated_gradients: list[Variable | None] = []
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
-        self._iterations = self._track(np.zeros((), np.int64), "iteration",
-                                       aggregation="only_first_replica")
+        self._iterations = self._track(
+            np.zeros((), np.int64), "iteration", aggregation="only_first_replica"
+        )
         self._learning_rate: Any = None
         self.learning_rate = learning_rate
 
     @staticmethod
-    def _validate(weight_decay: Any, clipnorm: Any, clipvalue: Any, global_clipnorm: Any,
-                  use_ema: Any, ema_momentum: Any, ema_overwrite_frequency: Any,
-                  loss_scale_factor: Any, gradient_accumulation_steps: Any) -> None:
+    def _validate(
+        weight_decay: Any,
+        clipnorm: Any,
+        clipvalue: Any,
+        global_clipnorm: Any,
+        use_ema: Any,
+        ema_momentum: Any,
+        ema_overwrite_frequency: Any,
+        loss_scale_factor: Any,
+        gradient_accumulation_steps: Any,
+    ) -> None:
         _checks.optional_real(weight_decay, "weight_decay", minimum=0)
         for arg, value in zip(_CLIP_ARGS, (clipnorm, clipvalue, global_clipnorm)):
             _checks.optional_real(value, arg, minimum=0)
@@ -180,11 +199,11 @@ class Optimizer:
             )
         if use_ema:  # Keras checks the EMA settings only when they are used
             _checks.real(ema_momentum, "ema_momentum", minimum=0, maximum=1)
-            _checks.optional_integer(ema_overwrite_frequency, "ema_overwrite_frequency",
-                                     minimum=1)
+            _checks.optional_integer(ema_overwrite_frequency, "ema_overwrite_frequency", minimum=1)
         _checks.optional_real(loss_scale_factor, "loss_scale_factor", minimum=0, strict=True)
-        _checks.optional_integer(gradient_accumulation_steps, "gradient_accumulation_steps",
-                                 minimum=2)
+        _checks.optional_integer(
+            gradient_accumulation_steps, "gradient_accumulation_steps", minimum=2
+        )
 
     # ----------------------------------------------------------------- variables
     def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
@@ -192,8 +211,14 @@ class Optimizer:
         self._variables.append(var)
         return var
 
-    def add_variable(self, shape: Sequence[int], initializer: Any = "zeros", dtype: Any = None,
-                     aggregation: str = "mean", name: str | None = None) -> Variable:
+    def add_variable(
+        self,
+        shape: Sequence[int],
+        initializer: Any = "zeros",
+        dtype: Any = None,
+        aggregation: str = "mean",
+        name: str | None = None,
+    ) -> Variable:
         """Creates and tracks an optimizer variable.
 
         Args:
@@ -206,32 +231,48 @@ class Optimizer:
         Returns:
             The new `Variable`.
         """
-        template = Variable(initializer if not isinstance(initializer, numbers.Real)
-                            or isinstance(initializer, bool) else float(initializer),
-                            shape=tuple(shape), dtype=dtype, name=name or "var")
+        template = Variable(
+            initializer
+            if not isinstance(initializer, numbers.Real) or isinstance(initializer, bool)
+            else float(initializer),
+            shape=tuple(shape),
+            dtype=dtype,
+            name=name or "var",
+        )
         return self._track(template.value, template.name, aggregation)
 
-    def add_variable_from_reference(self, reference_variable: Any, name: str | None = None,
-                                    initializer: Any = "zeros", dtype: Any = None) -> Variable:
+    def add_variable_from_reference(
+        self,
+        reference_variable: Any,
+        name: str | None = None,
+        initializer: Any = "zeros",
+        dtype: Any = None,
+    ) -> Variable:
         """Creates a variable with the shape (and dtype) of `reference_variable`.
 
         Its name is the reference's path with `/` replaced by `_`, then `_name`.
         `dtype` (not in Keras) overrides the reference's dtype.
         """
         ref_path = getattr(reference_variable, "path", None) or str(
-            getattr(reference_variable, "name", "variable"))
+            getattr(reference_variable, "name", "variable")
+        )
         full_name = ref_path.replace("/", "_").replace(":", "_") + "_" + (name or "var")
         if dtype is None:
             dtype = np.asarray(reference_variable).dtype
-        return self.add_variable(np.shape(reference_variable), initializer, dtype, "mean",
-                                 full_name)
+        return self.add_variable(
+            np.shape(reference_variable), initializer, dtype, "mean", full_name
+        )
 
-    def add_optimizer_variables(self, trainable_variables: Sequence[Variable], name: str,
-                                initializer: Any = "zeros") -> list[Variable | None]:
+    def add_optimizer_variables(
+        self, trainable_variables: Sequence[Variable], name: str, initializer: Any = "zeros"
+    ) -> list[Variable | None]:
         """One slot per variable; None for `overwrite_with_gradient` variables (as Keras)."""
-        return [None if v.overwrite_with_gradient
-                else self.add_variable_from_reference(v, name, initializer)
-                for v in trainable_variables]
+        return [
+            None
+            if v.overwrite_with_gradient
+            else self.add_variable_from_reference(v, name, initializer)
+            for v in trainable_variables
+        ]
 
     @property
     def variables(self) -> list[Variable]:
@@ -278,8 +319,9 @@ class Optimizer:
         if isinstance(current, Variable):
             current.value[...] = learning_rate
         elif current is None:
-            self._learning_rate = self._track(np.array(learning_rate, np.float32),
-                                              "learning_rate", "only_first_replica")
+            self._learning_rate = self._track(
+                np.array(learning_rate, np.float32), "learning_rate", "only_first_replica"
+            )
         else:
             raise TypeError(
                 f"This optimizer was created with a {type(current).__name__} as its "
@@ -301,8 +343,9 @@ class Optimizer:
             ) from err
 
     # --------------------------------------------------------------------- build
-    def exclude_from_weight_decay(self, var_list: Iterable[Any] | None = None,
-                                  var_names: Iterable[str] | None = None) -> None:
+    def exclude_from_weight_decay(
+        self, var_list: Iterable[Any] | None = None, var_names: Iterable[str] | None = None
+    ) -> None:
         """Excludes variables from weight decay; must be called before `build`.
 
         Args:
@@ -321,8 +364,9 @@ class Optimizer:
             )
         self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
         names = list(var_names or ())
-        self._exclude_from_weight_decay_pattern = re.compile("|".join(set(names))) if names \
-            else None
+        self._exclude_from_weight_decay_pattern = (
+            re.compile("|".join(set(names))) if names else None
+        )
 
     def _use_weight_decay(self, user_variable: Any, variable: Variable) -> bool:
         if id(user_variable) in self._exclude_from_weight_decay:
@@ -335,8 +379,9 @@ class Optimizer:
         variables, seen = [], set()
         for i, v in enumerate(var_list):
             if id(v) in seen:
-                raise ValueError(f"Trainable variable {i} ({describe(v)}) appears twice in "
-                                 "the variable list.")
+                raise ValueError(
+                    f"Trainable variable {i} ({describe(v)}) appears twice in the variable list."
+                )
             seen.add(id(v))
             if isinstance(v, Variable):
                 check_updatable(v.value, f"Trainable variable {i} ('{v.path}')")
@@ -366,12 +411,14 @@ class Optimizer:
             stepped = self._native_variables(variables)
             if self.use_ema:
                 self._model_variables_moving_average = self.add_optimizer_variables(
-                    stepped, "average")
+                    stepped, "average"
+                )
             else:
                 self._model_variables_moving_average = [None] * len(variables)
             self._accumulated_gradients = [
                 self.add_variable_from_reference(v, "gradient_accumulator")
-                if self.gradient_accumulation_steps else None
+                if self.gradient_accumulation_steps
+                else None
                 for v in stepped
             ]
             self._build_slots(stepped)
@@ -379,8 +426,9 @@ class Optimizer:
             self._user_variables = var_list
             self._trainable_variables = variables
             self._call_order = CallOrder(var_list, variables)
-            self._weight_decay_flags = [self._use_weight_decay(u, v)
-                                        for u, v in zip(var_list, variables)]
+            self._weight_decay_flags = [
+                self._use_weight_decay(u, v) for u, v in zip(var_list, variables)
+            ]
             self._overwrite = tuple(v.overwrite_with_gradient for v in variables)
             self._has_overwrite = any(self._overwrite)
             self._native.bind()
@@ -416,6 +464,7 @@ class Optimizer:
 
     def _native_slots(self) -> Slots:
         """The current buffers of every trainable variable and its slots, for NativeStep."""
+
         def arrays(slots: list[Variable | None]) -> list[np.ndarray | None]:
             return [None if s is None else s.value for s in slots]
 
@@ -437,8 +486,11 @@ class Optimizer:
         epsilon, sparse_lazy = self._plan_inputs()
         clip, clip_value = None, 0.0
         # Keras' precedence when several are set after construction.
-        for mode, arg in (("norm", self.clipnorm), ("global_norm", self.global_clipnorm),
-                          ("value", self.clipvalue)):
+        for mode, arg in (
+            ("norm", self.clipnorm),
+            ("global_norm", self.global_clipnorm),
+            ("value", self.clipvalue),
+        ):
             if arg and arg > 0:
                 clip, clip_value = mode, float(arg)
                 break
@@ -490,8 +542,9 @@ class Optimizer:
             if self._step(ordered, missing) and ordered is grads and not missing:
                 self._keep_fast_step(trainable_variables)
 
-    def _scaled_apply(self, grads: list[Any], trainable_variables: Sequence[Any] | None,
-                      loss_scale: float) -> bool:
+    def _scaled_apply(
+        self, grads: list[Any], trainable_variables: Sequence[Any] | None, loss_scale: float
+    ) -> bool:
         """One step on gradients divided by `loss_scale`; skipped if any is not finite.
 
         The one entry point for wrapping optimizers (LossScaleOptimizer). A
@@ -514,14 +567,19 @@ class Optimizer:
         native = self._native
         if native.keeps(trainable_variables):
             return
-        if (type(self._learning_rate) is not Variable or self.gradient_accumulation_steps
-                or self.use_ema or self._constrained()):
+        if (
+            type(self._learning_rate) is not Variable
+            or self.gradient_accumulation_steps
+            or self.use_ema
+            or self._constrained()
+        ):
             return
         variables = self._user_variables if trainable_variables is None else trainable_variables
         native.keep_fast(variables, self._iterations.value, self._learning_rate.value)
 
-    def _ordered_gradients(self, grads: list[Any], trainable_variables: Sequence[Any] | None
-                           ) -> tuple[list[Any], list[int]]:
+    def _ordered_gradients(
+        self, grads: list[Any], trainable_variables: Sequence[Any] | None
+    ) -> tuple[list[Any], list[int]]:
         """Checks the call and builds on first use.
 
         Returns:
@@ -566,12 +624,19 @@ class Optimizer:
     def _index_of(self, variable: Any, position: int) -> int:
         """The build index of `variable` (named at `position` of a call)."""
         if self._call_order is None:
-            raise ValueError(f"Unknown variable at position {position}: {describe(variable)}. "
-                             "The optimizer is not built yet.")
+            raise ValueError(
+                f"Unknown variable at position {position}: {describe(variable)}. "
+                "The optimizer is not built yet."
+            )
         return self._call_order.index_of(variable, position)
 
-    def _step(self, grads: list[Any], missing: list[int], loss_scale: float | None = None,
-              check_finite: bool = False) -> bool:
+    def _step(
+        self,
+        grads: list[Any],
+        missing: list[int],
+        loss_scale: float | None = None,
+        check_finite: bool = False,
+    ) -> bool:
         """One step over gradients in build order (None: no gradient).
 
         `missing` lists the variables of the call with a None gradient (for the
@@ -640,14 +705,16 @@ class Optimizer:
     def _constrained(self) -> list[int]:
         """Indices of the variables that have a constraint (cached)."""
         if self._constrained_cache[0] != Variable.layout_version:
-            indices = [i for i, v in enumerate(self._trainable_variables)
-                       if v.constraint is not None]
+            indices = [
+                i for i, v in enumerate(self._trainable_variables) if v.constraint is not None
+            ]
             self._constrained_cache = (Variable.layout_version, indices)
         return self._constrained_cache[1]
 
     # --------------------------------------------------------------------- state
-    def _state_arrays(self, values: Sequence[Any], variables: Sequence[Variable],
-                      what: str) -> list[np.ndarray]:
+    def _state_arrays(
+        self, values: Sequence[Any], variables: Sequence[Variable], what: str
+    ) -> list[np.ndarray]:
         """Fresh C-contiguous copies of `values`, checked against `variables`."""
         values = list(values)
         if len(values) != len(variables):
@@ -667,8 +734,9 @@ class Optimizer:
         return arrays
 
     @contextlib.contextmanager
-    def _swapped_state(self, optimizer_values: list[np.ndarray],
-                       trainable_values: list[np.ndarray]) -> Iterator[None]:
+    def _swapped_state(
+        self, optimizer_values: list[np.ndarray], trainable_values: list[np.ndarray]
+    ) -> Iterator[None]:
         """Temporarily points every variable at other buffers.
 
         The native step follows: a rebound variable changes the layout version,
@@ -682,9 +750,12 @@ class Optimizer:
             for v, a in zip(variables, saved):
                 v._rebind(a)
 
-    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any],
-                        trainable_variables: Sequence[Any]) -> tuple[list[np.ndarray],
-                                                                    list[np.ndarray]]:
+    def stateless_apply(
+        self,
+        optimizer_variables: Sequence[Any],
+        grads: Sequence[Any],
+        trainable_variables: Sequence[Any],
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """One step computed on copies: neither the inputs nor the optimizer change.
 
         Args:
@@ -703,10 +774,12 @@ class Optimizer:
                 "`optimizer.build(trainable_variables)`."
             )
         with self._lock:
-            new_optimizer = self._state_arrays(optimizer_variables, self.variables,
-                                               "optimizer_variables")
-            new_trainable = self._state_arrays(trainable_variables, self._trainable_variables,
-                                               "trainable_variables")
+            new_optimizer = self._state_arrays(
+                optimizer_variables, self.variables, "optimizer_variables"
+            )
+            new_trainable = self._state_arrays(
+                trainable_variables, self._trainable_variables, "trainable_variables"
+            )
             with self._swapped_state(new_optimizer, new_trainable):
                 self.apply(list(grads))
         return new_trainable, new_optimizer
@@ -733,15 +806,19 @@ class Optimizer:
         stored = [np.asarray(store[k]) for k in keys]
         expected_keys = [str(i) for i in range(len(variables))]
         shapes_ok = len(stored) == len(variables) and all(
-            a.shape == v.shape for a, v in zip(stored, variables))
+            a.shape == v.shape for a, v in zip(stored, variables)
+        )
         if [str(k) for k in keys] != expected_keys or not shapes_ok:
             raise ValueError(
                 f"Cannot load the state of optimizer '{self.name}': expected "
                 f"{len(variables)} entries "
                 f"{[(k, v.path, v.shape) for k, v in zip(expected_keys, variables)]}; the store "
                 f"has {len(stored)} {[(str(k), a.shape) for k, a in zip(keys, stored)]}."
-                + (" The optimizer is not built yet: call build(variables) first."
-                   if not self.built else "")
+                + (
+                    " The optimizer is not built yet: call build(variables) first."
+                    if not self.built
+                    else ""
+                )
             )
         for variable, value in zip(variables, stored):
             variable.assign(value)
@@ -827,13 +904,15 @@ class Optimizer:
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any],
-                    custom_objects: dict[str, Any] | None = None) -> Any:
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> Any:
         """Creates an optimizer from `get_config()` output (ours or Keras')."""
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):
-            config["learning_rate"] = schedules.deserialize(config["learning_rate"],
-                                                            custom_objects=custom_objects)
+            config["learning_rate"] = schedules.deserialize(
+                config["learning_rate"], custom_objects=custom_objects
+            )
         return cls(**config)
 
 
@@ -849,4 +928,3 @@ def _as_variable(v: Any) -> Variable:
     if isinstance(v, np.ndarray):
         return Variable._wrap(v, "array")
     raise TypeError(f"Expected a Variable or a numpy array; received {type(v).__name__}.")
-

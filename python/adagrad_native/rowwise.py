@@ -49,8 +49,7 @@ class RowWiseAdagrad(Adagrad):
                 name = v.path.replace("/", "_").replace(":", "_") + "_accumulator"
                 slots.append(self.add_variable((v.shape[0],), init, dtype, "mean", name))
             else:
-                slots.append(self.add_variable_from_reference(v, "accumulator", init,
-                                                              dtype=dtype))
+                slots.append(self.add_variable_from_reference(v, "accumulator", init, dtype=dtype))
         self._accumulators = slots
 
     def get_config(self) -> dict[str, Any]:

@@ -200,8 +200,14 @@ class LearningRateSchedule:
 class _RateDecay(LearningRateSchedule):
     """The shared arguments, checks and config of ExponentialDecay and InverseTimeDecay."""
 
-    def __init__(self, initial_learning_rate: float, decay_steps: float, decay_rate: float,
-                 staircase: bool, name: str | None) -> None:
+    def __init__(
+        self,
+        initial_learning_rate: float,
+        decay_steps: float,
+        decay_rate: float,
+        staircase: bool,
+        name: str | None,
+    ) -> None:
         super().__init__()
         real(initial_learning_rate, "initial_learning_rate")
         real(decay_steps, "decay_steps", minimum=0, strict=True)

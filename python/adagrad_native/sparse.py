@@ -97,5 +97,7 @@ class SparseGradient:
         return dense
 
     def __repr__(self) -> str:
-        return (f"SparseGradient(indices=<{self.indices.shape[0]} ids>, values=<shape "
-                f"{self.values.shape}, {self.values.dtype}>, dense_shape={self.dense_shape})")
+        return (
+            f"SparseGradient(indices=<{self.indices.shape[0]} ids>, values=<shape "
+            f"{self.values.shape}, {self.values.dtype}>, dense_shape={self.dense_shape})"
+        )

@@ -98,15 +98,29 @@ class Variable:
             )
         if dtype is None:
             # Keras: an array keeps its dtype; numbers, lists and initializers get floatx.
-            dtype = getattr(initializer, "dtype", None) if not isinstance(initializer, str) \
-                else None
+            dtype = (
+                getattr(initializer, "dtype", None) if not isinstance(initializer, str) else None
+            )
         np_dtype = resolve_dtype("float32" if dtype is None else dtype)
         self._value = _initial_value(initializer, None if shape is None else tuple(shape), np_dtype)
-        self._init(self._value, name or auto_name("variable"), trainable, constraint,
-                   overwrite_with_gradient, aggregation)
+        self._init(
+            self._value,
+            name or auto_name("variable"),
+            trainable,
+            constraint,
+            overwrite_with_gradient,
+            aggregation,
+        )
 
-    def _init(self, value: np.ndarray, name: str, trainable: bool, constraint: Any,
-              overwrite_with_gradient: bool, aggregation: str) -> None:
+    def _init(
+        self,
+        value: np.ndarray,
+        name: str,
+        trainable: bool,
+        constraint: Any,
+        overwrite_with_gradient: bool,
+        aggregation: str,
+    ) -> None:
         self._value = value
         self.name = name
         self._path = name
@@ -123,8 +137,14 @@ class Variable:
         return var
 
     @classmethod
-    def _owned(cls, value: np.ndarray, name: str, path: str, aggregation: str = "none",
-               trainable: bool = False) -> Variable:
+    def _owned(
+        cls,
+        value: np.ndarray,
+        name: str,
+        path: str,
+        aggregation: str = "none",
+        trainable: bool = False,
+    ) -> Variable:
         """A Variable owning `value` as is (used for optimizer variables)."""
         var = cls.__new__(cls)
         var._init(value, name, trainable, None, False, aggregation)
@@ -222,19 +242,21 @@ class Variable:
 
     def assign_add(self, value: Any) -> Variable:
         """Adds `value` in place."""
-        np.add(self._value, self._checked(value, "assign_add"), out=self._value,
-               casting="unsafe")
+        np.add(self._value, self._checked(value, "assign_add"), out=self._value, casting="unsafe")
         return self
 
     def assign_sub(self, value: Any) -> Variable:
         """Subtracts `value` in place."""
-        np.subtract(self._value, self._checked(value, "assign_sub"), out=self._value,
-                    casting="unsafe")
+        np.subtract(
+            self._value, self._checked(value, "assign_sub"), out=self._value, casting="unsafe"
+        )
         return self
 
     def __repr__(self) -> str:
-        return (f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, "
-                f"value={self._value}>")
+        return (
+            f"<Variable path={self.path}, shape={self.shape}, dtype={self.dtype}, "
+            f"value={self._value}>"
+        )
 
     # Scalars (e.g. `iterations`) convert like Keras variables do.
     def __int__(self) -> int:
@@ -271,11 +293,20 @@ def _binary(op: Callable[[Any, Any], Any], reflected: bool) -> Callable[[Variabl
 
 
 # Arithmetic reads the value, like a Keras variable in an expression.
-for _name, _op in [("add", np.add), ("sub", np.subtract), ("mul", np.multiply),
-                   ("truediv", np.true_divide), ("floordiv", np.floor_divide),
-                   ("mod", np.mod), ("pow", np.power), ("matmul", np.matmul),
-                   ("lt", np.less), ("le", np.less_equal), ("gt", np.greater),
-                   ("ge", np.greater_equal)]:
+for _name, _op in [
+    ("add", np.add),
+    ("sub", np.subtract),
+    ("mul", np.multiply),
+    ("truediv", np.true_divide),
+    ("floordiv", np.floor_divide),
+    ("mod", np.mod),
+    ("pow", np.power),
+    ("matmul", np.matmul),
+    ("lt", np.less),
+    ("le", np.less_equal),
+    ("gt", np.greater),
+    ("ge", np.greater_equal),
+]:
     setattr(Variable, f"__{_name}__", _binary(_op, reflected=False))
     if _name not in ("lt", "le", "gt", "ge"):
         setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))

@@ -130,11 +130,10 @@ def assert_close(ours: Any, ref: Any, what: str) -> None:
 
 def relative_path(path: str, prefix: str) -> str:
     assert path.startswith(prefix + "/"), f"path {path!r} does not start with {prefix!r}/"
-    return path[len(prefix) + 1:]
+    return path[len(prefix) + 1 :]
 
 
-def compare_optimizer_variables(ko: Any, ao: Any, what: str,
-                                skip: tuple[str, ...] = ()) -> None:
+def compare_optimizer_variables(ko: Any, ao: Any, what: str, skip: tuple[str, ...] = ()) -> None:
     """Same count, order, paths (modulo the optimizer's name) and values.
 
     `skip` lists relative paths whose *values* are not compared (layout still is).
@@ -237,31 +236,52 @@ class Scenario:
 
 def _schedule_args(kind: str, rng: np.random.Generator, base: float) -> dict[str, Any]:
     if kind == "ExponentialDecay":
-        return {"initial_learning_rate": base, "decay_steps": int(rng.integers(1, 6)),
-                "decay_rate": float(rng.uniform(0.3, 0.95)), "staircase": bool(rng.random() < .5)}
+        return {
+            "initial_learning_rate": base,
+            "decay_steps": int(rng.integers(1, 6)),
+            "decay_rate": float(rng.uniform(0.3, 0.95)),
+            "staircase": bool(rng.random() < 0.5),
+        }
     if kind == "PiecewiseConstantDecay":
         nb = int(rng.integers(1, 4))
         boundaries = sorted(int(b) for b in rng.choice(np.arange(1, 8), nb, replace=False))
         values = [float(base * rng.uniform(0.2, 1.5)) for _ in range(nb + 1)]
         return {"boundaries": boundaries, "values": values}
     if kind == "PolynomialDecay":
-        return {"initial_learning_rate": base, "decay_steps": int(rng.integers(2, 7)),
-                "end_learning_rate": float(base * rng.uniform(0.0, 0.3)),
-                "power": float(rng.choice([1.0, 0.5, 2.0])), "cycle": bool(rng.random() < .5)}
+        return {
+            "initial_learning_rate": base,
+            "decay_steps": int(rng.integers(2, 7)),
+            "end_learning_rate": float(base * rng.uniform(0.0, 0.3)),
+            "power": float(rng.choice([1.0, 0.5, 2.0])),
+            "cycle": bool(rng.random() < 0.5),
+        }
     if kind == "InverseTimeDecay":
-        return {"initial_learning_rate": base, "decay_steps": int(rng.integers(1, 5)),
-                "decay_rate": float(rng.uniform(0.1, 2.0)), "staircase": bool(rng.random() < .5)}
+        return {
+            "initial_learning_rate": base,
+            "decay_steps": int(rng.integers(1, 5)),
+            "decay_rate": float(rng.uniform(0.1, 2.0)),
+            "staircase": bool(rng.random() < 0.5),
+        }
     if kind == "CosineDecay":
-        args = {"initial_learning_rate": base, "decay_steps": int(rng.integers(2, 9)),
-                "alpha": float(rng.uniform(0.0, 0.3))}
+        args = {
+            "initial_learning_rate": base,
+            "decay_steps": int(rng.integers(2, 9)),
+            "alpha": float(rng.uniform(0.0, 0.3)),
+        }
         if rng.random() < 0.5:
-            args.update(warmup_target=float(base * rng.uniform(1.0, 3.0)),
-                        warmup_steps=int(rng.integers(1, 4)))
+            args.update(
+                warmup_target=float(base * rng.uniform(1.0, 3.0)),
+                warmup_steps=int(rng.integers(1, 4)),
+            )
         return args
     assert kind == "CosineDecayRestarts"
-    return {"initial_learning_rate": base, "first_decay_steps": int(rng.integers(1, 5)),
-            "t_mul": float(rng.uniform(1.0, 2.5)), "m_mul": float(rng.uniform(0.5, 1.0)),
-            "alpha": float(rng.uniform(0.0, 0.3))}
+    return {
+        "initial_learning_rate": base,
+        "first_decay_steps": int(rng.integers(1, 5)),
+        "t_mul": float(rng.uniform(1.0, 2.5)),
+        "m_mul": float(rng.uniform(0.5, 1.0)),
+        "alpha": float(rng.uniform(0.0, 0.3)),
+    }
 
 
 def make_scenario(seed: int) -> Scenario:
@@ -295,9 +315,16 @@ def make_scenario(seed: int) -> Scenario:
         kw["epsilon"] = 1e-3
     elif r < 0.6:
         kw["epsilon"] = float(10 ** rng.uniform(-8, -2))
-    sc = Scenario(seed=seed, shapes=shapes, container=container, lr_kind=lr_kind,
-                  lr_args=lr_args, kwargs=kw, grad_scale=grad_scale,
-                  steps=int(rng.integers(3, 9)))
+    sc = Scenario(
+        seed=seed,
+        shapes=shapes,
+        container=container,
+        lr_kind=lr_kind,
+        lr_args=lr_args,
+        kwargs=kw,
+        grad_scale=grad_scale,
+        steps=int(rng.integers(3, 9)),
+    )
     if rng.random() < 0.45:
         kw["weight_decay"] = float(rng.uniform(0.004, 0.1))
         if n >= 2 and rng.random() < 0.5:
@@ -324,8 +351,12 @@ def make_scenario(seed: int) -> Scenario:
         kw["name"] = f"compat_opt_{seed}"
     # Keras' jax backend crashes (None * array) when `ema_overwrite_frequency` meets an
     # `overwrite_with_gradient` variable (it has no average): keep them apart.
-    if (container == "variable" and n >= 2 and rng.random() < 0.2
-            and not kw.get("ema_overwrite_frequency")):
+    if (
+        container == "variable"
+        and n >= 2
+        and rng.random() < 0.2
+        and not kw.get("ema_overwrite_frequency")
+    ):
         sc.overwrite = [int(rng.integers(0, n))]
     if container == "variable" and rng.random() < 0.2:
         candidates = [i for i in range(n) if i not in sc.overwrite]
@@ -369,12 +400,10 @@ def make_learning_rates(sc: Scenario, clock: dict[str, int]) -> tuple[Any, Any]:
     return k_cls(**sc.lr_args), a_cls(**sc.lr_args)
 
 
-def make_optimizers(sc: Scenario, clock: dict[str, int],
-                    keras_cls: Any = None) -> tuple[Any, Any]:
+def make_optimizers(sc: Scenario, clock: dict[str, int], keras_cls: Any = None) -> tuple[Any, Any]:
     klr, alr = make_learning_rates(sc, clock)
     keras_cls = keras_cls or keras.optimizers.Adagrad
-    return (keras_cls(learning_rate=klr, **sc.kwargs),
-            an.Adagrad(learning_rate=alr, **sc.kwargs))
+    return (keras_cls(learning_rate=klr, **sc.kwargs), an.Adagrad(learning_rate=alr, **sc.kwargs))
 
 
 def keras_clip(v: Any) -> Any:
@@ -399,8 +428,14 @@ def make_variables(sc: Scenario, rng: np.random.Generator) -> tuple[list[Any], l
         if sc.container == "numpy":
             avars.append(x.copy())
         else:
-            avars.append(an.Variable(x.copy(), name=name, overwrite_with_gradient=i in sc.overwrite,
-                                     constraint=native_clip if i in sc.constrained else None))
+            avars.append(
+                an.Variable(
+                    x.copy(),
+                    name=name,
+                    overwrite_with_gradient=i in sc.overwrite,
+                    constraint=native_clip if i in sc.constrained else None,
+                )
+            )
     return kvars, avars
 
 
@@ -408,10 +443,12 @@ def exclude(sc: Scenario, ko: Any, ao: Any, kvars: list[Any], avars: list[Any]) 
     if not (sc.exclude_names or sc.exclude_vars):
         return
     names = [sc.names[i] for i in sc.exclude_names] or None
-    ko.exclude_from_weight_decay(var_list=[kvars[i] for i in sc.exclude_vars] or None,
-                                 var_names=names)
-    ao.exclude_from_weight_decay(var_list=[avars[i] for i in sc.exclude_vars] or None,
-                                 var_names=names)
+    ko.exclude_from_weight_decay(
+        var_list=[kvars[i] for i in sc.exclude_vars] or None, var_names=names
+    )
+    ao.exclude_from_weight_decay(
+        var_list=[avars[i] for i in sc.exclude_vars] or None, var_names=names
+    )
 
 
 def draw_gradients(sc: Scenario, rng: np.random.Generator, step: int) -> list[Any]:
@@ -438,8 +475,14 @@ def keras_context(eager_cond: bool) -> Any:
     return jax.disable_jit() if eager_cond else contextlib.nullcontext()
 
 
-def keras_apply(ko: Any, grads: list[Any], kvars: list[Any] | None, *, eager_cond: bool,
-                apply_gradients: bool = False) -> list[warnings.WarningMessage]:
+def keras_apply(
+    ko: Any,
+    grads: list[Any],
+    kvars: list[Any] | None,
+    *,
+    eager_cond: bool,
+    apply_gradients: bool = False,
+) -> list[warnings.WarningMessage]:
     """One Keras step; `kvars=None` calls `apply(grads)` (build order)."""
     kgrads = [None if g is None else jax.numpy.asarray(g) for g in grads]
     with keras_context(eager_cond), warnings.catch_warnings(record=True) as caught:
@@ -453,8 +496,9 @@ def keras_apply(ko: Any, grads: list[Any], kvars: list[Any] | None, *, eager_con
     return caught
 
 
-def native_apply(ao: Any, grads: list[Any], avars: list[Any] | None, *,
-                 apply_gradients: bool = False) -> list[warnings.WarningMessage]:
+def native_apply(
+    ao: Any, grads: list[Any], avars: list[Any] | None, *, apply_gradients: bool = False
+) -> list[warnings.WarningMessage]:
     """One step here, checking that the gradient arrays are left untouched."""
     copies = [None if g is None else g.copy() for g in grads]
     with warnings.catch_warnings(record=True) as caught:
@@ -479,19 +523,25 @@ def learning_rate_value(opt: Any) -> float:
     return float(to_numpy(opt.learning_rate))
 
 
-def compare_state(sc_id: str, ko: Any, ao: Any, kvars: list[Any], avars: list[Any],
-                  skip: tuple[str, ...] = ()) -> None:
+def compare_state(
+    sc_id: str, ko: Any, ao: Any, kvars: list[Any], avars: list[Any], skip: tuple[str, ...] = ()
+) -> None:
     for name, kv, av in zip([v.name for v in kvars], kvars, avars):
         assert_close(av, kv, f"{sc_id}: variable {name}")
-    assert int(to_numpy(ao.iterations)) == int(to_numpy(ko.iterations)), \
+    assert int(to_numpy(ao.iterations)) == int(to_numpy(ko.iterations)), (
         f"{sc_id}: iterations {int(to_numpy(ao.iterations))} vs {int(to_numpy(ko.iterations))}"
-    assert_close(np.float32(learning_rate_value(ao)), np.float32(learning_rate_value(ko)),
-                 f"{sc_id}: learning_rate")
+    )
+    assert_close(
+        np.float32(learning_rate_value(ao)),
+        np.float32(learning_rate_value(ko)),
+        f"{sc_id}: learning_rate",
+    )
     compare_optimizer_variables(ko, ao, sc_id, skip=skip)
 
 
-def run_scenario(sc: Scenario, *, eager_cond: bool | None = None,
-                 keras_cls: Any = None) -> tuple[Any, Any]:
+def run_scenario(
+    sc: Scenario, *, eager_cond: bool | None = None, keras_cls: Any = None
+) -> tuple[Any, Any]:
     """Runs every step on both optimizers, comparing everything after each step."""
     if eager_cond is None:
         eager_cond = sc.uses_cond
@@ -515,11 +565,13 @@ def run_scenario(sc: Scenario, *, eager_cond: bool | None = None,
             kc = keras_apply(ko, grads, None, eager_cond=eager_cond)
             ac = native_apply(ao, grads, None)
         else:
-            kc = keras_apply(ko, [grads[i] for i in call], [kvars[i] for i in call],
-                             eager_cond=eager_cond, **kw)
+            kc = keras_apply(
+                ko, [grads[i] for i in call], [kvars[i] for i in call], eager_cond=eager_cond, **kw
+            )
             ac = native_apply(ao, [grads[i] for i in call], [avars[i] for i in call], **kw)
-        assert missing_gradient_warnings(ac) == missing_gradient_warnings(kc), \
+        assert missing_gradient_warnings(ac) == missing_gradient_warnings(kc), (
             f"{sc.id}: step {step}: the missing-gradient warning differs"
+        )
         compare_state(f"{sc.id} step {step}", ko, ao, kvars, avars)
     if sc.kwargs.get("use_ema"):
         ko.finalize_variable_values(kvars)

@@ -98,8 +98,10 @@ def test_default_config_and_default_names_match():
     """Defaults, and the auto-generated names' pattern (adagrad, adagrad_1, ...)."""
     k, a = keras.optimizers.Adagrad(), an.Adagrad()
     kcfg, acfg = k.get_config(), a.get_config()
-    assert {x: y for x, y in acfg.items() if x != "name"} == \
-        {x: y for x, y in kcfg.items() if x != "name"}
+    assert {x: y for x, y in acfg.items() if x != "name"} == {
+        x: y for x, y in kcfg.items() if x != "name"
+    }
     for name in (k.name, a.name):
-        assert name == "adagrad" or (name.startswith("adagrad_")
-                                     and name[len("adagrad_"):].isdigit())
+        assert name == "adagrad" or (
+            name.startswith("adagrad_") and name[len("adagrad_") :].isdigit()
+        )

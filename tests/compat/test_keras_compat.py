@@ -24,8 +24,9 @@ import adagrad_native as an  # noqa: E402
 from tests.compat import keras_pairs as kp  # noqa: E402
 
 if keras.backend.backend() != "jax":  # pragma: no cover - KERAS_BACKEND set by the user
-    pytest.skip("the compat tests target Keras' jax backend (KERAS_BACKEND=jax)",
-                allow_module_level=True)
+    pytest.skip(
+        "the compat tests target Keras' jax backend (KERAS_BACKEND=jax)", allow_module_level=True
+    )
 
 N_SCENARIOS = 128
 SCENARIOS = [kp.make_scenario(seed) for seed in range(N_SCENARIOS)]
@@ -54,23 +55,51 @@ def test_scenarios_cover_every_argument():
         seen["apply_gradients"] += sc.use_apply_gradients
         seen["grads_only"] += sc.grads_only
         seen["subset_calls"] += sc.omit_missing
-        seen["ema_without_overwrite"] += bool(sc.kwargs.get("use_ema")
-                                             and not sc.kwargs.get("ema_overwrite_frequency"))
-        seen["ema_with_accumulation"] += bool(sc.kwargs.get("use_ema")
-                                             and sc.kwargs.get("gradient_accumulation_steps"))
+        seen["ema_without_overwrite"] += bool(
+            sc.kwargs.get("use_ema") and not sc.kwargs.get("ema_overwrite_frequency")
+        )
+        seen["ema_with_accumulation"] += bool(
+            sc.kwargs.get("use_ema") and sc.kwargs.get("gradient_accumulation_steps")
+        )
         seen["cosine_warmup"] += "warmup_target" in sc.lr_args
         seen["staircase"] += bool(sc.lr_args.get("staircase"))
         seen["cycle"] += bool(sc.lr_args.get("cycle"))
     required = [
-        "initial_accumulator_value", "epsilon", "weight_decay", "clipnorm", "clipvalue",
-        "global_clipnorm", "use_ema", "ema_momentum", "ema_overwrite_frequency",
-        "loss_scale_factor", "gradient_accumulation_steps", "name",
-        *("lr=" + k for k in kp.LR_KINDS), "rank0", "rank1", "rank2", "rank3",
-        "steps3", "steps8", "container=numpy", "container=variable", "exclude_names",
-        "exclude_vars", "none_gradients", "overwrite_with_gradient", "constraint",
-        "shuffled_calls", "apply_gradients", "grads_only", "subset_calls",
-        "ema_without_overwrite", "ema_with_accumulation",
-        "cosine_warmup", "staircase", "cycle",
+        "initial_accumulator_value",
+        "epsilon",
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+        "name",
+        *("lr=" + k for k in kp.LR_KINDS),
+        "rank0",
+        "rank1",
+        "rank2",
+        "rank3",
+        "steps3",
+        "steps8",
+        "container=numpy",
+        "container=variable",
+        "exclude_names",
+        "exclude_vars",
+        "none_gradients",
+        "overwrite_with_gradient",
+        "constraint",
+        "shuffled_calls",
+        "apply_gradients",
+        "grads_only",
+        "subset_calls",
+        "ema_without_overwrite",
+        "ema_with_accumulation",
+        "cosine_warmup",
+        "staircase",
+        "cycle",
     ]
     missing = [r for r in required if seen[r] < 2]
     assert not missing, f"features covered by fewer than 2 scenarios: {missing}"
@@ -79,9 +108,11 @@ def test_scenarios_cover_every_argument():
 
 # Accumulation scenarios re-run with Keras' real, compiled `lax.cond`s (slow: ~0.5 s per
 # step), to show that running the conds eagerly elsewhere changes nothing that matters.
-COMPILED = [dataclasses.replace(sc, steps=4) for sc in SCENARIOS
-            if sc.kwargs.get("gradient_accumulation_steps")
-            and sc.lr_kind in ("float", "ExponentialDecay")][:2]
+COMPILED = [
+    dataclasses.replace(sc, steps=4)
+    for sc in SCENARIOS
+    if sc.kwargs.get("gradient_accumulation_steps") and sc.lr_kind in ("float", "ExponentialDecay")
+][:2]
 
 
 @pytest.mark.parametrize("sc", COMPILED, ids=[sc.id for sc in COMPILED])
@@ -104,8 +135,10 @@ class BaseSemanticsAdagrad(keras.optimizers.Adagrad):
 def _accumulation_none_run(keras_cls):
     rng = np.random.default_rng(42)
     shapes = [(3,), (2, 2)]
-    kvars = [keras.Variable(np.asarray(rng.normal(size=s), np.float32), name=f"w{i}")
-             for i, s in enumerate(shapes)]
+    kvars = [
+        keras.Variable(np.asarray(rng.normal(size=s), np.float32), name=f"w{i}")
+        for i, s in enumerate(shapes)
+    ]
     avars = [an.Variable(kp.to_numpy(v), name=f"w{i}") for i, v in enumerate(kvars)]
     ko = keras_cls(learning_rate=0.1, gradient_accumulation_steps=2)
     ao = an.Adagrad(learning_rate=0.1, gradient_accumulation_steps=2)
@@ -171,8 +204,18 @@ def test_accumulation_none_scenarios_against_keras_base_optimizer(sc):
 
 
 # ------------------------------------------------------------- documented deviations
-@pytest.mark.parametrize("arg", ["learning_rate", "initial_accumulator_value", "epsilon",
-                                 "weight_decay", "clipnorm", "clipvalue", "global_clipnorm"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        "learning_rate",
+        "initial_accumulator_value",
+        "epsilon",
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+    ],
+)
 def test_negative_hyperparameters_raise_here_keras_accepts(arg):
     """Deviation (§8): Keras never checks these signs; this package raises ValueError."""
     value = -0.1
@@ -278,8 +321,15 @@ def test_all_none_gradients_raise_in_both():
 
 # --------------------------------------------------------------------- edge values
 def _edge_scenario(kwargs, *, lr=0.1, steps=3, seed=5):
-    return kp.Scenario(seed=seed, shapes=[(4,), (2, 3)], container="variable",
-                       lr_kind="float", lr_args={"value": lr}, kwargs=kwargs, steps=steps)
+    return kp.Scenario(
+        seed=seed,
+        shapes=[(4,), (2, 3)],
+        container="variable",
+        lr_kind="float",
+        lr_args={"value": lr},
+        kwargs=kwargs,
+        steps=steps,
+    )
 
 
 EDGE = {
@@ -302,8 +352,9 @@ EDGE = {
 def test_edge_values(name):
     sc = _edge_scenario(EDGE[name])
     kp.run_scenario(sc)
-    ko, ao = kp.make_optimizers(dataclasses.replace(sc, kwargs={**sc.kwargs, "name": "edge"}),
-                                {"step": 0})
+    ko, ao = kp.make_optimizers(
+        dataclasses.replace(sc, kwargs={**sc.kwargs, "name": "edge"}), {"step": 0}
+    )
     assert ao.get_config() == ko.get_config()
 
 
@@ -329,8 +380,10 @@ def test_nonfinite_gradients_propagate_as_keras(clip, bad):
     """Default policy: inf/NaN flow like Keras (global_clipnorm turns all into NaN)."""
     kwargs = {"use_ema": True} if clip is None else {clip: 0.5, "use_ema": True}
     rng = np.random.default_rng(9)
-    kvars = [keras.Variable(np.asarray(rng.normal(size=s), np.float32), name=f"w{i}")
-             for i, s in enumerate([(5,), (2, 2)])]
+    kvars = [
+        keras.Variable(np.asarray(rng.normal(size=s), np.float32), name=f"w{i}")
+        for i, s in enumerate([(5,), (2, 2)])
+    ]
     avars = [an.Variable(kp.to_numpy(v), name=f"w{i}") for i, v in enumerate(kvars)]
     ko, ao = keras.optimizers.Adagrad(0.1, **kwargs), an.Adagrad(0.1, **kwargs)
     for step in range(3):

@@ -24,16 +24,38 @@ from tests.compat import keras_pairs as kp  # noqa: E402
 SHAPES = [(4, 3), (), (6,)]
 INNER = {
     "plain": {"learning_rate": 0.1},
-    "ema-clipnorm-wd": {"learning_rate": 0.05, "use_ema": True, "ema_momentum": 0.9,
-                        "ema_overwrite_frequency": 3, "clipnorm": 0.7, "weight_decay": 0.02,
-                        "initial_accumulator_value": 0.3},
-    "schedule-global_clipnorm": {"learning_rate": ("InverseTimeDecay", {
-        "initial_learning_rate": 0.2, "decay_steps": 2, "decay_rate": 0.5}),
-        "global_clipnorm": 1.5, "epsilon": 1e-4},
+    "ema-clipnorm-wd": {
+        "learning_rate": 0.05,
+        "use_ema": True,
+        "ema_momentum": 0.9,
+        "ema_overwrite_frequency": 3,
+        "clipnorm": 0.7,
+        "weight_decay": 0.02,
+        "initial_accumulator_value": 0.3,
+    },
+    "schedule-global_clipnorm": {
+        "learning_rate": (
+            "InverseTimeDecay",
+            {"initial_learning_rate": 0.2, "decay_steps": 2, "decay_rate": 0.5},
+        ),
+        "global_clipnorm": 1.5,
+        "epsilon": 1e-4,
+    },
 }
 # What each step's gradients hold: growth every 2 finite steps, halving on inf/NaN.
-PLAN = ["finite", "finite", "finite", "inf", "finite", "nan", "-inf", "finite", "finite",
-        "finite", "finite"]
+PLAN = [
+    "finite",
+    "finite",
+    "finite",
+    "inf",
+    "finite",
+    "nan",
+    "-inf",
+    "finite",
+    "finite",
+    "finite",
+    "finite",
+]
 
 
 def _inner(module, config):
@@ -46,8 +68,7 @@ def _inner(module, config):
 
 
 def _pair(config, **kwargs):
-    ko = keras.optimizers.LossScaleOptimizer(_inner(keras.optimizers, config), name="lso",
-                                             **kwargs)
+    ko = keras.optimizers.LossScaleOptimizer(_inner(keras.optimizers, config), name="lso", **kwargs)
     ao = an.LossScaleOptimizer(_inner(an, config), name="lso", **kwargs)
     return ko, ao
 
@@ -123,8 +144,7 @@ def test_loss_scale_optimizer_stateless_apply_matches_keras():
     for step, kind in enumerate(["finite", "finite", "inf", "finite", "nan", "finite"]):
         scale = float(np.asarray(k_opt[3]))  # lso/dynamic_scale
         grads = _gradients(rng, kind, scale)
-        k_train, k_opt = ko.stateless_apply(k_opt, [jax.numpy.asarray(g) for g in grads],
-                                            k_train)
+        k_train, k_opt = ko.stateless_apply(k_opt, [jax.numpy.asarray(g) for g in grads], k_train)
         a_train, a_opt = ao.stateless_apply(a_opt, grads, a_train)
         for i, (a, k) in enumerate(zip(a_train, k_train)):
             kp.assert_close(a, k, f"lso stateless step {step} ({kind}): w{i}")
@@ -141,10 +161,14 @@ def test_default_config_matches():
     k = keras.optimizers.LossScaleOptimizer(keras.optimizers.Adagrad(name="inner"))
     a = an.LossScaleOptimizer(an.Adagrad(name="inner"))
     kcfg, acfg = k.get_config(), a.get_config()
-    assert list(acfg) == list(kcfg) == ["name", "inner_optimizer", "initial_scale",
-                                        "dynamic_growth_steps"]
-    assert {x: y for x, y in acfg.items() if x != "name"} == \
-        {x: y for x, y in kcfg.items() if x != "name"}
+    assert (
+        list(acfg)
+        == list(kcfg)
+        == ["name", "inner_optimizer", "initial_scale", "dynamic_growth_steps"]
+    )
+    assert {x: y for x, y in acfg.items() if x != "name"} == {
+        x: y for x, y in kcfg.items() if x != "name"
+    }
     assert a.name.startswith("loss_scale_optimizer") and k.name.startswith("loss_scale_optimizer")
     # (Keras' from_config pops "inner_optimizer" from the dict it is given: pass copies.)
     assert an.LossScaleOptimizer.from_config(dict(kcfg)).get_config() == kcfg
@@ -172,5 +196,8 @@ def test_layout_when_built_by_the_first_apply():
     assert "lso/inner/w0_accumulator" in kpaths and "inner/w0_accumulator" in apaths
     assert [p.rsplit("/", 1)[1] for p in apaths] == [p.rsplit("/", 1)[1] for p in kpaths]
     for k, a in zip(ko.variables, ao.variables):
-        kp.assert_close(kp.to_numpy(a).astype(np.float64), kp.to_numpy(k).astype(np.float64),
-                        f"apply-built: {k.path}")
+        kp.assert_close(
+            kp.to_numpy(a).astype(np.float64),
+            kp.to_numpy(k).astype(np.float64),
+            f"apply-built: {k.path}",
+        )

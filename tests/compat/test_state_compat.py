@@ -21,15 +21,32 @@ from tests.compat import keras_pairs as kp  # noqa: E402
 SHAPES = [(3, 4), (), (5,), (2, 1, 3)]
 CONFIGS = {
     "plain": {"learning_rate": 0.05},
-    "schedule": {"learning_rate": ("ExponentialDecay", {"initial_learning_rate": 0.1,
-                                                        "decay_steps": 2, "decay_rate": 0.7})},
-    "ema-overwrite": {"learning_rate": 0.1, "use_ema": True, "ema_momentum": 0.8,
-                      "ema_overwrite_frequency": 2},
+    "schedule": {
+        "learning_rate": (
+            "ExponentialDecay",
+            {"initial_learning_rate": 0.1, "decay_steps": 2, "decay_rate": 0.7},
+        )
+    },
+    "ema-overwrite": {
+        "learning_rate": 0.1,
+        "use_ema": True,
+        "ema_momentum": 0.8,
+        "ema_overwrite_frequency": 2,
+    },
     # 3 steps with k=3 stop right before an update: the store holds a live accumulation.
-    "accumulation": {"learning_rate": 0.1, "gradient_accumulation_steps": 3,
-                     "weight_decay": 0.05, "use_ema": True},
-    "clipnorm-lsf": {"learning_rate": 0.2, "clipnorm": 0.5, "loss_scale_factor": 64.0,
-                     "initial_accumulator_value": 0.0, "epsilon": 1e-3},
+    "accumulation": {
+        "learning_rate": 0.1,
+        "gradient_accumulation_steps": 3,
+        "weight_decay": 0.05,
+        "use_ema": True,
+    },
+    "clipnorm-lsf": {
+        "learning_rate": 0.2,
+        "clipnorm": 0.5,
+        "loss_scale_factor": 64.0,
+        "initial_accumulator_value": 0.0,
+        "epsilon": 1e-3,
+    },
 }
 
 
@@ -116,13 +133,30 @@ def test_save_load_own_variables_through_h5py(name, tmp_path):
 STATELESS = {
     "plain": ({"learning_rate": 0.05}, False),
     "wd-clipnorm-none": ({"learning_rate": 0.1, "weight_decay": 0.02, "clipnorm": 0.4}, True),
-    "ema-overwrite": ({"learning_rate": 0.1, "use_ema": True, "ema_momentum": 0.7,
-                       "ema_overwrite_frequency": 2}, False),
-    "schedule-global_clipnorm": ({"learning_rate": ("PolynomialDecay", {
-        "initial_learning_rate": 0.2, "decay_steps": 3, "end_learning_rate": 0.01,
-        "power": 2.0, "cycle": True}), "global_clipnorm": 1.0}, False),
-    "accumulation": ({"learning_rate": 0.1, "gradient_accumulation_steps": 2,
-                      "loss_scale_factor": 4.0}, False),
+    "ema-overwrite": (
+        {"learning_rate": 0.1, "use_ema": True, "ema_momentum": 0.7, "ema_overwrite_frequency": 2},
+        False,
+    ),
+    "schedule-global_clipnorm": (
+        {
+            "learning_rate": (
+                "PolynomialDecay",
+                {
+                    "initial_learning_rate": 0.2,
+                    "decay_steps": 3,
+                    "end_learning_rate": 0.01,
+                    "power": 2.0,
+                    "cycle": True,
+                },
+            ),
+            "global_clipnorm": 1.0,
+        },
+        False,
+    ),
+    "accumulation": (
+        {"learning_rate": 0.1, "gradient_accumulation_steps": 2, "loss_scale_factor": 4.0},
+        False,
+    ),
 }
 
 
@@ -155,7 +189,8 @@ def test_stateless_apply_matches_keras(name):
         inputs = [x.copy() for x in a_train + a_opt]
         with _warns_if_missing(grads):
             k_train, k_opt = ko.stateless_apply(
-                k_opt, [None if g is None else jax.numpy.asarray(g) for g in grads], k_train)
+                k_opt, [None if g is None else jax.numpy.asarray(g) for g in grads], k_train
+            )
         with _warns_if_missing(grads):
             new_train, new_opt = ao.stateless_apply(a_opt, grads, a_train)
         for before, after in zip(inputs, a_train + a_opt):  # inputs untouched

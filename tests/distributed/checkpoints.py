@@ -73,8 +73,11 @@ def main(args: list[str]) -> int:
         distributed.load_state(opt, state)
         train(opt, variables, comm, range(3, 5))
         ref, ref_vars = reference(saved_ranks, comm.Get_size())
-        problems += [f"parameter {a.name} differs" for a, b in zip(variables, ref_vars)
-                     if a.value.tobytes() != b.value.tobytes()]
+        problems += [
+            f"parameter {a.name} differs"
+            for a, b in zip(variables, ref_vars)
+            if a.value.tobytes() != b.value.tobytes()
+        ]
         problems += _compare_slots(opt, ref)
     gathered = comm.gather(problems)
     if comm.Get_rank() == 0:

@@ -26,12 +26,19 @@ def mpiexec() -> list[str]:
     return [found]
 
 
-def launch(size: int, module: str, *args: str, timeout: float = TIMEOUT_S
-           ) -> subprocess.CompletedProcess[str]:
+def launch(
+    size: int, module: str, *args: str, timeout: float = TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     """Runs `python -m module args` on `size` ranks from the repository root."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([*mpiexec(), "-n", str(size), sys.executable, "-m", module, *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*mpiexec(), "-n", str(size), sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 _RESULTS: dict[tuple[int, str], dict[str, dict]] = {}
@@ -45,10 +52,12 @@ def scenario_results():
         key = (size, reduction)
         if key not in _RESULTS:
             done = launch(size, "tests.distributed.scenarios", "all", "--reduction", reduction)
-            reports = [json.loads(line) for line in done.stdout.splitlines()
-                       if line.startswith("{")]
+            reports = [
+                json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
+            ]
             assert done.returncode == 0 and reports, (
-                f"mpiexec -n {size} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+                f"mpiexec -n {size} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
             _RESULTS[key] = {r["name"]: r for r in reports}
         return _RESULTS[key]
 

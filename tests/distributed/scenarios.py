@@ -38,8 +38,9 @@ BIG_SHAPES = [(300, 257), (70_000,), (5,)]  # several work items per tensor
 
 def _gradients(shapes, dtype, step: int, rank: int, none: set[int]) -> list[Any]:
     rng = np.random.default_rng(1000 * step + rank)
-    return [None if i in none else rng.standard_normal(s).astype(dtype)
-            for i, s in enumerate(shapes)]
+    return [
+        None if i in none else rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes)
+    ]
 
 
 def _summed(grads_by_rank: list[list[Any]], average: bool) -> list[Any]:
@@ -59,10 +60,24 @@ def _slot_arrays(opt) -> dict[str, np.ndarray]:
     return {v.path.split("/", 1)[1]: v.value for v in opt.variables}
 
 
-def dense(comm, *, cls=ShardedAdagrad, dtype="float32", shapes=SHAPES, steps=4,
-          none_at=None, kwargs=None, reduction="sum", average=False, constraint=None,
-          loss_scale_wrapper=False, inject_inf_at=None, exclude=None, finalize=False,
-          lr=None) -> dict[str, Any]:
+def dense(
+    comm,
+    *,
+    cls=ShardedAdagrad,
+    dtype="float32",
+    shapes=SHAPES,
+    steps=4,
+    none_at=None,
+    kwargs=None,
+    reduction="sum",
+    average=False,
+    constraint=None,
+    loss_scale_wrapper=False,
+    inject_inf_at=None,
+    exclude=None,
+    finalize=False,
+    lr=None,
+) -> dict[str, Any]:
     """Trains `steps` steps sharded and in one process; compares everything."""
     rank, size = comm.Get_rank(), comm.Get_size()
     dt = FLOAT_DTYPES[dtype]
@@ -83,8 +98,10 @@ def dense(comm, *, cls=ShardedAdagrad, dtype="float32", shapes=SHAPES, steps=4,
             variables[0].constraint = constraint
         if exclude:
             opt.exclude_from_weight_decay(var_names=exclude)
-        return (an.LossScaleOptimizer(opt, initial_scale=8.0) if loss_scale_wrapper else opt,
-                variables)
+        return (
+            an.LossScaleOptimizer(opt, initial_scale=8.0) if loss_scale_wrapper else opt,
+            variables,
+        )
 
     ours, our_vars = make(True)
     ref, ref_vars = make(False)
@@ -136,21 +153,23 @@ def _compare_slots(ours, ref) -> list[str]:
             t = next(i for i, path in enumerate(paths) if key.startswith(path))
             size = ref._trainable_variables[t].size
             per = size // full.size if full.size else 1  # a row-wise slot: one value a row
-            expected = full[pieces[t].begin // per:pieces[t].end // per]
+            expected = full[pieces[t].begin // per : pieces[t].end // per]
         if mine.reshape(-1).tobytes() != expected.tobytes():
             problems.append(f"slot {key} differs on this rank's shard")
     return problems
 
 
-def embedding(comm, *, optimizer="adagrad", dtype="float32", rows=1000, dim=8, steps=3,
-              kwargs=None) -> dict[str, Any]:
+def embedding(
+    comm, *, optimizer="adagrad", dtype="float32", rows=1000, dim=8, steps=3, kwargs=None
+) -> dict[str, Any]:
     """A sharded table against one process applying the rank-order concatenation."""
     rank, size = comm.Get_rank(), comm.Get_size()
     dt = FLOAT_DTYPES[dtype]
     kwargs = dict(kwargs or {})
     init = np.random.default_rng(3).standard_normal((rows, dim)).astype(dt)
-    table = ShardedEmbedding(rows, dim, comm=comm, optimizer=optimizer, dtype=dt,
-                             initial_value=init, **kwargs)
+    table = ShardedEmbedding(
+        rows, dim, comm=comm, optimizer=optimizer, dtype=dt, initial_value=init, **kwargs
+    )
     ref_opt = (an.RowWiseAdagrad if optimizer == "rowwise" else an.Adagrad)(**kwargs)
     ref_table = an.Variable(init.copy(), name="embedding")
     problems = []
@@ -173,8 +192,10 @@ def embedding(comm, *, optimizer="adagrad", dtype="float32", rows=1000, dim=8, s
     ref_acc = ref_opt.variables[-1].value
     if table.optimizer.variables[-1].value.tobytes() != ref_acc[lo:hi].tobytes():
         problems.append("accumulator rows differ")
-    return {"problems": problems, "state_bytes": sum(v.value.nbytes
-                                                      for v in table.optimizer.variables)}
+    return {
+        "problems": problems,
+        "state_bytes": sum(v.value.nbytes for v in table.optimizer.variables),
+    }
 
 
 def mismatched_shapes(comm) -> dict[str, Any]:
@@ -208,43 +229,62 @@ SCENARIOS: dict[str, Callable[[Any], dict[str, Any]]] = {}
 for _dtype in FLOAT_DTYPES:
     SCENARIOS[f"plain-{_dtype}"] = functools.partial(dense, dtype=_dtype)
     SCENARIOS[f"all-features-{_dtype}"] = functools.partial(
-        dense, dtype=_dtype, kwargs=dict(clipnorm=1.0, weight_decay=0.01, use_ema=True,
-                                         ema_overwrite_frequency=3, loss_scale_factor=4.0))
+        dense,
+        dtype=_dtype,
+        kwargs=dict(
+            clipnorm=1.0,
+            weight_decay=0.01,
+            use_ema=True,
+            ema_overwrite_frequency=3,
+            loss_scale_factor=4.0,
+        ),
+    )
     SCENARIOS[f"rowwise-{_dtype}"] = functools.partial(
-        dense, cls=ShardedRowWiseAdagrad, dtype=_dtype, kwargs=dict(global_clipnorm=2.0))
-SCENARIOS.update({
-    "big-global-clipnorm": functools.partial(dense, shapes=BIG_SHAPES,
-                                             kwargs=dict(global_clipnorm=5.0)),
-    "big-clipnorm-rowwise": functools.partial(dense, cls=ShardedRowWiseAdagrad,
-                                              shapes=BIG_SHAPES, kwargs=dict(clipnorm=3.0)),
-    "clipvalue": functools.partial(dense, kwargs=dict(clipvalue=0.5)),
-    "weight-decay-exclusion": functools.partial(dense, kwargs=dict(weight_decay=0.1),
-                                                exclude=["w1"]),
-    "ema-finalize": functools.partial(dense, kwargs=dict(use_ema=True), finalize=True),
-    "accumulation": functools.partial(dense, steps=7,
-                                      kwargs=dict(gradient_accumulation_steps=3,
-                                                  clipnorm=1.0)),
-    "accumulation-none": functools.partial(dense, steps=6, none_at={2: [1], 4: [0, 2]},
-                                           kwargs=dict(gradient_accumulation_steps=2)),
-    "none-gradients": functools.partial(dense, none_at={1: [0], 2: [1, 3]}),
-    "schedule": functools.partial(dense, lr=lambda: an.schedules.ExponentialDecay(0.1, 2, 0.5)),
-    "callable-lr": functools.partial(dense, lr=lambda: (lambda: 0.02)),
-    "constraint": functools.partial(dense, constraint=_clip_small),
-    "average": functools.partial(dense, average=True, kwargs=dict(clipnorm=1.0)),
-    "loss-scale-optimizer": functools.partial(dense, loss_scale_wrapper=True, inject_inf_at=1,
-                                              steps=4),
-    "nonfinite-skip": functools.partial(dense, inject_inf_at=2,
-                                        kwargs=dict(on_nonfinite="skip", clipnorm=1.0)),
-    "nonfinite-raise": functools.partial(dense, inject_inf_at=2,
-                                         kwargs=dict(on_nonfinite="raise")),
-    "embedding-adagrad": embedding,
-    "embedding-rowwise": functools.partial(embedding, optimizer="rowwise"),
-    "embedding-features": functools.partial(embedding, kwargs=dict(weight_decay=0.01,
-                                                                   use_ema=True)),
-    "embedding-bfloat16": functools.partial(embedding, dtype="bfloat16"),
-    "mismatched-shapes": mismatched_shapes,
-    "mismatched-none": mismatched_none,
-})
+        dense, cls=ShardedRowWiseAdagrad, dtype=_dtype, kwargs=dict(global_clipnorm=2.0)
+    )
+SCENARIOS.update(
+    {
+        "big-global-clipnorm": functools.partial(
+            dense, shapes=BIG_SHAPES, kwargs=dict(global_clipnorm=5.0)
+        ),
+        "big-clipnorm-rowwise": functools.partial(
+            dense, cls=ShardedRowWiseAdagrad, shapes=BIG_SHAPES, kwargs=dict(clipnorm=3.0)
+        ),
+        "clipvalue": functools.partial(dense, kwargs=dict(clipvalue=0.5)),
+        "weight-decay-exclusion": functools.partial(
+            dense, kwargs=dict(weight_decay=0.1), exclude=["w1"]
+        ),
+        "ema-finalize": functools.partial(dense, kwargs=dict(use_ema=True), finalize=True),
+        "accumulation": functools.partial(
+            dense, steps=7, kwargs=dict(gradient_accumulation_steps=3, clipnorm=1.0)
+        ),
+        "accumulation-none": functools.partial(
+            dense, steps=6, none_at={2: [1], 4: [0, 2]}, kwargs=dict(gradient_accumulation_steps=2)
+        ),
+        "none-gradients": functools.partial(dense, none_at={1: [0], 2: [1, 3]}),
+        "schedule": functools.partial(dense, lr=lambda: an.schedules.ExponentialDecay(0.1, 2, 0.5)),
+        "callable-lr": functools.partial(dense, lr=lambda: lambda: 0.02),
+        "constraint": functools.partial(dense, constraint=_clip_small),
+        "average": functools.partial(dense, average=True, kwargs=dict(clipnorm=1.0)),
+        "loss-scale-optimizer": functools.partial(
+            dense, loss_scale_wrapper=True, inject_inf_at=1, steps=4
+        ),
+        "nonfinite-skip": functools.partial(
+            dense, inject_inf_at=2, kwargs=dict(on_nonfinite="skip", clipnorm=1.0)
+        ),
+        "nonfinite-raise": functools.partial(
+            dense, inject_inf_at=2, kwargs=dict(on_nonfinite="raise")
+        ),
+        "embedding-adagrad": embedding,
+        "embedding-rowwise": functools.partial(embedding, optimizer="rowwise"),
+        "embedding-features": functools.partial(
+            embedding, kwargs=dict(weight_decay=0.01, use_ema=True)
+        ),
+        "embedding-bfloat16": functools.partial(embedding, dtype="bfloat16"),
+        "mismatched-shapes": mismatched_shapes,
+        "mismatched-none": mismatched_none,
+    }
+)
 
 
 def main(args: list[str]) -> int:
@@ -258,8 +298,8 @@ def main(args: list[str]) -> int:
     if "--reduction" in args:
         at = args.index("--reduction")
         reduction = args[at + 1]
-        args = args[:at] + args[at + 2:]
-    for name in (list(SCENARIOS) if args == ["all"] else args):
+        args = args[:at] + args[at + 2 :]
+    for name in list(SCENARIOS) if args == ["all"] else args:
         scenario = SCENARIOS[name]
         if getattr(scenario, "func", None) is dense:
             scenario = functools.partial(scenario, reduction=reduction)
@@ -269,11 +309,14 @@ def main(args: list[str]) -> int:
             result = {"problems": [traceback.format_exc()]}
         gathered = comm.gather(result)
         if comm.Get_rank() == 0:
-            report = {"name": name, "size": comm.Get_size(), "reduction": reduction,
-                      "problems": {r: g["problems"] for r, g in enumerate(gathered)
-                                   if g["problems"]},
-                      "state_bytes": [g.get("state_bytes") for g in gathered],
-                      "errors": [g.get("error") for g in gathered]}
+            report = {
+                "name": name,
+                "size": comm.Get_size(),
+                "reduction": reduction,
+                "problems": {r: g["problems"] for r, g in enumerate(gathered) if g["problems"]},
+                "state_bytes": [g.get("state_bytes") for g in gathered],
+                "errors": [g.get("error") for g in gathered],
+            }
             print(json.dumps(report), flush=True)
     return 0
 

@@ -75,7 +75,8 @@ class ReferenceAdagrad:
         slot = [i not in self.overwrite for i in range(n)]
         self.accumulators = [
             np.full_like(p, self.initial_accumulator_value, dtype=self._accumulator_dtype(p))
-            if slot[i] else None
+            if slot[i]
+            else None
             for i, p in enumerate(self.params)
         ]
         self.averages = [

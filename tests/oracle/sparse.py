@@ -81,9 +81,9 @@ def rowwise_mean(g):
     sq = np.pad(sq, ((0, 0), (0, (-length) % 8)))
     lanes = np.zeros((rows, 8))
     for k in range(sq.shape[1] // 8):
-        lanes = lanes + sq[:, 8 * k:8 * k + 8]
+        lanes = lanes + sq[:, 8 * k : 8 * k + 8]
     for w in (4, 2, 1):
-        lanes[:, :w] = lanes[:, :w] + lanes[:, w:2 * w]
+        lanes[:, :w] = lanes[:, :w] + lanes[:, w : 2 * w]
     return lanes[:, 0] / length
 
 
@@ -94,15 +94,18 @@ class RowWiseReferenceAdagrad(ReferenceAdagrad):
         super().build(params)
         self.accumulators = [
             np.full(p.shape[:1], self.initial_accumulator_value, self._accumulator_dtype(p))
-            if acc is not None and p.ndim >= 2 else acc
+            if acc is not None and p.ndim >= 2
+            else acc
             for p, acc in zip(self.params, self.accumulators, strict=True)
         ]
 
     def apply(self, grads):
-        super().apply([
-            dense_equivalent(g.indices, g.values, self.params[i].shape) if _is_sparse(g) else g
-            for i, g in enumerate(grads)
-        ])
+        super().apply(
+            [
+                dense_equivalent(g.indices, g.values, self.params[i].shape) if _is_sparse(g) else g
+                for i, g in enumerate(grads)
+            ]
+        )
 
     def _adagrad(self, g, work):
         lr = self.lr()

@@ -38,8 +38,14 @@ class Exchange:
         average: Divide the summed gradient by the number of ranks.
     """
 
-    def __init__(self, comm: Any, layout: ShardLayout, dtypes: Sequence[np.dtype],
-                 reduction: str, average: bool) -> None:
+    def __init__(
+        self,
+        comm: Any,
+        layout: ShardLayout,
+        dtypes: Sequence[np.dtype],
+        reduction: str,
+        average: bool,
+    ) -> None:
         self.comm = comm
         self.layout = layout
         self.rank = comm.Get_rank()
@@ -77,13 +83,13 @@ class Exchange:
                 at = r * block
                 for t, flat in present.items():
                     p = self.pieces[r][t]
-                    send[at:at + p.size] = flat[p.begin:p.end]
+                    send[at : at + p.size] = flat[p.begin : p.end]
                     at += p.size
             summed = self._reduce(send, block, dtype)
             at = 0
             for t in present:
                 size = self.pieces[self.rank][t].size
-                mine[t] = summed[at:at + size]
+                mine[t] = summed[at : at + size]
                 at += size
         return mine
 
@@ -112,7 +118,7 @@ class Exchange:
             at = 0
             for t in group:
                 p = self.pieces[self.rank][t]
-                send[at:at + p.size] = _flat(tensors[t])[p.begin:p.end]
+                send[at : at + p.size] = _flat(tensors[t])[p.begin : p.end]
                 at += p.size
             if self.size == 1:
                 received = send
@@ -124,18 +130,28 @@ class Exchange:
                 for t in group:
                     p = self.pieces[r][t]
                     if r != self.rank:
-                        _flat(tensors[t])[p.begin:p.end] = received[at:at + p.size]
+                        _flat(tensors[t])[p.begin : p.end] = received[at : at + p.size]
                     at += p.size
 
     def items_by_rank(self, chunk: int) -> list[list[Piece]]:
         """Every rank's work items (in its order), from the layout alone."""
-        return [[Piece(p.tensor, b, min(b + chunk, p.end))
-                 for p in pieces for b in range(p.begin, p.end, chunk)]
-                for pieces in self.pieces]
+        return [
+            [
+                Piece(p.tensor, b, min(b + chunk, p.end))
+                for p in pieces
+                for b in range(p.begin, p.end, chunk)
+            ]
+            for pieces in self.pieces
+        ]
 
 
-def fold_norms(partials: Sequence[float], tensors: Sequence[int], n_tensors: int,
-               counted: Sequence[bool], global_norm: bool) -> list[float]:
+def fold_norms(
+    partials: Sequence[float],
+    tensors: Sequence[int],
+    n_tensors: int,
+    counted: Sequence[bool],
+    global_norm: bool,
+) -> list[float]:
     """Norms from per-item sums of squares, folded exactly as the core folds them.
 
     Args:

@@ -40,8 +40,7 @@ class ShardLayout:
         n_ranks: The number of ranks.
     """
 
-    def __init__(self, sizes: list[int], row_lengths: list[int], chunk: int,
-                 n_ranks: int) -> None:
+    def __init__(self, sizes: list[int], row_lengths: list[int], chunk: int, n_ranks: int) -> None:
         self.sizes = list(sizes)
         self.n_ranks = n_ranks
         self.offsets = [0]

@@ -19,7 +19,8 @@ def mpi() -> Any:
         from mpi4py import MPI
     except ImportError as err:
         raise ImportError(
-            "adagrad_native.distributed needs mpi4py and an MPI library: " + _INSTALL
+            "adagrad_native.distributed needs mpi4py and an MPI library: "
+            + _INSTALL
             + " (installs mpi4py and the MPICH wheel)."
         ) from err
     return MPI

@@ -33,8 +33,11 @@ def _slot_places(optimizer: Any) -> dict[str, tuple[tuple[int, ...], int, int, A
     rank = optimizer.comm.Get_rank()
     pieces = optimizer._layout.pieces(rank)
     places: dict[str, tuple[tuple[int, ...], int, int, Any]] = {}
-    slot_lists = (optimizer._model_variables_moving_average, optimizer._accumulated_gradients,
-                  optimizer._accumulators)
+    slot_lists = (
+        optimizer._model_variables_moving_average,
+        optimizer._accumulated_gradients,
+        optimizer._accumulators,
+    )
     for slots in slot_lists:
         for t, slot in enumerate(slots):
             if slot is None:
@@ -84,16 +87,17 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         problem = str(err)
     for other_rank, other in enumerate(comm.allgather(problem)):  # also the barrier
         if other is not None:
-            raise OSError(f"Rank {other_rank} could not write its part of the checkpoint "
-                          f"{path!r}: {other}. The previous checkpoint is unchanged.")
+            raise OSError(
+                f"Rank {other_rank} could not write its part of the checkpoint "
+                f"{path!r}: {other}. The previous checkpoint is unchanged."
+            )
     if rank == 0:
         try:
             config: Any = optimizer.get_config()
             json.dumps(config)
         except TypeError:
             config = None
-        manifest = {"format": _FORMAT, "generation": generation, "ranks": size,
-                    "config": config}
+        manifest = {"format": _FORMAT, "generation": generation, "ranks": size, "config": config}
         _write_manifest(path, manifest)
         for name in os.listdir(path):
             if name.startswith("gen-") and name != generation:
@@ -132,8 +136,10 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
         problem = f"{err}"
     for rank, other in enumerate(comm.allgather(problem)):
         if other is not None:
-            raise ValueError(f"The checkpoint {path!r} does not match optimizer "
-                             f"'{optimizer.name}' (rank {rank}): {other}. Nothing was loaded.")
+            raise ValueError(
+                f"The checkpoint {path!r} does not match optimizer "
+                f"'{optimizer.name}' (rank {rank}): {other}. Nothing was loaded."
+            )
     for key, (_, _, _, var) in places.items():
         var.assign(chosen[key])
     return config

@@ -42,9 +42,18 @@ class ShardedEmbedding:
             ranks is not what one process would compute.
     """
 
-    def __init__(self, rows: int, dim: int, *, comm: Any = None, optimizer: str = "adagrad",
-                 dtype: Any = "float32", initial_value: Any = None, name: str = "embedding",
-                 **optimizer_kwargs: Any) -> None:
+    def __init__(
+        self,
+        rows: int,
+        dim: int,
+        *,
+        comm: Any = None,
+        optimizer: str = "adagrad",
+        dtype: Any = "float32",
+        initial_value: Any = None,
+        name: str = "embedding",
+        **optimizer_kwargs: Any,
+    ) -> None:
         self.rows = _checks.integer(rows, "rows", minimum=1)
         self.dim = _checks.integer(dim, "dim", minimum=1)
         _checks.one_of(optimizer, "optimizer", tuple(_OPTIMIZERS))
@@ -85,8 +94,10 @@ class ShardedEmbedding:
         ids = np.asarray(ids)
         problem = None
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            problem = (f"Row ids must be a 1-D integer array; received shape {ids.shape} and "
-                       f"dtype {ids.dtype}.")
+            problem = (
+                f"Row ids must be a 1-D integer array; received shape {ids.shape} and "
+                f"dtype {ids.dtype}."
+            )
         elif ids.size and (ids.min() < 0 or ids.max() >= self.rows):
             bad = int(ids[(ids < 0) | (ids >= self.rows)][0])
             problem = f"Row ids must be in [0, {self.rows}); received {bad}."
@@ -100,15 +111,17 @@ class ShardedEmbedding:
         counts = np.bincount(owners, minlength=self.comm.Get_size())
         return ids, order, counts
 
-    def _exchange(self, send: np.ndarray, counts: np.ndarray, width: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def _exchange(
+        self, send: np.ndarray, counts: np.ndarray, width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Alltoallv of rows of `width` items; returns what arrived and from whom (counts)."""
         recv_counts = np.empty_like(counts)
         self.comm.Alltoall(counts, recv_counts)
         item = send.dtype.itemsize * width
         received = np.empty((int(recv_counts.sum()), *send.shape[1:]), send.dtype)
-        self.comm.Alltoallv([as_bytes(send), counts * item],
-                            [as_bytes(received), recv_counts * item])
+        self.comm.Alltoallv(
+            [as_bytes(send), counts * item], [as_bytes(received), recv_counts * item]
+        )
         return received, recv_counts
 
     def lookup(self, ids: Any) -> np.ndarray:
@@ -132,8 +145,10 @@ class ShardedEmbedding:
         ids, order, counts = self._route(ids)
         dtype = self.table.value.dtype
         if grads.shape != (ids.size, self.dim) or grads.dtype != dtype:
-            problem = (f"Row gradients must have shape {(ids.size, self.dim)} and dtype "
-                       f"{dtype}; received shape {grads.shape} and dtype {grads.dtype}.")
+            problem = (
+                f"Row gradients must have shape {(ids.size, self.dim)} and dtype "
+                f"{dtype}; received shape {grads.shape} and dtype {grads.dtype}."
+            )
         else:
             problem = None
         for rank, other in enumerate(self.comm.allgather(problem)):
@@ -147,7 +162,9 @@ class ShardedEmbedding:
             finite = bool(np.isfinite(got_rows).all())
             if not all(self.comm.allgather(finite)):
                 if self.optimizer.on_nonfinite == "raise":
-                    raise ValueError("A row gradient contains inf or NaN; nothing was updated "
-                                     "on any rank (on_nonfinite='raise').")
+                    raise ValueError(
+                        "A row gradient contains inf or NaN; nothing was updated "
+                        "on any rank (on_nonfinite='raise')."
+                    )
                 return
         self.optimizer.apply([gradient], [self.table])

@@ -32,12 +32,16 @@ def _gradient_problem(grad: Any, variable: Variable, index: int) -> str | None:
     """Why a dense gradient cannot be used for `variable`, or None."""
     what = f"The gradient for variable '{variable.path}' (index {index})"
     if hasattr(grad, "indices") and hasattr(grad, "values"):
-        return (f"{what} is a sparse gradient; ShardedAdagrad takes dense gradients (use "
-                "adagrad_native.distributed.ShardedEmbedding for embedding tables).")
+        return (
+            f"{what} is a sparse gradient; ShardedAdagrad takes dense gradients (use "
+            "adagrad_native.distributed.ShardedEmbedding for embedding tables)."
+        )
     array = np.asarray(grad)
     if array.dtype != variable.value.dtype:
-        return (f"{what} has dtype {array.dtype.name}, but the variable has dtype "
-                f"{variable.dtype}. Cast the gradient, e.g. grad.astype(np.{variable.dtype}).")
+        return (
+            f"{what} has dtype {array.dtype.name}, but the variable has dtype "
+            f"{variable.dtype}. Cast the gradient, e.g. grad.astype(np.{variable.dtype})."
+        )
     if array.shape != variable.shape:
         return f"{what} has shape {array.shape}, but the variable has shape {variable.shape}."
     return None
@@ -58,16 +62,27 @@ class ShardedNativeStep(NativeStep):
         self._exchange = exchange
         self._variables = variables
         self._chunk = chunk  # the items of one process, so partial sums match its own
-        self._item_tensors = [item.tensor for items in exchange.items_by_rank(chunk)
-                              for item in items]
+        self._item_tensors = [
+            item.tensor for items in exchange.items_by_rank(chunk) for item in items
+        ]
 
-    def keep_fast(self, variables: Sequence[Any], iterations: np.ndarray,
-                  learning_rate: np.ndarray) -> None:
+    def keep_fast(
+        self, variables: Sequence[Any], iterations: np.ndarray, learning_rate: np.ndarray
+    ) -> None:
         """Never: a sharded step's collectives run in Python."""
 
-    def run(self, grads: Sequence[Any], *, update: bool, learning_rate: float | None,
-            loss_scale: float, check_finite: bool, any_update: bool, ema_momentum: float,
-            ema_overwrite: bool) -> int:
+    def run(
+        self,
+        grads: Sequence[Any],
+        *,
+        update: bool,
+        learning_rate: float | None,
+        loss_scale: float,
+        check_finite: bool,
+        any_update: bool,
+        ema_momentum: float,
+        ema_overwrite: bool,
+    ) -> int:
         """A collective step: reduce-scatter, (norms), the shard's step, all-gather.
 
         The arguments are those of `NativeStep.run`, with this rank's full gradients.
@@ -79,11 +94,19 @@ class ShardedNativeStep(NativeStep):
         assert exchange is not None, "distribute() must run before run()"
         dense = self._checked(grads)
         shapes = [p.shape for p in self.bound_slots.params]  # row-wise pieces keep rows
-        reduced = [None if g is None else g.reshape(shape)
-                   for g, shape in zip(exchange.reduce_scatter(dense), shapes)]
-        self.prepare(update=update, learning_rate=learning_rate, loss_scale=loss_scale,
-                     check_finite=check_finite, any_update=any_update,
-                     ema_momentum=ema_momentum, ema_overwrite=ema_overwrite)
+        reduced = [
+            None if g is None else g.reshape(shape)
+            for g, shape in zip(exchange.reduce_scatter(dense), shapes)
+        ]
+        self.prepare(
+            update=update,
+            learning_rate=learning_rate,
+            loss_scale=loss_scale,
+            check_finite=check_finite,
+            any_update=any_update,
+            ema_momentum=ema_momentum,
+            ema_overwrite=ema_overwrite,
+        )
         static = self.static
         need_norms = update and static.clip in ("norm", "global_norm")
         norms: list[float] | None = None
@@ -94,10 +117,17 @@ class ShardedNativeStep(NativeStep):
             all_finite = np.concatenate([f for _, f in everything])
             if check_finite and not all_finite.all():
                 return self._item_tensors[int(np.argmin(all_finite))]
-            counted = [g is not None and not v.overwrite_with_gradient
-                       for g, v in zip(dense, self._variables)]
-            norms = fold_norms(all_partials.tolist(), self._item_tensors, len(dense), counted,
-                               static.clip == "global_norm")
+            counted = [
+                g is not None and not v.overwrite_with_gradient
+                for g, v in zip(dense, self._variables)
+            ]
+            norms = fold_norms(
+                all_partials.tolist(),
+                self._item_tensors,
+                len(dense),
+                counted,
+                static.clip == "global_norm",
+            )
         bad = self.step(reduced, norms)
         exchange.all_gather([v.value for v in self._variables])
         return bad
@@ -147,8 +177,15 @@ class ShardedAdagrad(Adagrad):
         **kwargs: Every other `Adagrad` argument.
     """
 
-    def __init__(self, learning_rate: Any = 0.001, *, comm: Any = None, reduction: str = "sum",
-                 average: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: Any = 0.001,
+        *,
+        comm: Any = None,
+        reduction: str = "sum",
+        average: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.comm = world() if comm is None else comm
         self.reduction = _checks.one_of(reduction, "reduction", REDUCTIONS)
         self.average = _checks.flag(average, "average")
@@ -168,8 +205,11 @@ class ShardedAdagrad(Adagrad):
                 return
             var_list = list(var_list)
             variables = self._as_variables(var_list)
-            agree(self.comm, self._description(var_list, variables),
-                  "the variables and optimizer settings at build")
+            agree(
+                self.comm,
+                self._description(var_list, variables),
+                "the variables and optimizer settings at build",
+            )
             sizes = [v.size for v in variables]
             rowwise = [self._rowwise(v) for v in variables]
             rows = [int(np.prod(v.shape[1:])) if r else 0 for v, r in zip(variables, rowwise)]
@@ -177,10 +217,12 @@ class ShardedAdagrad(Adagrad):
             layout = ShardLayout(sizes, rows, chunk, self.comm.Get_size())
             self._layout = layout
             pieces = layout.pieces(self.comm.Get_rank())
-            self._shards = [_shard(v, p.begin, p.end, r)
-                            for v, p, r in zip(variables, pieces, rowwise)]
-            self._exchange = Exchange(self.comm, layout, [v.value.dtype for v in variables],
-                                      self.reduction, self.average)
+            self._shards = [
+                _shard(v, p.begin, p.end, r) for v, p, r in zip(variables, pieces, rowwise)
+            ]
+            self._exchange = Exchange(
+                self.comm, layout, [v.value.dtype for v in variables], self.reduction, self.average
+            )
             native = self._native
             assert isinstance(native, ShardedNativeStep)
             native.distribute(self._exchange, variables, chunk)
@@ -193,8 +235,10 @@ class ShardedAdagrad(Adagrad):
         lr = self._learning_rate
         return {
             "class": type(self).__name__,
-            "variables": [(v.shape, v.dtype, v.overwrite_with_gradient,
-                           self._use_weight_decay(u, v)) for u, v in zip(var_list, variables)],
+            "variables": [
+                (v.shape, v.dtype, v.overwrite_with_gradient, self._use_weight_decay(u, v))
+                for u, v in zip(var_list, variables)
+            ],
             "settings": self._static_plan(),
             "learning_rate": float(lr.value) if isinstance(lr, Variable) else type(lr).__name__,
             "reduction": (self.reduction, self.average),
@@ -210,9 +254,12 @@ class ShardedAdagrad(Adagrad):
         super().finalize_variable_values(var_list)  # this rank's shards
         self._exchange.all_gather([v.value for v in self._trainable_variables])
 
-    def stateless_apply(self, optimizer_variables: Sequence[Any], grads: Sequence[Any],
-                        trainable_variables: Sequence[Any]) -> tuple[list[np.ndarray],
-                                                                    list[np.ndarray]]:
+    def stateless_apply(
+        self,
+        optimizer_variables: Sequence[Any],
+        grads: Sequence[Any],
+        trainable_variables: Sequence[Any],
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Not available: the optimizer state is spread over the ranks."""
         raise NotImplementedError(
             f"{type(self).__name__} does not support stateless_apply: its optimizer state is "
