@@ -26,13 +26,11 @@ def mpiexec() -> list[str]:
     return [found]
 
 
-def launch(
-    size: int, module: str, *args: str, timeout: float = TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """Runs `python -m module args` on `size` ranks from the repository root."""
+def launch(size: int, *argv: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+    """Runs `python argv...` on `size` ranks from the repository root."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        [*mpiexec(), "-n", str(size), sys.executable, "-m", module, *args],
+        [*mpiexec(), "-n", str(size), sys.executable, *argv],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -51,7 +49,9 @@ def scenario_results():
     def results(size: int, reduction: str = "sum") -> dict[str, dict]:
         key = (size, reduction)
         if key not in _RESULTS:
-            done = launch(size, "tests.distributed.scenarios", "all", "--reduction", reduction)
+            done = launch(
+                size, "-m", "tests.distributed.scenarios", "all", "--reduction", reduction
+            )
             reports = [
                 json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
             ]

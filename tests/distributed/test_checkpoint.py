@@ -17,7 +17,7 @@ from tests.distributed.conftest import launch
 
 
 def _run(size: int, *args: str) -> list[str]:
-    done = launch(size, "tests.distributed.checkpoints", *args)
+    done = launch(size, "-m", "tests.distributed.checkpoints", *args)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     assert done.returncode == 0 and lines, f"{done.stdout}\n{done.stderr}"
     return json.loads(lines[-1])["problems"]
