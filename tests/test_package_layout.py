@@ -31,7 +31,11 @@ def _imports(path: Path) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     """Each module of the package (but `__init__`) and the package modules it imports."""
-    modules = {f"{NAME}.{p.stem}": p for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    modules = {
+        ".".join((NAME, *p.relative_to(PACKAGE).with_suffix("").parts)): p
+        for p in PACKAGE.rglob("*.py")
+        if p.stem != "__init__"
+    }
     return {name: _imports(path) for name, path in modules.items()}
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from adagrad_native import _core, schedules
+from adagrad_native import _checks, _core, schedules
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import load_state, save_state
 from adagrad_native.loss_scale import LossScaleOptimizer
@@ -32,9 +32,7 @@ def set_num_threads(n: int) -> None:
     Args:
         n: A positive number of threads.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"Argument `n` must be an integer >= 1. Received: n={n!r}")
-    _core.set_num_threads(n)
+    _core.set_num_threads(_checks.integer(n, "n", minimum=1))
 
 
 def get_num_threads() -> int:
