@@ -56,6 +56,15 @@ class Exchange:
         self.groups: dict[np.dtype, list[int]] = {}
         for t, dtype in enumerate(dtypes):
             self.groups.setdefault(np.dtype(dtype), []).append(t)
+        # Buffers reused by every step: fresh ones would be paged in on every step.
+        self._buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
+
+    def _buffer(self, role: str, dtype: np.dtype, size: int) -> np.ndarray:
+        """A reused buffer of `size` elements (contents undefined: padding is never read)."""
+        buf = self._buffers.get((role, dtype))
+        if buf is None or buf.size != size:
+            buf = self._buffers[(role, dtype)] = np.empty(size, dtype)
+        return buf
 
     def _block(self, tensors: Sequence[int]) -> int:
         """Elements of the longest block of these tensors' pieces over the ranks."""
@@ -72,13 +81,15 @@ class Exchange:
             For each tensor, this rank's piece of the reduced gradient, flat
             (None where the gradient is None).
         """
+        if self.size == 1:  # one rank owns everything: the gradients are the sums
+            return [None if g is None else _flat(g) for g in grads]
         mine: list[np.ndarray | None] = [None] * len(grads)
         for dtype, tensors in self.groups.items():
             present = {t: _flat(g) for t in tensors if (g := grads[t]) is not None}
             if not present:
                 continue
             block = self._block(list(present))
-            send = np.zeros(self.size * block, dtype)
+            send = self._buffer("send", dtype, self.size * block)
             for r in range(self.size):
                 at = r * block
                 for t, flat in present.items():
@@ -94,16 +105,14 @@ class Exchange:
         return mine
 
     def _reduce(self, send: np.ndarray, block: int, dtype: np.dtype) -> np.ndarray:
-        if self.size == 1:
-            out = send
-        elif self.reduction == "sum" and dtype.name in _MPI_SUMMABLE:
-            out = np.empty(block, dtype)
+        out = self._buffer("reduced", dtype, block)
+        if self.reduction == "sum" and dtype.name in _MPI_SUMMABLE:
             self.comm.Reduce_scatter_block(send, out, op=mpi().SUM)
         else:
-            received = np.empty(self.size * block, dtype)
+            received = self._buffer("received", dtype, self.size * block)
             self.comm.Alltoall(as_bytes(send), as_bytes(received))
             parts = received.reshape(self.size, block)
-            out = parts[0].copy()
+            np.copyto(out, parts[0])
             for r in range(1, self.size):  # in rank order: the sum one process would take
                 np.add(out, parts[r], out=out)
         if self.average:
@@ -112,19 +121,18 @@ class Exchange:
 
     def all_gather(self, tensors: Sequence[np.ndarray]) -> None:
         """Copies every rank's (updated) pieces into every rank's full tensors, in place."""
+        if self.size == 1:
+            return
         for dtype, group in self.groups.items():
             block = self._block(group)
-            send = np.zeros(block, dtype)
+            send = self._buffer("gather", dtype, block)
             at = 0
             for t in group:
                 p = self.pieces[self.rank][t]
                 send[at : at + p.size] = _flat(tensors[t])[p.begin : p.end]
                 at += p.size
-            if self.size == 1:
-                received = send
-            else:
-                received = np.empty(self.size * block, dtype)
-                self.comm.Allgather(as_bytes(send), as_bytes(received))
+            received = self._buffer("gathered", dtype, self.size * block)
+            self.comm.Allgather(as_bytes(send), as_bytes(received))
             for r in range(self.size):
                 at = r * block
                 for t in group:
