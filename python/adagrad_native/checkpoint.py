@@ -11,11 +11,14 @@ import numpy as np
 
 from adagrad_native.variables import Variable
 
-_CONFIG_KEY = "__config__"
+CONFIG_KEY = "__config__"
 
 
-def _state_key(optimizer: Any, variable: Variable) -> str:
-    # Relative to the optimizer's name, so renaming the optimizer keeps the keys.
+def state_key(variable: Variable) -> str:
+    """A variable's key in checkpoints: its path relative to the optimizer's name.
+
+    So renaming the optimizer keeps the keys.
+    """
     prefix = f"{variable.path.split('/', 1)[0]}/"
     return variable.path[len(prefix) :] if variable.path.startswith(prefix) else variable.path
 
@@ -23,7 +26,7 @@ def _state_key(optimizer: Any, variable: Variable) -> str:
 def _state_entries(optimizer: Any) -> dict[str, Any]:
     entries: dict[str, Any] = {}
     for variable in optimizer.variables:
-        key = _state_key(optimizer, variable)
+        key = state_key(variable)
         if key in entries:  # e.g. an inner optimizer's "iteration"
             key = variable.path
         entries[key] = variable
@@ -50,7 +53,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         config = json.dumps(optimizer.get_config())
     except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
         config = "null"
-    arrays[_CONFIG_KEY] = np.array(config)
+    arrays[CONFIG_KEY] = np.array(config)
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
@@ -81,7 +84,7 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     entries = _state_entries(optimizer)
     with np.load(os.fspath(path), allow_pickle=False) as data:
         stored = {key: data[key] for key in data.files}
-    config: dict[str, Any] | None = json.loads(str(stored.pop(_CONFIG_KEY, "null")))
+    config: dict[str, Any] | None = json.loads(str(stored.pop(CONFIG_KEY, "null")))
     missing = sorted(set(entries) - set(stored))
     unexpected = sorted(set(stored) - set(entries))
     mismatched = [

@@ -53,11 +53,56 @@ def train(opt, variables, comm, steps) -> None:
         opt.apply(_gradients(SHAPES, np.float32, step, comm.Get_rank(), set()), variables)
 
 
+def table(comm) -> tuple[distributed.ShardedEmbedding, an.RowWiseAdagrad, an.Variable]:
+    """A sharded row-wise table and its one-process twin, after three steps of 2 ranks' ids."""
+    init = np.random.default_rng(5).standard_normal((500, 8)).astype(np.float32)
+    sharded_table = distributed.ShardedEmbedding(
+        500, 8, comm=comm, optimizer="rowwise", initial_value=init, use_ema=True
+    )
+    ref_opt = an.RowWiseAdagrad(use_ema=True)
+    ref_table = an.Variable(init.copy(), name="embedding")
+    return sharded_table, ref_opt, ref_table
+
+
+def table_batches(step: int, ranks: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for r in range(ranks):
+        rng = np.random.default_rng(100 * step + r)
+        ids = rng.zipf(1.3, 30) % 500
+        out.append((ids, rng.standard_normal((ids.size, 8)).astype(np.float32)))
+    return out
+
+
 def main(args: list[str]) -> int:
     comm = MPI.COMM_WORLD
     an.set_num_threads(1)
     problems: list[str] = []
-    if args[0] == "save":
+    if args[0] in ("table-save", "table-resume"):
+        emb, ref_opt, ref_table = table(comm)
+        for step in range(5):
+            batches = table_batches(step, 2 if step < 3 else comm.Get_size())
+            ids = np.concatenate([b[0] for b in batches])
+            ref_opt.apply(
+                [an.SparseGradient(ids, np.concatenate([b[1] for b in batches]))], [ref_table]
+            )
+            if args[0] == "table-save" and step < 3:
+                emb.apply(*batches[comm.Get_rank()])
+            if args[0] == "table-resume" and step == 2:
+                distributed.load_state(emb, args[1])
+            if args[0] == "table-resume" and step >= 3:
+                emb.apply(*batches[comm.Get_rank()])
+            if args[0] == "table-save" and step == 2:
+                distributed.save_state(emb, args[1])
+                break
+        if args[0] == "table-resume":
+            lo, hi = emb.starts[comm.Get_rank()], emb.starts[comm.Get_rank() + 1]
+            if emb.table.value.tobytes() != ref_table.value[lo:hi].tobytes():
+                problems.append("table rows differ")
+            for ours, theirs in zip(emb.optimizer.variables, ref_opt.variables, strict=True):
+                expected = theirs.value if theirs.ndim == 0 else theirs.value[lo:hi]
+                if ours.value.tobytes() != expected.tobytes():
+                    problems.append(f"{ours.path} differs")
+    elif args[0] == "save":
         folder = args[1]
         opt, variables = sharded(comm)
         train(opt, variables, comm, range(3))

@@ -209,6 +209,16 @@ def mismatched_shapes(comm) -> dict[str, Any]:
     return {"problems": ["no error"], "error": None}
 
 
+def mismatched_settings(comm) -> dict[str, Any]:
+    """Rank 1 sets another clipnorm: every rank must raise the same error at build."""
+    opt = ShardedAdagrad(0.1, comm=comm, clipnorm=1.0 if comm.Get_rank() != 1 else 2.0)
+    try:
+        opt.build([np.zeros(5, np.float32)])
+    except ValueError as err:
+        return {"problems": [], "error": str(err)}
+    return {"problems": ["no error"], "error": None}
+
+
 def mismatched_none(comm) -> dict[str, Any]:
     """Rank 0 passes None where the others pass a gradient: the same error everywhere."""
     params = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
@@ -280,9 +290,14 @@ SCENARIOS.update(
         "embedding-features": functools.partial(
             embedding, kwargs=dict(weight_decay=0.01, use_ema=True)
         ),
-        "embedding-bfloat16": functools.partial(embedding, dtype="bfloat16"),
+        **{
+            f"embedding-{dtype}": functools.partial(embedding, dtype=dtype)
+            for dtype in FLOAT_DTYPES
+            if dtype != "float32"
+        },
         "mismatched-shapes": mismatched_shapes,
         "mismatched-none": mismatched_none,
+        "mismatched-settings": mismatched_settings,
     }
 )
 

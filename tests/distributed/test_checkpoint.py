@@ -90,3 +90,9 @@ def test_a_checkpoint_of_another_model_is_refused_and_changes_nothing(tmp_path):
         distributed.load_state(other, tmp_path)
     for v, b in zip(other.variables, before, strict=True):
         assert v.value.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("size", [1, 3], ids=lambda n: f"resumed-at-{n}")
+def test_a_sharded_table_saved_at_two_ranks_resumes_at_another_count(tmp_path, size):
+    assert _run(2, "table-save", str(tmp_path)) == []
+    assert _run(size, "table-resume", str(tmp_path)) == []

@@ -40,7 +40,7 @@ def test_state_per_rank_is_about_one_nth(scenario_results, size):
 
 
 @pytest.mark.parametrize("size", [2, 3], ids=lambda n: f"{n}-ranks")
-@pytest.mark.parametrize("name", ["mismatched-shapes", "mismatched-none"])
+@pytest.mark.parametrize("name", ["mismatched-shapes", "mismatched-settings", "mismatched-none"])
 def test_ranks_that_disagree_all_get_the_same_error(scenario_results, size, name):
     report = scenario_results(size, "ordered")[name]
     assert not report["problems"], report["problems"]

@@ -22,44 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from adagrad_native import checkpoint
+from adagrad_native.checkpoint import CONFIG_KEY
+from adagrad_native.variables import Variable
+
+# Where a rank's state sits in the whole state, by checkpoint key: the whole
+# variable's shape, the rank's flat [lo, hi) of it, and the rank's Variable.
+Places = dict[str, tuple[tuple[int, ...], int, int, Variable]]
 
 _MANIFEST = "manifest.json"
 _FORMAT = 1
 
 
-def _slot_places(optimizer: Any) -> dict[str, tuple[tuple[int, ...], int, int, Any]]:
-    """Per state key: the whole slot's shape, this rank's [lo, hi) of it (flat), the Variable."""
-    rank = optimizer.comm.Get_rank()
-    pieces = optimizer._layout.pieces(rank)
-    places: dict[str, tuple[tuple[int, ...], int, int, Any]] = {}
-    slot_lists = (
-        optimizer._model_variables_moving_average,
-        optimizer._accumulated_gradients,
-        optimizer._accumulators,
-    )
-    for slots in slot_lists:
-        for t, slot in enumerate(slots):
-            if slot is None:
-                continue
-            variable = optimizer._trainable_variables[t]
-            rowwise = slots is optimizer._accumulators and optimizer._rowwise(variable)
-            per = int(np.prod(variable.shape[1:])) if rowwise else 1
-            shape = (variable.shape[0],) if rowwise else variable.shape
-            lo, hi = (pieces[t].begin // per, pieces[t].end // per) if per else (0, 0)
-            places[checkpoint._state_key(optimizer, slot)] = (shape, lo, hi, slot)
-    for variable in optimizer.variables:
-        key = checkpoint._state_key(optimizer, variable)
-        if key not in places:  # iteration, learning_rate: the same on every rank
-            places[key] = (variable.shape, 0, variable.size, variable)
-    return places
-
-
 def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
-    """Writes a sharded optimizer's state as a checkpoint folder (a collective).
+    """Writes a sharded optimizer's (or table's) state as a checkpoint folder (a collective).
 
     Args:
-        optimizer: A built `ShardedAdagrad` or `ShardedRowWiseAdagrad`.
+        optimizer: A built `ShardedAdagrad` or `ShardedRowWiseAdagrad`, or a
+            `ShardedEmbedding` (its rows and its optimizer's state).
         path: The checkpoint folder (created if needed).
     """
     if not optimizer.built:
@@ -76,7 +55,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         shutil.rmtree(folder, ignore_errors=True)  # left by a crashed save
         os.makedirs(folder)
     comm.Barrier()
-    places = _slot_places(optimizer)
+    places = optimizer._checkpoint_places()
     arrays = {key: var.value.reshape(-1).copy() for key, (_, _, _, var) in places.items()}
     layout = {key: [list(shape), lo, hi] for key, (shape, lo, hi, _) in places.items()}
     arrays["__places__"] = np.array(json.dumps(layout))
@@ -95,7 +74,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         try:
             config: Any = optimizer.get_config()
             json.dumps(config)
-        except TypeError:
+        except (TypeError, AttributeError):  # a callable learning rate; a table
             config = None
         manifest = {"format": _FORMAT, "generation": generation, "ranks": size, "config": config}
         _write_manifest(path, manifest)
@@ -118,7 +97,7 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
         raise ValueError("load_state needs a built optimizer: call build(variables) first.")
     comm = optimizer.comm
     path = os.fspath(path)
-    places = _slot_places(optimizer)
+    places = optimizer._checkpoint_places()
     problem, config, chosen = None, None, {}
     try:
         whole, config = _read_whole(path)
@@ -137,8 +116,8 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     for rank, other in enumerate(comm.allgather(problem)):
         if other is not None:
             raise ValueError(
-                f"The checkpoint {path!r} does not match optimizer "
-                f"'{optimizer.name}' (rank {rank}): {other}. Nothing was loaded."
+                f"The checkpoint {path!r} does not match '{optimizer.name}' "
+                f"(rank {rank}): {other}. Nothing was loaded."
             )
     for key, (_, _, _, var) in places.items():
         var.assign(chosen[key])
@@ -149,7 +128,7 @@ def to_single_process(path: str | os.PathLike[str], out: str | os.PathLike[str])
     """Converts a checkpoint folder into a one-process `save_state` file (no MPI needed)."""
     whole, config = _read_whole(os.fspath(path))
     arrays = dict(whole)
-    arrays[checkpoint._CONFIG_KEY] = np.array(json.dumps(config))
+    arrays[CONFIG_KEY] = np.array(json.dumps(config))
     _write_npz(os.fspath(out), arrays)
 
 
@@ -158,7 +137,7 @@ def _read_whole(path: str) -> tuple[dict[str, np.ndarray], Any]:
     if not os.path.isdir(path):
         with np.load(path, allow_pickle=False) as data:
             stored = {key: data[key] for key in data.files}
-        config = json.loads(str(stored.pop(checkpoint._CONFIG_KEY, "null")))
+        config = json.loads(str(stored.pop(CONFIG_KEY, "null")))
         return stored, config
     manifest = _read_manifest(path)
     if manifest is None:

@@ -9,7 +9,9 @@ import numpy as np
 from adagrad_native import _checks
 from adagrad_native._dtypes import resolve_dtype
 from adagrad_native.adagrad import Adagrad
+from adagrad_native.checkpoint import state_key
 from adagrad_native.distributed._mpi import as_bytes, world
+from adagrad_native.distributed.checkpoint import Places
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.sparse import SparseGradient
 from adagrad_native.variables import Variable
@@ -82,6 +84,29 @@ class ShardedEmbedding:
         self.table = Variable(local, name=name)
         self.optimizer = _OPTIMIZERS[optimizer](**optimizer_kwargs)
         self.optimizer.build([self.table])
+
+    built = True  # for checkpoints: a table is built when it is made
+
+    @property
+    def name(self) -> str:
+        """The table variable's name."""
+        return self.table.name
+
+    def _checkpoint_places(self) -> Places:
+        """Where this rank's rows and their state sit in the whole table's state."""
+        lo, hi = self.starts[self.comm.Get_rank()], self.starts[self.comm.Get_rank() + 1]
+        places: Places = {
+            self.name: ((self.rows, self.dim), lo * self.dim, hi * self.dim, self.table)
+        }
+        for variable in self.optimizer.variables:
+            if variable.ndim == 0:  # iteration, learning_rate: the same on every rank
+                places[state_key(variable)] = ((), 0, 1, variable)
+            elif variable.ndim == 1:  # a row-wise accumulator: one value a row
+                places[state_key(variable)] = ((self.rows,), lo, hi, variable)
+            else:
+                whole = (self.rows, self.dim)
+                places[state_key(variable)] = (whole, lo * self.dim, hi * self.dim, variable)
+        return places
 
     # ------------------------------------------------------------------ routing
     def _route(self, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

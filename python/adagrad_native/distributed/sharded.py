@@ -20,9 +20,11 @@ import numpy as np
 from adagrad_native import _checks
 from adagrad_native._native import NativeStep, Slots, work_chunk
 from adagrad_native.adagrad import Adagrad
+from adagrad_native.checkpoint import state_key
 from adagrad_native.distributed._collectives import REDUCTIONS, Exchange, fold_norms
 from adagrad_native.distributed._layout import ShardLayout
 from adagrad_native.distributed._mpi import agree, world
+from adagrad_native.distributed.checkpoint import Places
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
@@ -243,6 +245,27 @@ class ShardedAdagrad(Adagrad):
             "learning_rate": float(lr.value) if isinstance(lr, Variable) else type(lr).__name__,
             "reduction": (self.reduction, self.average),
         }
+
+    def _checkpoint_places(self) -> Places:
+        """Where this rank's shard of every optimizer variable sits in the whole state."""
+        pieces = self._layout.pieces(self.comm.Get_rank())
+        places: Places = {}
+        for slots in (self._model_variables_moving_average, self._accumulated_gradients):
+            for t, slot in enumerate(slots):
+                if slot is not None:
+                    shape = self._trainable_variables[t].shape
+                    places[state_key(slot)] = (shape, pieces[t].begin, pieces[t].end, slot)
+        for t, slot in enumerate(self._accumulators):
+            if slot is None:
+                continue
+            variable = self._trainable_variables[t]
+            per, whole = 1, variable.shape
+            if self._rowwise(variable):  # one value a row
+                per, whole = max(int(np.prod(variable.shape[1:])), 1), (variable.shape[0],)
+            places[state_key(slot)] = (whole, pieces[t].begin // per, pieces[t].end // per, slot)
+        for variable in self.variables:  # iteration, learning_rate: the same on every rank
+            places.setdefault(state_key(variable), (variable.shape, 0, variable.size, variable))
+        return places
 
     def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         pass  # a sharded step's collectives run in Python
