@@ -16,17 +16,21 @@ constexpr int kReadable = kCContiguous | kAligned;
 // A gradient the core reads as it is: an ndarray with the parameter's dtype
 // and shape, C-contiguous, aligned, in native byte order. Anything else goes
 // the general way, which converts it or explains what is wrong.
-bool ready(const py::handle& obj, const py::array& param, int dtype_num) {
+bool ready(const py::handle& obj, const PyGroup& group, size_t i) {
+  const py::array& param = group.params[i];
   if (!py::isinstance<py::array>(obj)) return false;
   const auto* a = py::detail::array_proxy(obj.ptr());
   const auto* d = py::detail::array_descriptor_proxy(a->descr);
-  if (d->type_num != dtype_num || (a->flags & kReadable) != kReadable) return false;
+  if (d->type_num != group.dtype_nums[i] || (a->flags & kReadable) != kReadable) return false;
   if (d->byteorder != '=' && d->byteorder != '|') return false;
   if (a->nd != param.ndim()) return false;
+  py::ssize_t elements = 1;
   for (int k = 0; k < a->nd; ++k) {
     if (a->dimensions[k] != param.shape(k)) return false;
+    elements *= a->dimensions[k];
   }
-  return true;
+  // A gradient sharing memory with what the step writes goes the general way (a copy).
+  return !group.overlaps_written(a->data, static_cast<size_t>(elements * param.itemsize()));
 }
 
 // The items of a list or tuple (borrowed), or nullptr for anything else.
@@ -84,7 +88,7 @@ int64_t FastStep::try_step(const py::handle& grads, const py::handle& variables)
     return kDeclined;
   }
   for (py::ssize_t i = 0; i < n; ++i) {
-    if (!ready(items[i], group_.params[i], group_.dtype_nums[i])) return kDeclined;
+    if (!ready(items[i], group_, static_cast<size_t>(i))) return kDeclined;
   }
   // Every check passed; from here on the call is taken.
   held_.clear();

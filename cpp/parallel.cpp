@@ -45,7 +45,7 @@ WorkList make_work_list(const std::vector<int64_t>& sizes, int64_t chunk) {
 namespace {
 int default_threads() {
 #if defined(_OPENMP)
-  return std::max(1, omp_get_max_threads());
+  return std::clamp(omp_get_max_threads(), 1, kMaxThreads);
 #else
   return 1;
 #endif
@@ -54,7 +54,9 @@ std::atomic<int> g_threads{default_threads()};
 }  // namespace
 
 int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
-void set_num_threads(int n) { g_threads.store(std::max(1, n), std::memory_order_relaxed); }
+void set_num_threads(int n) {
+  g_threads.store(std::clamp(n, 1, kMaxThreads), std::memory_order_relaxed);
+}
 
 bool openmp_enabled() {
 #if defined(_OPENMP)

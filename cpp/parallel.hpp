@@ -17,6 +17,10 @@ constexpr int64_t kTargetTasks = 8;
 // Below this many elements a step is one task on the calling thread: its
 // compute takes a few microseconds, less than waking a second thread.
 constexpr int64_t kSerialBelow = 16384;
+// The most threads a step may use: far more than any CPU this runs on, far
+// fewer than the stacks of a team can exhaust memory or the OpenMP runtime
+// gives up (100,000 overflowed the stack, 2**31-1 made libgomp exit).
+constexpr int kMaxThreads = 1024;
 
 struct WorkItem {
   int32_t tensor;

@@ -77,11 +77,22 @@ void* optional_slot(const py::handle& obj, const py::array& param, const std::st
   return a.mutable_data();
 }
 
+py::array readable(py::array a) {
+  // numpy's NOTSWAPPED request is ignored without a target dtype: convert explicitly.
+  if (!is_native(a.dtype())) a = a.attr("astype")(a.dtype().attr("newbyteorder")("="));
+  const int need = kCContiguous | kAligned;
+  if ((a.flags() & need) != need) {
+    a = py::array::ensure(a, need);
+    if (!a) throw py::error_already_set();
+  }
+  return a;
+}
+
 py::array as_array(const py::handle& obj, const std::string& what) {
-  py::array a = py::array::ensure(obj, kCContiguous | kAligned | kNotSwapped);
+  py::array a = py::array::ensure(obj);
   if (!a) {
     PyErr_Clear();
     throw py::type_error(what + " must be array-like; received " + type_name(obj) + ".");
   }
-  return a;
+  return readable(a);
 }

@@ -13,7 +13,6 @@
 constexpr int kCContiguous = pybind11::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
 constexpr int kAligned = pybind11::detail::npy_api::NPY_ARRAY_ALIGNED_;
 constexpr int kWriteable = pybind11::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-constexpr int kNotSwapped = 0x0200;  // NPY_ARRAY_NOTSWAPPED
 
 // Formats a shape like a Python tuple: (), (3,), (3, 4).
 std::string shape_str(const std::vector<pybind11::ssize_t>& dims);
@@ -40,6 +39,10 @@ pybind11::array writable_buffer(const pybind11::handle& obj, const std::string& 
 void* optional_slot(const pybind11::handle& obj, const pybind11::array& param,
                     const std::string& what, bool wide_ok, std::vector<pybind11::array>& keep,
                     pybind11::ssize_t expected_size = -1);
+
+// An array the core only reads, in the form it reads: C-contiguous, aligned,
+// native byte order; anything else is converted into a new array.
+pybind11::array readable(pybind11::array a);
 
 // Any array-like as a C-contiguous, aligned, native-byte-order array
 // (converted only when needed); TypeError for anything else.

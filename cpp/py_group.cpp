@@ -2,6 +2,7 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 
@@ -15,6 +16,35 @@ std::string variable_label(const std::string& name, size_t index) {
 }
 
 std::string PyGroup::label(size_t i) const { return variable_label(names[i], i); }
+
+void PyGroup::index_written(const std::vector<size_t>& owners) {
+  written_.clear();
+  for (size_t k = 0; k < keep_alive.size(); ++k) {
+    const py::array& a = keep_alive[k];
+    if (a.nbytes() == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(a.data());
+    written_.push_back({begin, begin + static_cast<uintptr_t>(a.nbytes()), owners[k]});
+  }
+  std::sort(written_.begin(), written_.end(),
+            [](const Range& x, const Range& y) { return x.begin < y.begin; });
+  for (size_t k = 1; k < written_.size(); ++k) {
+    if (written_[k].begin < written_[k - 1].end) {
+      throw py::value_error(
+          "The buffers of " + label(written_[k - 1].owner) + " and " + label(written_[k].owner) +
+          " overlap (a parameter or optimizer slot shares memory with another): the step "
+          "writes them in place, so each must be its own array (e.g. np.copy).");
+    }
+  }
+}
+
+bool PyGroup::overlaps_written(const void* data, size_t bytes) const {
+  if (bytes == 0) return false;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  // The ranges do not overlap, so their ends are sorted too.
+  auto it = std::upper_bound(written_.begin(), written_.end(), begin,
+                             [](uintptr_t b, const Range& r) { return b < r.end; });
+  return it != written_.end() && it->begin < begin + bytes;
+}
 
 namespace {
 
@@ -40,6 +70,7 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
   std::vector<py::array> keep;
   std::vector<py::array> param_arrays;
   std::vector<int> nums;
+  std::vector<size_t> owners;  // the variable of each kept (written) array
   std::vector<adagrad::TensorSlots> slots(n);
   for (size_t i = 0; i < n; ++i) {
     const std::string var = variable_label(names[i], i);
@@ -67,11 +98,15 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
       throw py::value_error(var + " needs an accumulator.");
     }
     keep.push_back(p);
+    owners.resize(keep.size(), i);
     param_arrays.push_back(p);
     nums.push_back(p.dtype().num());
   }
-  return std::make_unique<PyGroup>(std::move(slots), std::move(keep), names,
-                                   std::move(param_arrays), std::move(nums), chunk.value_or(0));
+  auto group =
+      std::make_unique<PyGroup>(std::move(slots), std::move(keep), names, std::move(param_arrays),
+                                std::move(nums), chunk.value_or(0));
+  group->index_written(owners);
+  return group;
 }
 
 }  // namespace

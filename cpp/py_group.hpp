@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,6 +26,22 @@ struct PyGroup {
 
   // "variable 'w' (index 0)": how messages name variable i.
   std::string label(size_t i) const;
+
+  // Whether [data, data + bytes) overlaps memory the step writes (a parameter
+  // or a slot). Such a gradient is read from a copy: the step must see the
+  // gradient as it was when the call began, on every thread.
+  bool overlaps_written(const void* data, size_t bytes) const;
+
+  // Sorts the written ranges; ValueError when two of them overlap (the step
+  // would write the same memory twice, from different threads).
+  void index_written(const std::vector<size_t>& owners);
+
+ private:
+  struct Range {
+    uintptr_t begin, end;
+    size_t owner;  // the variable index
+  };
+  std::vector<Range> written_;
 };
 
 // How messages name the variable `name` at `index`.

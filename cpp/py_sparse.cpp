@@ -64,6 +64,9 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
                             ", but the variable has shape " + shape_str(p) + ".");
     }
   }
+  // The core reads the ids after the GIL is released, when another thread may
+  // refill the caller's array: it reads a private copy, checked here.
+  idx = idx.attr("copy")();
   const int64_t rows = p.shape(0);
   auto check_range = [&](auto* ids) {
     for (py::ssize_t j = 0; j < n; ++j) {
@@ -84,6 +87,9 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
     check_range(static_cast<const int32_t*>(ts.indices));
   } else {
     check_range(static_cast<const int64_t*>(ts.indices));
+  }
+  if (g.overlaps_written(values.data(), static_cast<size_t>(values.nbytes()))) {
+    values = values.attr("copy")();  // read as it was when the call began
   }
   // A present gradient must have a non-null pointer, also with no rows.
   static const double kEmpty = 0.0;

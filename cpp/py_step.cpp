@@ -42,11 +42,8 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
     throw py::value_error("The gradient for " + var + " has shape " + shape_str(a) +
                           ", but the variable has shape " + shape_str(p) + ".");
   }
-  const int need = kCContiguous | kAligned;
-  if ((a.flags() & need) != need || !is_native(a.dtype())) {
-    a = py::array::ensure(a, need | kNotSwapped);
-    if (!a) throw py::error_already_set();
-  }
+  a = readable(a);
+  if (g.overlaps_written(a.data(), static_cast<size_t>(a.nbytes()))) a = a.attr("copy")();
   return a;
 }
 
@@ -81,6 +78,21 @@ std::vector<adagrad::TensorStep> gradients(const PyGroup& g, const py::sequence&
   return steps;
 }
 
+// The accumulation phases read and write every tensor's gradient accumulator
+// (also of tensors without a gradient, which the update step resets): a group
+// built without them cannot take such a plan.
+void check_plan(const PyGroup& g, const adagrad::StepPlan& plan) {
+  if (plan.phase == adagrad::Phase::update) return;
+  const std::vector<adagrad::TensorSlots>& tensors = g.group.tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].grad_accumulator == nullptr) {
+      throw py::value_error("The step accumulates gradients, but " + g.label(i) +
+                            " has no gradient accumulator: gradient_accumulation_steps must "
+                            "be set when the optimizer is built.");
+    }
+  }
+}
+
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan,
              const std::optional<std::vector<double>>& norms) {
   if (norms && norms->size() != g.group.tensors().size()) {
@@ -88,6 +100,7 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
                           std::to_string(g.group.tensors().size()) + "); received " +
                           std::to_string(norms->size()) + ".");
   }
+  check_plan(g, plan);
   std::vector<py::array> held;
   std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
   adagrad::StepResult r;
@@ -99,6 +112,7 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
 }
 
 py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+  check_plan(g, plan);
   std::vector<py::array> held;
   std::vector<adagrad::TensorStep> steps = gradients(g, grads, false, held);
   {

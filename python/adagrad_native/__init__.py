@@ -30,9 +30,9 @@ def set_num_threads(n: int) -> None:
     """Sets the number of threads of the native step (results do not depend on it).
 
     Args:
-        n: A positive number of threads.
+        n: The number of threads, from 1 to 1024 (`MAX_THREADS` of the core).
     """
-    _core.set_num_threads(_checks.integer(n, "n", minimum=1))
+    _core.set_num_threads(_checks.integer(n, "n", minimum=1, maximum=_core.MAX_THREADS))
 
 
 def get_num_threads() -> int:

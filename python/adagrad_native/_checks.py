@@ -25,6 +25,9 @@ def _received(name: str, value: Any, with_type: bool = False) -> str:
     return f"Received: {name}={value!r}{kind}."
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def real(
     value: Any,
     name: str,
@@ -32,6 +35,7 @@ def real(
     minimum: float | None = None,
     strict: bool = False,
     maximum: float | None = None,
+    float32: bool = False,
 ) -> Any:
     """Checks a finite real number, optionally bounded; returns it unchanged.
 
@@ -41,6 +45,8 @@ def real(
         minimum: The lower bound, or None for none.
         strict: Whether the lower bound itself is excluded (`> minimum`).
         maximum: The (inclusive) upper bound, or None for none.
+        float32: The value is used in float32 math (or stored as float32): it
+            must not overflow there, where it would silently become inf.
 
     Raises:
         TypeError: When `value` is not a real number (bools are not).
@@ -54,6 +60,11 @@ def real(
     if not math.isfinite(value):
         raise ValueError(f"Argument `{name}` must be a finite number. " + _received(name, value))
     number = cast(float, value)  # compared as given: a huge int must not overflow
+    if float32 and abs(number) > FLOAT32_MAX:
+        raise ValueError(
+            f"Argument `{name}` must be at most {FLOAT32_MAX:.6g} in magnitude: it is used "
+            "in float32, where it would overflow to inf. " + _received(name, value)
+        )
     too_low = minimum is not None and (number <= minimum if strict else number < minimum)
     too_high = maximum is not None and number > maximum
     if too_low or too_high:
@@ -68,23 +79,30 @@ def real(
 
 
 def optional_real(
-    value: Any, name: str, *, minimum: float | None = None, strict: bool = False
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    strict: bool = False,
+    float32: bool = False,
 ) -> Any:
     """`real`, with None accepted (meaning "off")."""
-    return None if value is None else real(value, name, minimum=minimum, strict=strict)
+    if value is None:
+        return None
+    return real(value, name, minimum=minimum, strict=strict, float32=float32)
 
 
-def integer(value: Any, name: str, *, minimum: int) -> int:
-    """Checks an integer >= `minimum` (bools are not integers); returns it as an int.
+def integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
+    """Checks an integer in [`minimum`, `maximum`] (bools are not integers); returns an int.
 
     Raises:
-        ValueError: For a non-integer or a value below `minimum` (as Keras raises
+        ValueError: For a non-integer or a value out of range (as Keras raises
             `ValueError` for its integer arguments).
     """
-    if is_bool(value) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(
-            f"Argument `{name}` must be an integer >= {minimum}. " + _received(name, value)
-        )
+    integral = not is_bool(value) and isinstance(value, numbers.Integral)
+    if not integral or value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"Argument `{name}` must be an integer {bound}. " + _received(name, value))
     return int(value)
 
 

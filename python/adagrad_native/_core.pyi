@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 DECLINED: int
+MAX_THREADS: int
 
 class Clip(Enum):
     none = 0

@@ -7,7 +7,13 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
-from adagrad_native.optimizer import Hyperparameter, Optimizer
+from adagrad_native.optimizer import (
+    Hyperparameter,
+    Optimizer,
+    fixed_after_build,
+    non_negative,
+    one_of,
+)
 from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
 
@@ -73,10 +79,13 @@ class Adagrad(Optimizer):
         **kwargs: Only the deprecated `decay` (ignored with a warning).
     """
 
-    initial_accumulator_value: Hyperparameter[float] = Hyperparameter()
-    epsilon: Hyperparameter[float] = Hyperparameter()
-    accumulator_dtype: Hyperparameter[str | None] = Hyperparameter()
-    sparse_updates: Hyperparameter[str] = Hyperparameter()
+    initial_accumulator_value: Hyperparameter[float] = Hyperparameter(non_negative)
+    epsilon: Hyperparameter[float] = Hyperparameter(non_negative)
+    # None: each accumulator in its variable's dtype, as Keras.
+    accumulator_dtype: Hyperparameter[str | None] = Hyperparameter(
+        fixed_after_build(one_of(None, "float32"))
+    )
+    sparse_updates: Hyperparameter[str] = Hyperparameter(one_of(*_SPARSE_UPDATES))
 
     def __init__(
         self,
@@ -98,11 +107,6 @@ class Adagrad(Optimizer):
         sparse_updates: str = "dense",
         **kwargs: Any,
     ) -> None:
-        _checks.one_of(sparse_updates, "sparse_updates", _SPARSE_UPDATES)
-        _checks.real(initial_accumulator_value, "initial_accumulator_value", minimum=0)
-        _checks.real(epsilon, "epsilon", minimum=0)
-        # None: the variable's dtype, as Keras.
-        _checks.one_of(accumulator_dtype, "accumulator_dtype", (None, "float32"))
         super().__init__(
             learning_rate=learning_rate,
             weight_decay=weight_decay,
@@ -166,7 +170,7 @@ class Adagrad(Optimizer):
         """
         if not self.built:
             raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
-        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0))
+        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0, float32=True))
         with self._lock:
             self._native.update_one(self._index_of(variable, 0), gradient, lr, float(self.epsilon))
 

@@ -15,7 +15,7 @@ import numbers
 import re
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
@@ -34,16 +34,24 @@ T = TypeVar("T")
 
 
 class Hyperparameter(Generic[T]):
-    """A public optimizer setting; setting it makes the native step re-read the settings.
+    """A public optimizer setting, checked when set; setting it makes the native step re-read it.
 
     Only `__set__` is defined, so reads come straight from the instance
     dictionary, at plain attribute speed (a step reads several).
+
+    Args:
+        check: `check(optimizer, name, value)` returns the value to store or
+            raises (then nothing changes), in the constructor and after it.
     """
+
+    def __init__(self, check: Callable[[Any, str, Any], Any]) -> None:
+        self.check = check
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
     def __set__(self, optimizer: Any, value: T) -> None:
+        value = self.check(optimizer, self.name, value)
         optimizer.__dict__[self.name] = value
         native = optimizer.__dict__.get("_native")
         if native is not None:
@@ -58,6 +66,84 @@ class Hyperparameter(Generic[T]):
         def __get__(self, optimizer: object, owner: type) -> T: ...
 
         def __get__(self, optimizer: object, owner: type) -> Any: ...
+
+
+# The checks of the hyperparameters: (optimizer, name, value) -> the value to store.
+def non_negative(optimizer: Any, name: str, value: Any) -> Any:
+    """A finite number >= 0 that fits float32."""
+    return _checks.real(value, name, minimum=0, float32=True)
+
+
+def non_negative_or_off(optimizer: Any, name: str, value: Any) -> Any:
+    """None, or a finite number >= 0 that fits float32."""
+    return _checks.optional_real(value, name, minimum=0, float32=True)
+
+
+def one_of(*choices: Any) -> Callable[[Any, str, Any], Any]:
+    """One of `choices`."""
+    return lambda optimizer, name, value: _checks.one_of(value, name, choices)
+
+
+def fixed_after_build(check: Callable[[Any, str, Any], Any]) -> Callable[[Any, str, Any], Any]:
+    """`check`, and no change once the optimizer is built (its slots depend on the value)."""
+
+    def checked(optimizer: Any, name: str, value: Any) -> Any:
+        value = check(optimizer, name, value)
+        if optimizer.__dict__.get("built") and value != optimizer.__dict__.get(name):
+            raise ValueError(
+                f"Argument `{name}` cannot change after the optimizer is built: its slots "
+                f"were made for {name}={optimizer.__dict__.get(name)!r}. Create a new "
+                f"optimizer instead. Received: {name}={value!r}"
+            )
+        return value
+
+    return checked
+
+
+def _use_ema(optimizer: Any, name: str, value: Any) -> Any:
+    # Turning EMA on needs an average per variable, made at build; the EMA
+    # settings, accepted unchecked while EMA was off (as Keras), are checked now.
+    if value and not optimizer.__dict__.get("use_ema"):
+        if optimizer.__dict__.get("built"):
+            raise ValueError(
+                "Argument `use_ema` cannot be turned on after the optimizer is built: the "
+                "EMA averages are made at build. Create the optimizer with use_ema=True. "
+                f"Received: use_ema={value!r}"
+            )
+        if "ema_momentum" in optimizer.__dict__:
+            _ema_momentum(optimizer, "ema_momentum", optimizer.ema_momentum, force=True)
+            _ema_frequency(
+                optimizer, "ema_overwrite_frequency", optimizer.ema_overwrite_frequency, force=True
+            )
+    return value
+
+
+def _ema_momentum(optimizer: Any, name: str, value: Any, force: bool = False) -> Any:
+    if force or optimizer.__dict__.get("use_ema"):  # Keras checks it only when used
+        _checks.real(value, name, minimum=0, maximum=1)
+    return value
+
+
+def _ema_frequency(optimizer: Any, name: str, value: Any, force: bool = False) -> Any:
+    if force or optimizer.__dict__.get("use_ema"):
+        _checks.optional_integer(value, name, minimum=1)
+    return value
+
+
+def _loss_scale_factor(optimizer: Any, name: str, value: Any) -> Any:
+    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True)
+
+
+def _accumulation_steps(optimizer: Any, name: str, value: Any) -> Any:
+    # Stored as given (0 and None both mean off), as Keras reports them back.
+    _checks.optional_integer(value, name, minimum=2)
+    if value and optimizer.__dict__.get("built") and not optimizer.gradient_accumulation_steps:
+        raise ValueError(
+            "Argument `gradient_accumulation_steps` cannot be turned on after the optimizer is "
+            "built: the gradient accumulators are made at build. Create the optimizer with it. "
+            f"Received: gradient_accumulation_steps={value!r}"
+        )
+    return value
 
 
 def _snake_case(name: str) -> str:
@@ -92,16 +178,16 @@ class Optimizer:
         **kwargs: Only the deprecated `decay` (ignored with a warning) is accepted.
     """
 
-    weight_decay: Hyperparameter[float | None] = Hyperparameter()
-    clipnorm: Hyperparameter[float | None] = Hyperparameter()
-    clipvalue: Hyperparameter[float | None] = Hyperparameter()
-    global_clipnorm: Hyperparameter[float | None] = Hyperparameter()
-    use_ema: Hyperparameter[bool] = Hyperparameter()
-    ema_momentum: Hyperparameter[float] = Hyperparameter()
-    ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter()
-    loss_scale_factor: Hyperparameter[float | None] = Hyperparameter()
-    gradient_accumulation_steps: Hyperparameter[int | None] = Hyperparameter()
-    on_nonfinite: Hyperparameter[str] = Hyperparameter()
+    weight_decay: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    clipvalue: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    use_ema: Hyperparameter[bool] = Hyperparameter(_use_ema)
+    ema_momentum: Hyperparameter[float] = Hyperparameter(_ema_momentum)
+    ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter(_ema_frequency)
+    loss_scale_factor: Hyperparameter[float | None] = Hyperparameter(_loss_scale_factor)
+    gradient_accumulation_steps: Hyperparameter[int | None] = Hyperparameter(_accumulation_steps)
+    on_nonfinite: Hyperparameter[str] = Hyperparameter(one_of(*_NONFINITE_POLICIES))
 
     def __init__(
         self,
@@ -119,7 +205,6 @@ class Optimizer:
         on_nonfinite: str = "propagate",
         **kwargs: Any,
     ) -> None:
-        _checks.one_of(on_nonfinite, "on_nonfinite", _NONFINITE_POLICIES)
         if kwargs.pop("decay", None) is not None:
             warnings.warn(
                 "Argument `decay` is no longer supported and will be ignored.", stacklevel=2
@@ -130,17 +215,12 @@ class Optimizer:
             raise ValueError(
                 f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
             )
-        self._validate(
-            weight_decay,
-            clipnorm,
-            clipvalue,
-            global_clipnorm,
-            use_ema,
-            ema_momentum,
-            ema_overwrite_frequency,
-            loss_scale_factor,
-            gradient_accumulation_steps,
-        )
+        if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError(
+                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
+                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
+                f"global_clipnorm={global_clipnorm}"
+            )
         self._native = self._make_native_step()
         self.name = name or auto_name(_snake_case(type(self).__name__))
         self.weight_decay = weight_decay
@@ -151,7 +231,6 @@ class Optimizer:
         self.ema_momentum = ema_momentum
         self.ema_overwrite_frequency = ema_overwrite_frequency
         self.loss_scale_factor = loss_scale_factor
-        # Stored as given (0 and None both mean off), as Keras reports them back.
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.on_nonfinite = on_nonfinite
         self.built = False
@@ -175,35 +254,6 @@ class Optimizer:
         )
         self._learning_rate: Any = None
         self.learning_rate = learning_rate
-
-    @staticmethod
-    def _validate(
-        weight_decay: Any,
-        clipnorm: Any,
-        clipvalue: Any,
-        global_clipnorm: Any,
-        use_ema: Any,
-        ema_momentum: Any,
-        ema_overwrite_frequency: Any,
-        loss_scale_factor: Any,
-        gradient_accumulation_steps: Any,
-    ) -> None:
-        _checks.optional_real(weight_decay, "weight_decay", minimum=0)
-        for arg, value in zip(_CLIP_ARGS, (clipnorm, clipvalue, global_clipnorm)):
-            _checks.optional_real(value, arg, minimum=0)
-        if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
-            raise ValueError(
-                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
-                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
-                f"global_clipnorm={global_clipnorm}"
-            )
-        if use_ema:  # Keras checks the EMA settings only when they are used
-            _checks.real(ema_momentum, "ema_momentum", minimum=0, maximum=1)
-            _checks.optional_integer(ema_overwrite_frequency, "ema_overwrite_frequency", minimum=1)
-        _checks.optional_real(loss_scale_factor, "loss_scale_factor", minimum=0, strict=True)
-        _checks.optional_integer(
-            gradient_accumulation_steps, "gradient_accumulation_steps", minimum=2
-        )
 
     # ----------------------------------------------------------------- variables
     def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
@@ -315,7 +365,7 @@ class Optimizer:
                 "LearningRateSchedule, or a callable that takes no arguments and returns the "
                 f"learning rate. Received instead: learning_rate={learning_rate!r}"
             )
-        _checks.real(learning_rate, "learning_rate", minimum=0)
+        _checks.real(learning_rate, "learning_rate", minimum=0, float32=True)
         if isinstance(current, Variable):
             current.value[...] = learning_rate
         elif current is None:

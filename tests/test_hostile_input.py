@@ -1,0 +1,224 @@
+"""Inputs that used to crash the process or silently compute something else.
+
+Each case either gives the same result as the well-formed call (a byte-swapped or
+aliased gradient is read as the numbers it holds) or raises a clear error and
+changes nothing (a setting the optimizer's buffers cannot honour).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import adagrad_native as an
+from tests.helpers import assert_identical
+
+F32 = np.float32
+
+
+def _trained(**kwargs):
+    params = [np.linspace(-1, 1, 12, dtype=F32).reshape(3, 4), np.ones(5, F32)]
+    opt = an.Adagrad(0.1, **kwargs)
+    opt.apply([np.full_like(p, 0.5) for p in params], params)
+    return opt, params
+
+
+# ------------------------------------------------------------ settings after build
+SETTINGS = {
+    "epsilon_negative": ("epsilon", -1.0, "epsilon"),
+    "weight_decay_nan": ("weight_decay", float("nan"), "weight_decay"),
+    "clipnorm_nan": ("clipnorm", float("nan"), "clipnorm"),
+    "clipvalue_negative": ("clipvalue", -0.5, "clipvalue"),
+    "loss_scale_factor_zero": ("loss_scale_factor", 0.0, "loss_scale_factor"),
+    "epsilon_overflows_float32": ("epsilon", 1e300, "float32"),
+    "use_ema_turned_on": ("use_ema", True, "EMA averages are made at build"),
+    "accumulation_turned_on": ("gradient_accumulation_steps", 2, "gradient accumulators"),
+    "accumulation_one": ("gradient_accumulation_steps", 1, "gradient_accumulation_steps"),
+    "accumulator_dtype_changed": ("accumulator_dtype", "float32", "cannot change after"),
+    "on_nonfinite_unknown": ("on_nonfinite", "sometimes", "on_nonfinite"),
+    "sparse_updates_unknown": ("sparse_updates", "eager", "sparse_updates"),
+}
+
+
+@pytest.mark.parametrize("case", list(SETTINGS))
+def test_a_bad_setting_after_build_raises_and_changes_nothing(case, snapshot):
+    name, value, fragment = SETTINGS[case]
+    opt, params = _trained()
+    before = opt.__dict__[name]
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match=fragment):
+        setattr(opt, name, value)
+    assert opt.__dict__[name] is before
+    snap.assert_unchanged()
+    opt.apply([np.full_like(p, 0.5) for p in params], params)  # and it still steps
+
+
+def test_accumulation_turned_on_through_a_loss_scale_optimizer_raises():
+    opt, params = _trained()
+    lso = an.LossScaleOptimizer(opt)
+    with pytest.raises(ValueError, match="gradient accumulators"):
+        lso.inner_optimizer.gradient_accumulation_steps = 4
+
+
+def test_the_core_refuses_an_accumulation_step_without_accumulators(snapshot):
+    # Below the Python checks: a plan that needs buffers the group lacks is refused.
+    opt, params = _trained()
+    opt.__dict__["gradient_accumulation_steps"] = 2  # bypasses the setting's check
+    opt._native.invalidate()
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match="no gradient accumulator"):
+        opt.apply([np.full_like(p, 0.5) for p in params], params)
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300], ids=["huge", "huge-negative"])
+def test_a_learning_rate_that_overflows_float32_is_refused(value):
+    with pytest.raises(ValueError, match="learning_rate"):
+        an.Adagrad(learning_rate=value)
+    opt, _ = _trained()
+    with pytest.raises(ValueError, match="float32"):
+        opt.learning_rate = value
+    assert float(opt.learning_rate) == pytest.approx(0.1)
+
+
+# ------------------------------------------------------------------------ threads
+@pytest.mark.parametrize("n", [1025, 100_000, 2**31 - 1], ids=["1025", "100k", "int-max"])
+def test_too_many_threads_is_refused(n, restore_threads):
+    with pytest.raises(ValueError, match=r"in \[1, 1024\]"):
+        an.set_num_threads(n)
+    assert an.get_num_threads() == restore_threads
+
+
+def test_a_huge_omp_num_threads_is_capped():
+    code = (
+        "import numpy as np, adagrad_native as an\n"
+        "p = np.zeros(1 << 20, np.float32)\n"
+        "an.Adagrad(0.1).apply([np.ones_like(p)], [p])\n"
+        "print(an.get_num_threads(), float(p[0]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"OMP_NUM_THREADS": "100000", "PATH": ""},
+    )
+    assert done.returncode == 0, done.stderr
+    threads, value = done.stdout.split()
+    assert int(threads) == 1024 and float(value) < 0
+
+
+# --------------------------------------------------------------------- byte order
+def _swapped(a):
+    return a.astype(a.dtype.newbyteorder())
+
+
+@pytest.mark.parametrize("grad", ["dense", "sparse-values", "sparse-ids"])
+def test_byte_swapped_inputs_are_read_as_their_numbers(grad):
+    def run(swap):
+        table = np.linspace(-1, 1, 40, dtype=F32).reshape(10, 4)
+        opt = an.Adagrad(0.1)
+        ids = np.array([1, 7, 1], np.int64)
+        values = np.arange(12, dtype=F32).reshape(3, 4) / 10
+        if grad == "dense":
+            g = np.arange(40, dtype=F32).reshape(10, 4) / 10
+            g = _swapped(g) if swap else g
+        else:
+            g = an.SparseGradient(
+                _swapped(ids) if swap and grad == "sparse-ids" else ids,
+                _swapped(values) if swap and grad == "sparse-values" else values,
+            )
+        for _ in range(2):
+            opt.apply([g], [table])
+        return [table]
+
+    assert_identical(run(True), run(False))
+
+
+def test_a_byte_swapped_out_of_range_id_is_refused(snapshot):
+    opt, params = _trained()
+    snap = snapshot(opt, params)
+    ids = np.array([1, 3], ">i8")
+    with pytest.raises(ValueError, match="row id 3"):
+        opt.apply([an.SparseGradient(ids, np.ones((2, 4), F32)), None], params)
+    snap.assert_unchanged()
+
+
+# ---------------------------------------------------------------------- aliasing
+ALIASES = ["gradient-is-parameter", "gradient-is-accumulator", "overlapping-views"]
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
+@pytest.mark.parametrize("alias", ALIASES)
+def test_a_gradient_sharing_memory_with_the_step_reads_as_a_copy(alias, threads, restore_threads):
+    an.set_num_threads(threads)
+    n = 70_000  # several work items, so two threads split the tensor
+
+    def run(copy):
+        base = np.linspace(-1, 1, n + 1, dtype=F32)
+        param = base[1:] if alias == "overlapping-views" else base[:n].copy()
+        opt = an.Adagrad(0.1, weight_decay=0.01)
+        opt.build([param])
+        accumulator = opt.variables[-1].value
+        accumulator[...] = np.linspace(0.1, 2, n, dtype=F32)
+        grad = {
+            "gradient-is-parameter": param,
+            "gradient-is-accumulator": accumulator,
+            "overlapping-views": base[:-1],
+        }[alias]
+        opt.apply([grad.copy() if copy else grad], [param])
+        return [param, accumulator]
+
+    assert_identical(run(False), run(True))
+
+
+def test_parameters_that_share_memory_are_refused():
+    base = np.zeros(10, F32)
+    opt = an.Adagrad(0.1)
+    with pytest.raises(ValueError, match="overlap"):
+        opt.build([base[:6], base[4:]])
+
+
+# ---------------------------------------------------------- ids changed mid-step
+def test_ids_rewritten_by_another_thread_never_reach_outside_the_table(restore_threads):
+    an.set_num_threads(2)
+    rows, width, n = 4096, 4, 1 << 20
+    guarded = np.zeros((rows + 2, width), F32)  # a guard row on each side
+    table = guarded[1:-1]
+    opt = an.Adagrad(0.1)
+    good = np.arange(n, dtype=np.int64) % rows
+    ids = good.copy()
+    values = np.ones((n, width), F32)
+    stop = threading.Event()
+
+    def rewrite():
+        # Bad ids appear right after the step released the GIL (its check passed)
+        # and stay while this thread holds the GIL, i.e. while the core reads them.
+        while not stop.is_set():
+            ids[:] = good
+            time.sleep(1e-3)  # let the step take the GIL, check, and release it
+            ids[::7] = rows + 1  # would land on the guard row after the table
+            deadline = time.perf_counter() + 1e-3
+            while time.perf_counter() < deadline:
+                pass
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    applied = 0
+    try:
+        for _ in range(100):
+            try:
+                opt.apply([an.SparseGradient(ids, values)], [table])
+                applied += 1
+            except ValueError:
+                pass  # the check saw the bad ids: refused, as it must be
+    finally:
+        stop.set()
+        writer.join()
+    assert applied, "no step got past the check: the race was not exercised"
+    assert not guarded[0].any() and not guarded[-1].any()
