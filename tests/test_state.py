@@ -1,6 +1,7 @@
 """Optimizer state: Keras-keyed stores, set_weights, name-keyed checkpoints, stateless_apply."""
 
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -154,3 +155,62 @@ def test_stateless_apply_errors():
         )
     with pytest.raises(ValueError, match="trainable_variables.*expected 2"):
         opt.stateless_apply(_values(opt), [np.ones((4, 3), F32)], [variables[0].numpy()])
+
+
+# ------------------------------------------------------------- checkpoint files
+def _named_alike(count):
+    return [an.Variable(np.full(3, float(i + 1), np.float32), name="w") for i in range(count)]
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_variables_of_the_same_name_all_reach_the_checkpoint(tmp_path, count):
+    variables = _named_alike(count)
+    opt = an.Adagrad(0.1)
+    opt.apply([np.full(3, float(i + 1), np.float32) for i in range(count)], variables)
+    an.save_state(opt, tmp_path / "state.npz")
+    other = an.Adagrad(0.1, name="renamed")
+    other.build(_named_alike(count))
+    an.load_state(other, tmp_path / "state.npz")
+    for a, b in zip(opt.variables, other.variables, strict=True):
+        assert a.value.tobytes() == b.value.tobytes(), a.path
+
+
+def test_a_store_value_that_does_not_convert_loads_nothing(snapshot):
+    opt = an.Adagrad(0.1)
+    params = [np.ones(3, np.float32)]
+    opt.apply([np.ones(3, np.float32)], params)
+    store = {str(i): v.numpy() for i, v in enumerate(opt.variables)}
+    store[str(len(store) - 1)] = np.array(["a", "b", "c"])
+    snap = snapshot(opt, params)
+    with pytest.raises(ValueError, match="does not convert"):
+        opt.load_own_variables(store)
+    snap.assert_unchanged()
+
+
+def test_a_save_removes_what_a_killed_save_left_and_keeps_the_umask(tmp_path):
+    opt = an.Adagrad(0.1)
+    opt.build([np.ones(3, np.float32)])
+    leftover = tmp_path / ".state.npz.tmp-killed"
+    leftover.write_bytes(b"half a checkpoint")
+    old = os.umask(0o027)
+    try:
+        an.save_state(opt, tmp_path / "state.npz")
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
+    assert (tmp_path / "state.npz").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_save_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    opt = an.Adagrad(0.1)
+    opt.build([np.ones(3, np.float32)])
+    an.save_state(opt, tmp_path / "state.npz")
+    assert synced == [False, True]  # the file, then its folder

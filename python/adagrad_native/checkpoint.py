@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,12 +25,19 @@ def state_key(variable: Variable) -> str:
 
 
 def _state_entries(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's variables by unique key, in order.
+
+    A key that repeats (variables of the same name, or an inner optimizer's
+    "iteration") gets "#1", "#2", ... in order of appearance, so every variable
+    is stored and the keys still do not depend on the optimizer's name.
+    """
     entries: dict[str, Any] = {}
+    seen: dict[str, int] = {}
     for variable in optimizer.variables:
         key = state_key(variable)
-        if key in entries:  # e.g. an inner optimizer's "iteration"
-            key = variable.path
-        entries[key] = variable
+        count = seen.get(key, 0)
+        seen[key] = count + 1
+        entries[f"{key}#{count}" if count else key] = variable
     return entries
 
 
@@ -54,18 +62,44 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
     except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
         config = "null"
     arrays[CONFIG_KEY] = np.array(config)
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    write_atomically(os.fspath(path), lambda f: np.savez(f, **arrays))
+
+
+def write_atomically(path: str, write: Callable[[Any], None]) -> None:
+    """Writes a file so that a crash leaves either the old file or the new one.
+
+    The content goes to a temporary file in the same folder (what an earlier
+    killed write left there is removed first), is flushed to disk, renamed over
+    `path`, and the folder is flushed so the rename survives a power loss. The
+    file gets the permissions of a newly created file (0666 less the umask).
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp-"
+    for leftover in os.listdir(folder):
+        if leftover.startswith(prefix):
+            os.unlink(os.path.join(folder, leftover))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:

@@ -870,7 +870,17 @@ class Optimizer:
                     else ""
                 )
             )
-        for variable, value in zip(variables, stored):
+        converted = []
+        for key, variable, value in zip(keys, variables, stored):
+            try:  # every value converts before any is assigned
+                converted.append(np.asarray(value, dtype=variable.value.dtype))
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"Cannot load the state of optimizer '{self.name}': entry {str(key)!r} "
+                    f"({variable.path}) does not convert to {variable.dtype}: {err}. Nothing "
+                    "was loaded."
+                ) from err
+        for variable, value in zip(variables, converted):
             variable.assign(value)
 
     def set_weights(self, weights: Sequence[Any]) -> None:

@@ -67,7 +67,7 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies after the rank files, before the manifest
 
-    monkeypatch.setattr(sharded_checkpoint, "_write_manifest", die)
+    monkeypatch.setattr(sharded_checkpoint, "_write_manifest", die)  # the commit point
     with pytest.raises(KeyboardInterrupt):
         distributed.save_state(opt, tmp_path)
     monkeypatch.undo()

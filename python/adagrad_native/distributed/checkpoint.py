@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from adagrad_native.checkpoint import CONFIG_KEY
+from adagrad_native.checkpoint import CONFIG_KEY, write_atomically
 from adagrad_native.variables import Variable
 
 # Where a rank's state sits in the whole state, by checkpoint key: the whole
@@ -166,25 +166,11 @@ def _read_manifest(path: str) -> dict[str, Any] | None:
 
 
 def _write_manifest(path: str, manifest: dict[str, Any]) -> None:
-    tmp = os.path.join(path, _MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(path, _MANIFEST))
-    _fsync_folder(path)
+    """Switches the checkpoint to a new generation: the one atomic step of a save."""
+    write_atomically(
+        os.path.join(path, _MANIFEST), lambda f: f.write(json.dumps(manifest).encode())
+    )
 
 
-def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_folder(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_npz(path: str, arrays: dict[str, Any]) -> None:
+    write_atomically(path, lambda f: np.savez(f, **arrays))
