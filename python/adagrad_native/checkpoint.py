@@ -56,7 +56,8 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
     """
     if not optimizer.built:
         raise ValueError("save_state needs a built optimizer: call build(variables) first.")
-    arrays = {key: var.numpy() for key, var in _state_entries(optimizer).items()}
+    with optimizer._state_lock():  # a consistent snapshot, also while another thread steps
+        arrays = {key: var.numpy() for key, var in _state_entries(optimizer).items()}
     try:
         config = json.dumps(optimizer.get_config())
     except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
@@ -132,6 +133,7 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
             f"The checkpoint {os.fspath(path)!r} does not match optimizer '{optimizer.name}': "
             f"missing {missing}, unexpected {unexpected}, mismatched {mismatched}."
         )
-    for key, var in entries.items():
-        var.assign(stored[key])
+    with optimizer._state_lock():
+        for key, var in entries.items():
+            var.assign(stored[key])
     return config

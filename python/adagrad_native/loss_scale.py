@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,12 @@ class LossScaleOptimizer(Optimizer):
     @_trainable_variables.setter
     def _trainable_variables(self, value: list[Variable]) -> None:
         pass  # the inner optimizer owns them
+
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """This optimizer's lock, then the inner optimizer's: the order `apply` takes them."""
+        with self._lock, self.inner_optimizer._state_lock():
+            yield
 
     @property
     def variables(self) -> list[Variable]:

@@ -329,6 +329,16 @@ class Optimizer:
         """Optimizer variables in Keras' order (iteration, learning_rate, slots by kind)."""
         return list(self._variables)
 
+    @contextlib.contextmanager
+    def _state_lock(self) -> Iterator[None]:
+        """Held by every step and by every reader and writer of the state as a whole.
+
+        So a checkpoint never sees half a step, and a load never lands in the
+        middle of one. Re-entrant.
+        """
+        with self._lock:
+            yield
+
     @property
     def iterations(self) -> Variable:
         """Completed optimizer steps (`apply` calls // accumulation steps)."""
@@ -840,8 +850,10 @@ class Optimizer:
         The keys and order are Keras', so a real Keras optimizer built on the
         same variables can load the store, and the reverse.
         """
-        for i, variable in enumerate(self.variables):
-            store[str(i)] = variable.numpy()
+        with self._state_lock():  # a consistent snapshot, also while another thread steps
+            values = [variable.numpy() for variable in self.variables]
+        for i, value in enumerate(values):
+            store[str(i)] = value
 
     def load_own_variables(self, store: Any) -> None:
         """Reads `self.variables` from a store written by `save_own_variables` or Keras.
@@ -851,43 +863,52 @@ class Optimizer:
                 warns and loads nothing); the message lists what was expected and
                 what was stored. Nothing changes when it raises.
         """
-        variables = self.variables
-        keys = sorted(store.keys(), key=lambda k: (len(str(k)), str(k)))
-        stored = [np.asarray(store[k]) for k in keys]
-        expected_keys = [str(i) for i in range(len(variables))]
-        shapes_ok = len(stored) == len(variables) and all(
-            a.shape == v.shape for a, v in zip(stored, variables)
-        )
-        if [str(k) for k in keys] != expected_keys or not shapes_ok:
-            raise ValueError(
-                f"Cannot load the state of optimizer '{self.name}': expected "
-                f"{len(variables)} entries "
-                f"{[(k, v.path, v.shape) for k, v in zip(expected_keys, variables)]}; the store "
-                f"has {len(stored)} {[(str(k), a.shape) for k, a in zip(keys, stored)]}."
-                + (
-                    " The optimizer is not built yet: call build(variables) first."
-                    if not self.built
-                    else ""
-                )
+        with self._state_lock():
+            variables = self.variables
+            keys = sorted(store.keys(), key=lambda k: (len(str(k)), str(k)))
+            stored = [np.asarray(store[k]) for k in keys]
+            expected_keys = [str(i) for i in range(len(variables))]
+            shapes_ok = len(stored) == len(variables) and all(
+                a.shape == v.shape for a, v in zip(stored, variables)
             )
-        converted = []
-        for key, variable, value in zip(keys, variables, stored):
-            try:  # every value converts before any is assigned
-                converted.append(np.asarray(value, dtype=variable.value.dtype))
-            except (TypeError, ValueError) as err:
+            if [str(k) for k in keys] != expected_keys or not shapes_ok:
                 raise ValueError(
-                    f"Cannot load the state of optimizer '{self.name}': entry {str(key)!r} "
-                    f"({variable.path}) does not convert to {variable.dtype}: {err}. Nothing "
-                    "was loaded."
-                ) from err
-        for variable, value in zip(variables, converted):
-            variable.assign(value)
+                    f"Cannot load the state of optimizer '{self.name}': expected "
+                    f"{len(variables)} entries "
+                    f"{[(k, v.path, v.shape) for k, v in zip(expected_keys, variables)]}; "
+                    f"the store has {len(stored)} "
+                    f"{[(str(k), a.shape) for k, a in zip(keys, stored)]}."
+                    + (
+                        " The optimizer is not built yet: call build(variables) first."
+                        if not self.built
+                        else ""
+                    )
+                )
+            converted = []
+            for key, variable, value in zip(keys, variables, stored):
+                try:  # every value converts before any is assigned
+                    converted.append(np.asarray(value, dtype=variable.value.dtype))
+                except (TypeError, ValueError) as err:
+                    raise ValueError(
+                        f"Cannot load the state of optimizer '{self.name}': entry {str(key)!r} "
+                        f"({variable.path}) does not convert to {variable.dtype}: {err}. Nothing "
+                        "was loaded."
+                    ) from err
+            for variable, value in zip(variables, converted):
+                variable.assign(value)
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Assigns `weights` to `self.variables`, after checking count and shapes."""
-        arrays = self._state_arrays(weights, self.variables, "weights")
-        for variable, value in zip(self.variables, arrays):
-            variable.assign(value)
+        if not self.built:
+            raise ValueError(
+                f"You are calling `set_weights()` on an optimizer that has not yet been built. "
+                f"Please call `optimizer.build(trainable_variables)` to create the optimizer "
+                f"weights before calling `set_weights()`. Optimizer: '{self.name}'."
+            )
+        with self._state_lock():
+            arrays = self._state_arrays(weights, self.variables, "weights")
+            for variable, value in zip(self.variables, arrays):
+                variable.assign(value)
 
     # ------------------------------------------------------------ other methods
     def assign(self, variable: Any, value: Any) -> None:
@@ -919,18 +940,19 @@ class Optimizer:
         """
         if not self.use_ema:
             return
-        var_list = list(var_list)
-        averages = self._model_variables_moving_average
-        if len(var_list) != len(averages):
-            raise ValueError(
-                f"`finalize_variable_values` expects the {len(averages)} variables the optimizer "
-                f"was built with; received {len(var_list)}."
-            )
-        indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
-        for i in indices:
-            average = averages[i]
-            if average is not None:  # the variable's buffer, as the native step sees it
-                self._stepped_variables[i].assign(average.value)
+        with self._state_lock():
+            var_list = list(var_list)
+            averages = self._model_variables_moving_average
+            if len(var_list) != len(averages):
+                raise ValueError(
+                    f"`finalize_variable_values` expects the {len(averages)} variables the "
+                    f"optimizer was built with; received {len(var_list)}."
+                )
+            indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
+            for i in indices:
+                average = averages[i]
+                if average is not None:  # the variable's buffer, as the native step sees it
+                    self._stepped_variables[i].assign(average.value)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, in Keras' format.

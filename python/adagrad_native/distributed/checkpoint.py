@@ -56,7 +56,8 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         os.makedirs(folder)
     comm.Barrier()
     places = optimizer._checkpoint_places()
-    arrays = {key: var.value.reshape(-1).copy() for key, (_, _, _, var) in places.items()}
+    with optimizer._state_lock():  # a consistent snapshot, also while another thread steps
+        arrays = {key: var.value.reshape(-1).copy() for key, (_, _, _, var) in places.items()}
     layout = {key: [list(shape), lo, hi] for key, (shape, lo, hi, _) in places.items()}
     arrays["__places__"] = np.array(json.dumps(layout))
     problem = None
@@ -119,8 +120,9 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
                 f"The checkpoint {path!r} does not match '{optimizer.name}' "
                 f"(rank {rank}): {other}. Nothing was loaded."
             )
-    for key, (_, _, _, var) in places.items():
-        var.assign(chosen[key])
+    with optimizer._state_lock():
+        for key, (_, _, _, var) in places.items():
+            var.assign(chosen[key])
     return config
 
 

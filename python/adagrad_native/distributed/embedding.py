@@ -87,6 +87,10 @@ class ShardedEmbedding:
 
     built = True  # for checkpoints: a table is built when it is made
 
+    def _state_lock(self) -> Any:
+        """The lock of the table's optimizer (it guards the rows too)."""
+        return self.optimizer._state_lock()
+
     @property
     def name(self) -> str:
         """The table variable's name."""
