@@ -56,7 +56,8 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
     py::array ds = as_array(obj.attr("dense_shape"), "The sparse gradient's dense_shape");
     bool ok = ds.ndim() == 1 && ds.shape(0) == p.ndim();
     for (py::ssize_t d = 0; ok && d < p.ndim(); ++d) {
-      ok = py::int_(ds.attr("__getitem__")(d)).cast<int64_t>() == p.shape(d);
+      // Compared as Python numbers: a dimension beyond int64 is just not equal.
+      ok = ds.attr("__getitem__")(d).equal(py::int_(p.shape(d)));
     }
     if (!ok) {
       throw py::value_error("The sparse gradient's dense_shape for " + var + " is " +

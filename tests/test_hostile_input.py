@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -222,3 +223,68 @@ def test_ids_rewritten_by_another_thread_never_reach_outside_the_table(restore_t
         writer.join()
     assert applied, "no step got past the check: the race was not exercised"
     assert not guarded[0].any() and not guarded[-1].any()
+
+
+# ------------------------------------------------------------------ clear errors
+class _SlicesLike:
+    """An IndexedSlices look-alike whose dense_shape does not fit int64."""
+
+    indices = np.array([0])
+    values = np.ones((1, 4), F32)
+    dense_shape = (2**70, 4)
+
+
+CLEAR_ERRORS = {
+    "grads_none": (lambda opt, p: opt.apply(None), TypeError, "`grads` must be a list"),
+    "grads_none_with_variables": (
+        lambda opt, p: opt.apply(None, p),
+        TypeError,
+        "`grads` must be a list",
+    ),
+    "grads_one_array": (
+        lambda opt, p: opt.apply(np.ones(5, F32), p),
+        TypeError,
+        "`grads` must be a list",
+    ),
+    "dense_shape_beyond_int64": (
+        lambda opt, p: opt.apply(
+            [an.SparseGradient([0], np.ones((1, 4), F32), (2**70, 4)), None], p
+        ),
+        ValueError,
+        "dense_shape",
+    ),
+    "dense_shape_beyond_int64_duck": (
+        lambda opt, p: opt.apply([_SlicesLike(), None], p),
+        ValueError,
+        "dense_shape",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CLEAR_ERRORS))
+def test_a_bad_call_gets_a_clear_error_and_changes_nothing(case, snapshot):
+    call, error, fragment = CLEAR_ERRORS[case]
+    opt, params = _trained()
+    snap = snapshot(opt, params)
+    with pytest.raises(error, match=fragment):
+        call(opt, params)
+    snap.assert_unchanged()
+
+
+def test_loading_a_file_that_is_not_a_checkpoint_says_so(tmp_path, snapshot):
+    opt, params = _trained()
+    np.save(tmp_path / "array.npy", np.ones(3))
+    an.save_state(opt, tmp_path / "good.npz")
+    # A header that claims 2**45 x 8 elements: numpy would try to allocate a PiB.
+    with zipfile.ZipFile(tmp_path / "good.npz") as z:
+        entries = {name: z.read(name) for name in z.namelist()}
+    name = next(n for n in entries if "accumulator" in n)
+    entries[name] = entries[name].replace(b"(3, 4)", b"(35184372088832, 8)", 1)
+    with zipfile.ZipFile(tmp_path / "corrupt.npz", "w") as z:
+        for key, data in entries.items():
+            z.writestr(key, data)
+    snap = snapshot(opt, params)
+    for bad, fragment in (("array.npy", "single array"), ("corrupt.npz", "allocate")):
+        with pytest.raises(ValueError, match=f"not a checkpoint that save_state wrote.*{fragment}"):
+            an.load_state(opt, tmp_path / bad)
+    snap.assert_unchanged()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,28 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
     write_atomically(os.fspath(path), lambda f: np.savez(f, **arrays))
 
 
+def read_npz(path: str) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` checkpoint.
+
+    Raises:
+        FileNotFoundError: When there is no such file.
+        ValueError: When the file is not an `.npz` archive or cannot be read (a
+            corrupt entry, a header that claims an impossible size).
+    """
+    try:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array (an .npy file), not a checkpoint")
+        with data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, MemoryError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"The file {path!r} is not a checkpoint that save_state wrote: {err}."
+        ) from err
+
+
 def write_atomically(path: str, write: Callable[[Any], None]) -> None:
     """Writes a file so that a crash leaves either the old file or the new one.
 
@@ -117,8 +140,7 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     if not optimizer.built:
         raise ValueError("load_state needs a built optimizer: call build(variables) first.")
     entries = _state_entries(optimizer)
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        stored = {key: data[key] for key in data.files}
+    stored = read_npz(os.fspath(path))
     config: dict[str, Any] | None = json.loads(str(stored.pop(CONFIG_KEY, "null")))
     missing = sorted(set(entries) - set(stored))
     unexpected = sorted(set(stored) - set(entries))

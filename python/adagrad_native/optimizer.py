@@ -589,6 +589,12 @@ class Optimizer:
         """
         with self._lock:
             bad = self._native.try_fast(grads, trainable_variables)
+            if bad is None:
+                _check_sequence(
+                    grads, "grads", "gradients, one per variable (arrays, SparseGradients or None)"
+                )
+                if trainable_variables is not None:
+                    _check_sequence(trainable_variables, "trainable_variables", "variables")
             if bad is not None:
                 if bad >= 0 and self.on_nonfinite == "raise":
                     raise self._nonfinite_error(bad)
@@ -996,6 +1002,19 @@ class Optimizer:
                 config["learning_rate"], custom_objects=custom_objects
             )
         return cls(**config)
+
+
+def _check_sequence(value: Any, name: str, what: str) -> None:
+    """A list-like argument: not None, a string or a single array (which would iterate)."""
+    if (
+        value is None
+        or isinstance(value, str | bytes | np.ndarray)
+        or not hasattr(value, "__iter__")
+    ):
+        raise TypeError(
+            f"Argument `{name}` must be a list (or another iterable) of {what}. "
+            f"Received: {name}={value!r:.80}"
+        )
 
 
 def _none_positions(grads: list[Any]) -> list[int]:

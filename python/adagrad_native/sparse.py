@@ -66,6 +66,11 @@ class SparseGradient:
             )
         if dense_shape is not None:
             dense_shape = tuple(int(d) for d in np.asarray(dense_shape).reshape(-1))
+            if any(not 0 <= d < 2**63 for d in dense_shape):
+                raise ValueError(
+                    "SparseGradient dense_shape must hold dimensions in [0, 2**63); received "
+                    f"dense_shape={dense_shape}."
+                )
             if dense_shape[1:] != values.shape[1:]:
                 raise ValueError(
                     f"SparseGradient values of shape {values.shape} do not fit dense_shape "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from adagrad_native.checkpoint import CONFIG_KEY, write_atomically
+from adagrad_native.checkpoint import CONFIG_KEY, read_npz, write_atomically
 from adagrad_native.variables import Variable
 
 # Where a rank's state sits in the whole state, by checkpoint key: the whole
@@ -137,8 +137,7 @@ def to_single_process(path: str | os.PathLike[str], out: str | os.PathLike[str])
 def _read_whole(path: str) -> tuple[dict[str, np.ndarray], Any]:
     """Every slot, whole, from a checkpoint folder or a one-process file; and the config."""
     if not os.path.isdir(path):
-        with np.load(path, allow_pickle=False) as data:
-            stored = {key: data[key] for key in data.files}
+        stored = read_npz(path)
         config = json.loads(str(stored.pop(CONFIG_KEY, "null")))
         return stored, config
     manifest = _read_manifest(path)
@@ -146,15 +145,15 @@ def _read_whole(path: str) -> tuple[dict[str, np.ndarray], Any]:
         raise ValueError(f"{path!r} has no {_MANIFEST}")
     folder = os.path.join(path, manifest["generation"])
     whole: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for rank in range(manifest["ranks"]):
-        with np.load(os.path.join(folder, f"rank-{rank:05d}.npz"), allow_pickle=False) as data:
-            places = json.loads(str(data["__places__"]))
-            for key, (shape, lo, hi) in places.items():
-                part = data[key]
-                if key not in whole:
-                    whole[key] = np.zeros(int(np.prod(shape)), part.dtype)
-                whole[key][lo:hi] = part
-            shapes = {key: tuple(shape) for key, (shape, _, _) in places.items()}
+        data = read_npz(os.path.join(folder, f"rank-{rank:05d}.npz"))
+        places = json.loads(str(data.pop("__places__")))
+        for key, (shape, lo, hi) in places.items():
+            if key not in whole:
+                whole[key] = np.zeros(int(np.prod(shape)), data[key].dtype)
+                shapes[key] = tuple(shape)
+            whole[key][lo:hi] = data[key]
     return {key: a.reshape(shapes[key]) for key, a in whole.items()}, manifest["config"]
 
 
