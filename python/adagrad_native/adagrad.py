@@ -142,7 +142,9 @@ class Adagrad(Optimizer):
     def _accumulator_dtype_for(self, variable: Variable) -> str:
         low_precision = variable.dtype in ("float16", "bfloat16")
         return (
-            self.accumulator_dtype if low_precision and self.accumulator_dtype else variable.dtype
+            self.accumulator_dtype
+            if low_precision and self.accumulator_dtype
+            else variable.dtype.name
         )
 
     def _rowwise(self, variable: Variable) -> bool:

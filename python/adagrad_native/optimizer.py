@@ -434,6 +434,25 @@ class Optimizer:
         pattern = self._exclude_from_weight_decay_pattern
         return pattern is None or pattern.search(variable.name) is None
 
+    # Pickling and copying: everything but the lock and the native step, which
+    # are made anew (and bound again when the optimizer was built).
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for transient in ("_lock", "_native", "_call_order"):
+            state.pop(transient, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)  # the settings were checked when they were set
+        self._lock = threading.RLock()
+        self._native = self._make_native_step()
+        self._call_order = None
+        # Only an optimizer that steps natively itself was bound (a LossScaleOptimizer
+        # steps through its inner optimizer, which restores its own).
+        if self.built and self._stepped_variables:
+            self._call_order = CallOrder(self._user_variables, self._trainable_variables)
+            self._native.bind()
+
     def _as_variables(self, var_list: Sequence[Any]) -> list[Variable]:
         """Validates every trainable variable, wrapping numpy arrays without copying."""
         variables, seen = [], set()

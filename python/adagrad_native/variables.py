@@ -201,9 +201,13 @@ class Variable:
         return self._value.shape
 
     @property
-    def dtype(self) -> str:
-        """The dtype name, as Keras reports it (e.g. `"float32"`)."""
-        return self._value.dtype.name
+    def dtype(self) -> np.dtype:
+        """The numpy dtype; it compares equal to its name (`v.dtype == "float32"`).
+
+        Keras reports a name; a numpy dtype is what numpy and jax read from an
+        array-like (`np.result_type`, `jnp.asarray`), and it prints as the name.
+        """
+        return self._value.dtype
 
     @property
     def ndim(self) -> int:

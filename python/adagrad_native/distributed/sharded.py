@@ -193,6 +193,12 @@ class ShardedAdagrad(Adagrad):
         self.average = _checks.flag(average, "average")
         super().__init__(learning_rate, **kwargs)
 
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError(
+            f"A {type(self).__name__} cannot be pickled or copied: its state is spread over the "
+            "ranks of a communicator. Save it with adagrad_native.distributed.save_state."
+        )
+
     def _make_native_step(self) -> NativeStep:
         return ShardedNativeStep(self._native_slots, self.comm)
 
