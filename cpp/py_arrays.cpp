@@ -77,6 +77,13 @@ void* optional_slot(const py::handle& obj, const py::array& param, const std::st
   return a.mutable_data();
 }
 
+py::array cast_like_keras(const py::array& a, const py::array& param, int param_dtype_num,
+                          const std::string& what) {
+  if (a.dtype().num() == param_dtype_num) return a;
+  dtype_code(a.dtype(), what);  // a float dtype, or a TypeError naming the dtype
+  return a.attr("astype")(param.dtype());
+}
+
 py::array readable(py::array a) {
   // numpy's NOTSWAPPED request is ignored without a target dtype: convert explicitly.
   if (!is_native(a.dtype())) a = a.attr("astype")(a.dtype().attr("newbyteorder")("="));

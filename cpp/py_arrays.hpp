@@ -40,6 +40,11 @@ void* optional_slot(const pybind11::handle& obj, const pybind11::array& param,
                     const std::string& what, bool wide_ok, std::vector<pybind11::array>& keep,
                     pybind11::ssize_t expected_size = -1);
 
+// A gradient in its variable's dtype: one of another float dtype is cast, as
+// Keras casts it (a copy); any other dtype is a TypeError naming `what`.
+pybind11::array cast_like_keras(const pybind11::array& a, const pybind11::array& param,
+                                int param_dtype_num, const std::string& what);
+
 // An array the core only reads, in the form it reads: C-contiguous, aligned,
 // native byte order; anything else is converted into a new array.
 pybind11::array readable(pybind11::array a);

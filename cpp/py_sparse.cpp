@@ -36,12 +36,7 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
     idx = py::array::ensure(idx.attr("astype")("int64"));
   }
   py::array values = as_array(obj.attr("values"), "The sparse gradient's values for " + var);
-  if (values.dtype().num() != g.dtype_nums[i]) {
-    throw py::type_error("The sparse gradient's values for " + var + " have dtype " +
-                         dtype_name(values.dtype()) + ", but the variable has dtype " +
-                         dtype_name(p.dtype()) + ". Cast the values, e.g. values.astype(np." +
-                         dtype_name(p.dtype()) + ").");
-  }
+  values = cast_like_keras(values, p, g.dtype_nums[i], "The sparse gradient's values for " + var);
   const py::ssize_t n = idx.shape(0);
   bool same = values.ndim() == p.ndim() && values.shape(0) == n;
   for (py::ssize_t d = 1; same && d < p.ndim(); ++d) same = values.shape(d) == p.shape(d);

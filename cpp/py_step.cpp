@@ -30,12 +30,7 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
                          type_name(obj) + ".");
   }
   const py::array& p = g.params[i];
-  if (a.dtype().num() != g.dtype_nums[i]) {
-    throw py::type_error("The gradient for " + var + " has dtype " + dtype_name(a.dtype()) +
-                         ", but the variable has dtype " + dtype_name(p.dtype()) +
-                         ". Cast the gradient, e.g. grad.astype(np." + dtype_name(p.dtype()) +
-                         ").");
-  }
+  a = cast_like_keras(a, p, g.dtype_nums[i], "The gradient for " + var);
   bool same_shape = a.ndim() == p.ndim();
   for (py::ssize_t d = 0; same_shape && d < a.ndim(); ++d) same_shape = a.shape(d) == p.shape(d);
   if (!same_shape) {

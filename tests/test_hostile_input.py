@@ -288,3 +288,32 @@ def test_loading_a_file_that_is_not_a_checkpoint_says_so(tmp_path, snapshot):
         with pytest.raises(ValueError, match=f"not a checkpoint that save_state wrote.*{fragment}"):
             an.load_state(opt, tmp_path / bad)
     snap.assert_unchanged()
+
+
+# ------------------------------------------------------------ casts, as Keras
+CASTS = [
+    ("float32", "float64"),
+    ("float32", "float16"),
+    ("float32", "bfloat16"),
+    ("float64", "float32"),
+    ("bfloat16", "float32"),
+    ("float16", "float64"),
+]
+
+
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+@pytest.mark.parametrize(("variable", "gradient"), CASTS, ids=[f"{v}-from-{g}" for v, g in CASTS])
+def test_a_gradient_of_another_float_dtype_is_cast_as_keras_casts_it(variable, gradient, sparse):
+    from tests.helpers import FLOAT_DTYPES
+
+    v_dtype, g_dtype = FLOAT_DTYPES[variable], FLOAT_DTYPES[gradient]
+    grad = np.linspace(-1, 1, 20).astype(g_dtype).reshape(5, 4)
+
+    def run(g):
+        table = np.linspace(-1, 1, 20).astype(v_dtype).reshape(5, 4)
+        opt = an.Adagrad(0.1)
+        for _ in range(2):
+            opt.apply([an.SparseGradient([0, 3, 3, 1, 4], g) if sparse else g], [table])
+        return [table]
+
+    assert_identical(run(grad), run(grad.astype(v_dtype)))

@@ -366,9 +366,9 @@ BAD = {
         r"have shape \(3, 6\); expected \(2, 6\)",
     ),
     "values_dtype": (
-        lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float64)),
+        lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.int32)),
         TypeError,
-        "dtype float64, but the variable has dtype float32",
+        "values .* dtype int32; expected float32, float64, float16 or bfloat16",
     ),
     "dense_shape": (
         lambda: _slices(np.array([0, 1]), np.ones((2, 6), np.float32), (41, 6)),

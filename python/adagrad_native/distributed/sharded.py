@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
+from adagrad_native._dtypes import FLOAT_DTYPE_NAMES
 from adagrad_native._native import NativeStep, Slots, work_chunk
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import state_key
@@ -39,11 +40,8 @@ def _gradient_problem(grad: Any, variable: Variable, index: int) -> str | None:
             "adagrad_native.distributed.ShardedEmbedding for embedding tables)."
         )
     array = np.asarray(grad)
-    if array.dtype != variable.value.dtype:
-        return (
-            f"{what} has dtype {array.dtype.name}, but the variable has dtype "
-            f"{variable.dtype}. Cast the gradient, e.g. grad.astype(np.{variable.dtype})."
-        )
+    if array.dtype.name not in FLOAT_DTYPE_NAMES:  # another float dtype is cast, as Keras
+        return f"{what} has dtype {array.dtype.name}; expected one of {FLOAT_DTYPE_NAMES}."
     if array.shape != variable.shape:
         return f"{what} has shape {array.shape}, but the variable has shape {variable.shape}."
     return None
@@ -148,7 +146,10 @@ class ShardedNativeStep(NativeStep):
             if other is not None:
                 raise ValueError(f"Rank {rank}: {other} Nothing was updated on any rank.")
         agree(self._comm, mask, "which gradients are None in this step")
-        return [None if g is None else np.ascontiguousarray(g) for g in grads]
+        return [
+            None if g is None else np.ascontiguousarray(g, dtype=v.value.dtype)
+            for g, v in zip(grads, self._variables)
+        ]
 
 
 @register_optimizer
