@@ -1,7 +1,11 @@
 """Optimizer state: Keras-keyed stores, set_weights, name-keyed checkpoints, stateless_apply."""
 
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -214,3 +218,40 @@ def test_a_save_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
     opt.build([np.ones(3, np.float32)])
     an.save_state(opt, tmp_path / "state.npz")
     assert synced == [False, True]  # the file, then its folder
+
+
+_SAVER = """
+import sys, numpy as np, adagrad_native as an
+path = sys.argv[1]
+param = np.zeros(1 << 22, np.float32)
+opt = an.Adagrad(0.1)
+opt.build([param])
+print("ready", flush=True)
+while True:  # alternate two states until killed
+    for value in (1.0, 2.0):
+        opt.variables[-1].assign(np.full(1 << 22, value, np.float32))
+        opt.iterations.assign(int(value))
+        an.save_state(opt, path)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.13, 0.31], ids=["early", "middle", "late"])
+def test_a_save_killed_by_sigkill_leaves_a_whole_checkpoint(tmp_path, delay):
+    path = tmp_path / "state.npz"
+    saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE)
+    try:
+        assert saver.stdout is not None and saver.stdout.readline().strip() == b"ready"
+        while not path.exists():
+            time.sleep(0.01)
+        time.sleep(delay)
+    finally:
+        saver.send_signal(signal.SIGKILL)
+        saver.wait(timeout=60)
+        saver.stdout.close()
+    opt = an.Adagrad(0.1)
+    opt.build([np.zeros(1 << 22, np.float32)])
+    an.load_state(opt, path)  # the old or the new checkpoint, whole
+    step = int(opt.iterations)
+    assert step in (1, 2) and (opt.variables[-1].value == np.float32(step)).all()
+    an.save_state(opt, path)  # removes whatever the killed save left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
