@@ -5,6 +5,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace adagrad {
 
 // Elements per task: kChunk for large steps; smaller ones (down to kMinChunk)
@@ -59,6 +63,20 @@ int get_num_threads();
 void set_num_threads(int n);
 bool openmp_enabled();
 
+// The floating-point control state of a thread (x86: MXCSR's modes; elsewhere
+// nothing), carried from the caller to the threads of a parallel region.
+struct FloatModes {
+#if defined(__x86_64__) || defined(__i386__)
+  static constexpr unsigned kModeBits = 0xFFC0;  // FTZ, rounding, masks, DAZ; not the flags
+  unsigned csr;
+  static FloatModes of_this_thread() { return {_mm_getcsr() & kModeBits}; }
+  void apply_to_this_thread() const { _mm_setcsr((_mm_getcsr() & ~kModeBits) | csr); }
+#else
+  static FloatModes of_this_thread() { return {}; }
+  void apply_to_this_thread() const {}
+#endif
+};
+
 // Calls fn(task) for every task in [0, n_tasks), the tasks split over the
 // threads in fixed blocks. The one parallel region of the code base: every
 // parallel loop goes through it. With one thread or one task it runs on the
@@ -70,10 +88,19 @@ void parallel_for(int64_t n_tasks, Fn&& fn) {
     for (int64_t task = 0; task < n_tasks; ++task) fn(task);
     return;
   }
+  // The workers compute with the caller's floating-point modes (flush-to-zero,
+  // denormals-are-zero, rounding), set whenever the caller chose them.
+  const FloatModes modes = FloatModes::of_this_thread();
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel num_threads(threads)
 #endif
-  for (int64_t task = 0; task < n_tasks; ++task) fn(task);
+  {
+    modes.apply_to_this_thread();
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
+  }
 }
 
 // Calls fn(item_index) for every item, tasks spread over the threads.

@@ -3,6 +3,10 @@ threads and norms are combined in chunk order, so 1 and 2 threads agree bit for 
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import subprocess
+
 import numpy as np
 import pytest
 
@@ -69,3 +73,35 @@ def test_invalid_thread_count_raises(restore_threads):
     with pytest.raises(ValueError):
         an.set_num_threads(0)
     assert an.get_num_threads() == restore_threads
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="MXCSR is x86's")
+def test_the_callers_flush_to_zero_reaches_every_thread(tmp_path, restore_threads):
+    # A tiny library sets the calling thread's MXCSR, as a caller's own code would.
+    source = tmp_path / "mxcsr.c"
+    source.write_text(
+        "#include <xmmintrin.h>\n"
+        "unsigned get_csr(void) { return _mm_getcsr(); }\n"
+        "void set_csr(unsigned v) { _mm_setcsr(v); }\n"
+    )
+    library = tmp_path / "mxcsr.so"
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    csr = ctypes.CDLL(str(library))
+    csr.get_csr.restype = ctypes.c_uint
+    ftz_daz = 0x8040
+
+    def step(threads):
+        an.set_num_threads(threads)
+        param = np.full(70_001, 1e-40, np.float32)  # denormals: zero under DAZ
+        an.Adagrad(0.1).apply([np.zeros_like(param)], [param])
+        return [param]
+
+    default = csr.get_csr()
+    plain = step(2)
+    csr.set_csr(default | ftz_daz)
+    try:
+        one, two = step(1), step(2)
+    finally:
+        csr.set_csr(default)
+    assert_identical(one, two)
+    assert not one[0].any() and plain[0].all(), "the modes must change the result"
