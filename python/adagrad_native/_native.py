@@ -51,6 +51,18 @@ class Slots(NamedTuple):
         return [id(a) for group in self[:4] for a in group]
 
 
+class CallPlan(NamedTuple):
+    """What one call does, as the optimizer decided it."""
+
+    update: bool  # an update step (False: an accumulation micro-step)
+    learning_rate: float | None  # None keeps the last one (Keras evaluates it on updates)
+    loss_scale: float  # gradients are divided by this (0: off)
+    check_finite: bool  # stop the step untouched when a gradient is not finite
+    any_update: bool  # whether any variable gets an Adagrad update
+    ema_momentum: float  # this iteration's effective EMA momentum
+    ema_overwrite: bool  # whether this iteration overwrites variables with their averages
+
+
 class StaticPlan(NamedTuple):
     """The plan fields that change only when a hyperparameter is set."""
 
@@ -153,87 +165,40 @@ class NativeStep:
         bad: int = fast.try_step(grads, variables)
         return None if bad == _core.DECLINED else bad
 
-    def run(
-        self,
-        grads: Sequence[Any],
-        *,
-        update: bool,
-        learning_rate: float | None,
-        loss_scale: float,
-        check_finite: bool,
-        any_update: bool,
-        ema_momentum: float,
-        ema_overwrite: bool,
-    ) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan) -> int:
         """One step over gradients in build order (None: no gradient).
 
         Args:
             grads: Dense arrays, sparse gradients or None, by build index.
-            update: See `prepare` for this and the other arguments.
-            learning_rate: The learning rate, or None.
-            loss_scale: The loss scale (0: off).
-            check_finite: Whether to check finiteness first.
-            any_update: Whether any variable gets an Adagrad update.
-            ema_momentum: The effective EMA momentum.
-            ema_overwrite: Whether variables are overwritten with their averages.
+            call: What this call does.
 
         Returns:
             -1 when the step ran, else the index of the first tensor whose
             gradient is not finite (only with `check_finite`; nothing written).
         """
-        self.prepare(
-            update=update,
-            learning_rate=learning_rate,
-            loss_scale=loss_scale,
-            check_finite=check_finite,
-            any_update=any_update,
-            ema_momentum=ema_momentum,
-            ema_overwrite=ema_overwrite,
-        )
+        self.prepare(call)
         return self.step(grads)
 
-    def prepare(
-        self,
-        *,
-        update: bool,
-        learning_rate: float | None,
-        loss_scale: float,
-        check_finite: bool,
-        any_update: bool,
-        ema_momentum: float,
-        ema_overwrite: bool,
-    ) -> None:
-        """Writes this call's fields of the plan.
-
-        Args:
-            update: Whether this call is an update step (False: an accumulation
-                micro-step).
-            learning_rate: The learning rate; None keeps the last one (Keras
-                evaluates it only on update steps with a gradient).
-            loss_scale: Divide gradients by this (0: off).
-            check_finite: Stop the step untouched when a gradient is not finite.
-            any_update: Whether any variable gets an Adagrad update this call.
-            ema_momentum: The effective EMA momentum of this iteration.
-            ema_overwrite: Whether this iteration overwrites variables with their averages.
-        """
+    def prepare(self, call: CallPlan) -> None:
+        """Writes this call's fields of the plan."""
         if self._layout != Variable.layout_version:
             self._follow_layout()
         static = self.static
         plan = self._plan
-        key = (loss_scale, check_finite, any_update)
+        key = (call.loss_scale, call.check_finite, call.any_update)
         if key != self._call_key:
-            plan.loss_scale = loss_scale
-            plan.check_finite = check_finite
-            plan.reset_idle_accumulators = any_update
-            plan.ema = static.use_ema and any_update
+            plan.loss_scale = call.loss_scale
+            plan.check_finite = call.check_finite
+            plan.reset_idle_accumulators = call.any_update
+            plan.ema = static.use_ema and call.any_update
             self._call_key = key
         if static.accumulation_steps > 1:
-            plan.phase = _core.Phase.accumulate_update if update else _core.Phase.accumulate
-        if learning_rate is not None and learning_rate != self._learning_rate:
-            plan.learning_rate = self._learning_rate = learning_rate
+            plan.phase = _core.Phase.accumulate_update if call.update else _core.Phase.accumulate
+        if call.learning_rate is not None and call.learning_rate != self._learning_rate:
+            plan.learning_rate = self._learning_rate = call.learning_rate
         if plan.ema:
-            plan.ema_momentum = ema_momentum
-            plan.ema_overwrite = ema_overwrite
+            plan.ema_momentum = call.ema_momentum
+            plan.ema_overwrite = call.ema_overwrite
 
     @property
     def static(self) -> StaticPlan:

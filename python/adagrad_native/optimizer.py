@@ -23,7 +23,7 @@ import numpy as np
 from adagrad_native import _checks, schedules
 from adagrad_native._call_order import CallOrder, describe
 from adagrad_native._dtypes import check_updatable
-from adagrad_native._native import NativeStep, Slots, StaticPlan
+from adagrad_native._native import CallPlan, NativeStep, Slots, StaticPlan
 from adagrad_native.variables import Variable, auto_name
 
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
@@ -753,8 +753,7 @@ class Optimizer:
         if native.needs_configuration:
             native.configure(self._static_plan())
         # The core validates every gradient before it writes anything.
-        bad = native.run(
-            grads,
+        call = CallPlan(
             update=is_update,
             learning_rate=learning_rate,
             loss_scale=float(loss_scale or 0.0),
@@ -763,6 +762,7 @@ class Optimizer:
             ema_momentum=ema_momentum,
             ema_overwrite=ema_overwrite,
         )
+        bad = native.run(grads, call)
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
                 raise self._nonfinite_error(bad)

@@ -19,7 +19,7 @@ import numpy as np
 
 from adagrad_native import _checks
 from adagrad_native._dtypes import FLOAT_DTYPE_NAMES
-from adagrad_native._native import NativeStep, Slots, work_chunk
+from adagrad_native._native import CallPlan, NativeStep, Slots, work_chunk
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import state_key
 from adagrad_native.distributed._collectives import REDUCTIONS, Exchange, fold_norms
@@ -71,21 +71,12 @@ class ShardedNativeStep(NativeStep):
     ) -> None:
         """Never: a sharded step's collectives run in Python."""
 
-    def run(
-        self,
-        grads: Sequence[Any],
-        *,
-        update: bool,
-        learning_rate: float | None,
-        loss_scale: float,
-        check_finite: bool,
-        any_update: bool,
-        ema_momentum: float,
-        ema_overwrite: bool,
-    ) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan) -> int:
         """A collective step: reduce-scatter, (norms), the shard's step, all-gather.
 
-        The arguments are those of `NativeStep.run`, with this rank's full gradients.
+        Args:
+            grads: This rank's full gradients, by build index (None: none).
+            call: What this call does.
 
         Returns:
             As `NativeStep.run`; every rank returns the same.
@@ -98,24 +89,16 @@ class ShardedNativeStep(NativeStep):
             None if g is None else g.reshape(shape)
             for g, shape in zip(exchange.reduce_scatter(dense), shapes)
         ]
-        self.prepare(
-            update=update,
-            learning_rate=learning_rate,
-            loss_scale=loss_scale,
-            check_finite=check_finite,
-            any_update=any_update,
-            ema_momentum=ema_momentum,
-            ema_overwrite=ema_overwrite,
-        )
+        self.prepare(call)
         static = self.static
-        need_norms = update and static.clip in ("norm", "global_norm")
+        need_norms = call.update and static.clip in ("norm", "global_norm")
         norms: list[float] | None = None
-        if need_norms or check_finite:
+        if need_norms or call.check_finite:
             partials, finite = self.partial_sums(reduced)
             everything = self._comm.allgather((partials, finite))
             all_partials = np.concatenate([p for p, _ in everything])
             all_finite = np.concatenate([f for _, f in everything])
-            if check_finite and not all_finite.all():
+            if call.check_finite and not all_finite.all():
                 return self._item_tensors[int(np.argmin(all_finite))]
             counted = [
                 g is not None and not v.overwrite_with_gradient
