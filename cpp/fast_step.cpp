@@ -46,22 +46,15 @@ PyObject* const* items_of(const py::handle& seq, py::ssize_t& size) {
   return nullptr;
 }
 
-py::array scalar(py::array a, int dtype_num, const char* what) {
-  if (a.ndim() != 0 || a.dtype().num() != dtype_num || !a.writeable()) {
-    throw std::invalid_argument(std::string("FastStep: ") + what +
-                                " must be a writeable 0-d array of the expected dtype.");
-  }
-  return a;
-}
-
 }  // namespace
 
 FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, py::array iterations,
                    py::array learning_rate, const py::sequence& variables)
     : group_object_(std::move(group)), group_(group_object_.cast<PyGroup&>()), plan_(plan),
-      iterations_(scalar(std::move(iterations), py::dtype::of<int64_t>().num(), "iterations")),
-      learning_rate_(
-          scalar(std::move(learning_rate), py::dtype::of<float>().num(), "learning_rate")),
+      iterations_(scalar_buffer(std::move(iterations), py::dtype::of<int64_t>().num(),
+                                "FastStep: iterations")),
+      learning_rate_(scalar_buffer(std::move(learning_rate), py::dtype::of<float>().num(),
+                                   "FastStep: learning_rate")),
       steps_(group_.group.tensors().size()) {
   if (variables.size() != steps_.size()) {
     throw std::invalid_argument("FastStep: one variable per tensor of the group.");

@@ -1,6 +1,7 @@
 #include "py_arrays.hpp"
 
 #include <sstream>
+#include <stdexcept>
 
 namespace py = pybind11;
 using adagrad::DType;
@@ -82,6 +83,13 @@ py::array cast_like_keras(const py::array& a, const py::array& param, int param_
   if (a.dtype().num() == param_dtype_num) return a;
   dtype_code(a.dtype(), what);  // a float dtype, or a TypeError naming the dtype
   return a.attr("astype")(param.dtype());
+}
+
+py::array scalar_buffer(py::array a, int dtype_num, const std::string& what) {
+  if (a.ndim() != 0 || a.dtype().num() != dtype_num || !a.writeable()) {
+    throw std::invalid_argument(what + " must be a writeable 0-d array of the expected dtype.");
+  }
+  return a;
 }
 
 py::array readable(py::array a) {

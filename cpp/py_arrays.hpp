@@ -45,6 +45,10 @@ void* optional_slot(const pybind11::handle& obj, const pybind11::array& param,
 pybind11::array cast_like_keras(const pybind11::array& a, const pybind11::array& param,
                                 int param_dtype_num, const std::string& what);
 
+// A writeable 0-d array of the given dtype (a counter or a setting the core
+// reads or writes in place); std::invalid_argument otherwise.
+pybind11::array scalar_buffer(pybind11::array a, int dtype_num, const std::string& what);
+
 // An array the core only reads, in the form it reads: C-contiguous, aligned,
 // native byte order; anything else is converted into a new array.
 pybind11::array readable(pybind11::array a);

@@ -89,7 +89,10 @@ void check_plan(const PyGroup& g, const adagrad::StepPlan& plan) {
 }
 
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan,
-             const std::optional<std::vector<double>>& norms) {
+             const std::optional<std::vector<double>>& norms,
+             const std::optional<py::array>& counter) {
+  std::optional<py::array> count;
+  if (counter) count = scalar_buffer(*counter, py::dtype::of<int64_t>().num(), "counter");
   if (norms && norms->size() != g.group.tensors().size()) {
     throw py::value_error("Expected one norm per tensor (" +
                           std::to_string(g.group.tensors().size()) + "); received " +
@@ -103,6 +106,9 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
     py::gil_scoped_release release;
     r = adagrad::run_step(g.group, steps, plan, norms ? &*norms : nullptr);
   }
+  // In the same call as the step: a signal (Ctrl-C) is handled by Python only
+  // after it returns, so the counter never falls behind the state it counts.
+  if (r.applied && count) ++*static_cast<int64_t*>(count->mutable_data());
   return r.applied ? -1 : r.first_nonfinite;
 }
 
@@ -125,11 +131,12 @@ py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::Ste
 
 void register_step(py::module_& m) {
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
-        py::arg("norms") = py::none(),
+        py::arg("norms") = py::none(), py::arg("counter") = py::none(),
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
         "the index of the first tensor with a non-finite gradient when plan.check_finite "
         "stopped the step before anything was written. `norms`: each tensor's clip norm, "
-        "computed elsewhere; then the norm and finiteness pass is skipped.");
+        "computed elsewhere; then the norm and finiteness pass is skipped. `counter`: an int64 "
+        "0-d array incremented when the step ran.");
   m.def("partial_sums", &partial_sums, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "Pass 1 alone over dense gradients: (float64 sum of squares, uint8 finite) per work "
         "item, in item order. Writes nothing.");

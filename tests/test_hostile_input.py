@@ -8,6 +8,7 @@ changes nothing (a setting the optimizer's buffers cannot honour).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -318,3 +319,32 @@ def test_a_gradient_of_another_float_dtype_is_cast_as_keras_casts_it(variable, g
         return [table]
 
     assert_identical(run(grad), run(grad.astype(v_dtype)))
+
+
+# ------------------------------------------------------------------------ signals
+def test_ctrl_c_during_a_step_never_leaves_the_counter_behind(restore_threads):
+    an.set_num_threads(1)
+    param = np.zeros(1 << 24, F32)  # a step of tens of ms: the signal lands inside it
+    grad = np.full_like(param, 0.5)
+    opt = an.Adagrad(0.1, use_ema=True)  # the general path, where the counter was Python's
+    opt.apply([grad], [param])
+    for _ in range(5):
+        timer = threading.Timer(0.005, signal.raise_signal, (signal.SIGINT,))
+        before = int(opt.iterations)
+        timer.start()
+        try:
+            opt.apply([grad], [param])
+            time.sleep(0.05)  # the signal may also come after the step
+        except KeyboardInterrupt:
+            pass
+        finally:
+            timer.join()
+        accumulator = opt.variables[-1].value
+        steps = int(opt.iterations)
+        assert steps in (before, before + 1)
+        assert accumulator[0] == accumulator[-1]  # never half a step
+        # The accumulator says how many steps ran: 0.1 + 0.25 per step.
+        expected = np.float32(0.1)
+        for _ in range(steps):
+            expected = np.float32(expected + np.float32(0.25))
+        assert accumulator[0] == expected, f"counter {steps}, state of another count"

@@ -74,6 +74,7 @@ def step(
     grads: Sequence[Any],
     plan: StepPlan,
     norms: Sequence[float] | None = None,
+    counter: np.ndarray | None = None,
 ) -> int: ...
 def partial_sums(
     group: SlotGroup, grads: Sequence[Any], plan: StepPlan

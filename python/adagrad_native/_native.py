@@ -165,19 +165,22 @@ class NativeStep:
         bad: int = fast.try_step(grads, variables)
         return None if bad == _core.DECLINED else bad
 
-    def run(self, grads: Sequence[Any], call: CallPlan) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan, counter: np.ndarray | None = None) -> int:
         """One step over gradients in build order (None: no gradient).
 
         Args:
             grads: Dense arrays, sparse gradients or None, by build index.
             call: What this call does.
+            counter: The optimizer's int64 iteration counter, incremented in the
+                same native call when the step runs (so a Ctrl-C cannot land
+                between the state and its count).
 
         Returns:
             -1 when the step ran, else the index of the first tensor whose
             gradient is not finite (only with `check_finite`; nothing written).
         """
         self.prepare(call)
-        return self.step(grads)
+        return self.step(grads, counter=counter)
 
     def prepare(self, call: CallPlan) -> None:
         """Writes this call's fields of the plan."""
@@ -206,18 +209,24 @@ class NativeStep:
         assert self._static is not None, "configure() must run before a step"
         return self._static
 
-    def step(self, grads: Sequence[Any], norms: Sequence[float] | None = None) -> int:
+    def step(
+        self,
+        grads: Sequence[Any],
+        norms: Sequence[float] | None = None,
+        counter: np.ndarray | None = None,
+    ) -> int:
         """The prepared step in the core.
 
         Args:
             grads: As for `run`.
             norms: Each tensor's clip norm, computed elsewhere (distributed
                 steps); then the core's own norm and finiteness pass is skipped.
+            counter: As for `run`.
 
         Returns:
             As `run`.
         """
-        bad: int = _core.step(self._group, grads, self._plan, norms)
+        bad: int = _core.step(self._group, grads, self._plan, norms, counter)
         return bad
 
     def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

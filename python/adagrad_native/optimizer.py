@@ -762,7 +762,7 @@ class Optimizer:
             ema_momentum=ema_momentum,
             ema_overwrite=ema_overwrite,
         )
-        bad = native.run(grads, call)
+        bad = native.run(grads, call, self._iterations.value)  # counts it in the same call
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
                 raise self._nonfinite_error(bad)
@@ -778,7 +778,6 @@ class Optimizer:
             v = self._trainable_variables[i]
             if grads[i] is not None and not self._overwrite[i] and v.constraint is not None:
                 v.assign(v.constraint(v))
-        self._iterations.value[()] = raw + 1
         return True
 
     def _nonfinite_error(self, index: int) -> ValueError:

@@ -71,12 +71,13 @@ class ShardedNativeStep(NativeStep):
     ) -> None:
         """Never: a sharded step's collectives run in Python."""
 
-    def run(self, grads: Sequence[Any], call: CallPlan) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan, counter: np.ndarray | None = None) -> int:
         """A collective step: reduce-scatter, (norms), the shard's step, all-gather.
 
         Args:
             grads: This rank's full gradients, by build index (None: none).
             call: What this call does.
+            counter: As for `NativeStep.run`.
 
         Returns:
             As `NativeStep.run`; every rank returns the same.
@@ -111,7 +112,7 @@ class ShardedNativeStep(NativeStep):
                 counted,
                 static.clip == "global_norm",
             )
-        bad = self.step(reduced, norms)
+        bad = self.step(reduced, norms, counter)
         exchange.all_gather([v.value for v in self._variables])
         return bad
 
