@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+import adagrad_native as an
 from adagrad_native import schedules
 from adagrad_native.schedules import (
     CosineDecay,
@@ -1008,3 +1009,26 @@ def test_serialize_rejects_non_dict_config():
 
     with pytest.raises(TypeError, match=r"get_config\(\)` must return a dict.*\[1.0\]"):
         schedules.serialize(ListConfig(1.0))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda lr: ExponentialDecay(lr, 10, 0.5),
+        lambda lr: PolynomialDecay(lr, 10),
+        lambda lr: InverseTimeDecay(lr, 10, 0.5),
+        lambda lr: CosineDecay(lr, 10),
+        lambda lr: CosineDecayRestarts(lr, 10),
+    ],
+    ids=["exponential", "polynomial", "inverse-time", "cosine", "cosine-restarts"],
+)
+def test_a_variable_as_initial_learning_rate_is_read_at_every_call(make):
+    # Keras accepts a variable here and reads its current value at every call.
+    rate = an.Variable(np.float32(0.1), name="lr")
+    schedule, same_as_number = make(rate), make(0.1)
+    assert schedule(3) == same_as_number(3)
+    rate.assign(0.2)
+    assert schedule(3) == make(0.2)(3)
+    assert schedule.get_config()["initial_learning_rate"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="scalar Variable"):
+        make(an.Variable(np.ones(2, np.float32)))

@@ -31,6 +31,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 
 from adagrad_native._checks import flag, is_bool, real, real_list
+from adagrad_native.variables import Variable
 
 __all__ = [
     "LearningRateSchedule",
@@ -89,6 +90,24 @@ def _result(x: np.float32) -> float:
 
 
 # --------------------------------------------------------------------------- validation
+
+
+def _initial_rate(value: Any) -> Any:
+    """A number, or (as Keras allows) a scalar Variable, read again at every call."""
+    if isinstance(value, Variable):
+        if value.shape != ():
+            raise ValueError(
+                "Argument `initial_learning_rate` must be a number or a scalar Variable. "
+                f"Received: a Variable of shape {value.shape}."
+            )
+        real(float(value), "initial_learning_rate")
+        return value
+    return real(value, "initial_learning_rate")
+
+
+def _number(value: Any) -> Any:
+    """A config value: a Variable's current value, anything else as it is."""
+    return float(value) if isinstance(value, Variable) else value
 
 
 def _check_name(value: Any) -> None:
@@ -209,7 +228,7 @@ class _RateDecay(LearningRateSchedule):
         name: str | None,
     ) -> None:
         super().__init__()
-        real(initial_learning_rate, "initial_learning_rate")
+        initial_learning_rate = _initial_rate(initial_learning_rate)
         real(decay_steps, "decay_steps", minimum=0, strict=True)
         real(decay_rate, "decay_rate")
         staircase = flag(staircase, "staircase")
@@ -223,7 +242,7 @@ class _RateDecay(LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments (the same keys as Keras)."""
         return {
-            "initial_learning_rate": self.initial_learning_rate,
+            "initial_learning_rate": _number(self.initial_learning_rate),
             "decay_steps": self.decay_steps,
             "decay_rate": self.decay_rate,
             "staircase": self.staircase,
@@ -386,7 +405,7 @@ class PolynomialDecay(LearningRateSchedule):
         name: str | None = "PolynomialDecay",
     ) -> None:
         super().__init__()
-        real(initial_learning_rate, "initial_learning_rate")
+        initial_learning_rate = _initial_rate(initial_learning_rate)
         real(decay_steps, "decay_steps", minimum=0, strict=True)
         real(end_learning_rate, "end_learning_rate")
         real(power, "power")
@@ -419,7 +438,7 @@ class PolynomialDecay(LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments (the same keys as Keras)."""
         return {
-            "initial_learning_rate": self.initial_learning_rate,
+            "initial_learning_rate": _number(self.initial_learning_rate),
             "decay_steps": self.decay_steps,
             "end_learning_rate": self.end_learning_rate,
             "power": self.power,
@@ -504,7 +523,7 @@ class CosineDecay(LearningRateSchedule):
         warmup_steps: float = 0,
     ) -> None:
         super().__init__()
-        real(initial_learning_rate, "initial_learning_rate")
+        initial_learning_rate = _initial_rate(initial_learning_rate)
         real(decay_steps, "decay_steps", minimum=0, strict=True)
         real(alpha, "alpha")
         _check_name(name)
@@ -546,7 +565,7 @@ class CosineDecay(LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments (the same keys as Keras)."""
         return {
-            "initial_learning_rate": self.initial_learning_rate,
+            "initial_learning_rate": _number(self.initial_learning_rate),
             "decay_steps": self.decay_steps,
             "alpha": self.alpha,
             "name": self.name,
@@ -587,7 +606,7 @@ class CosineDecayRestarts(LearningRateSchedule):
         name: str | None = "SGDRDecay",
     ) -> None:
         super().__init__()
-        real(initial_learning_rate, "initial_learning_rate")
+        initial_learning_rate = _initial_rate(initial_learning_rate)
         real(first_decay_steps, "first_decay_steps", minimum=0, strict=True)
         real(t_mul, "t_mul", minimum=0, strict=True)
         real(m_mul, "m_mul")
@@ -625,7 +644,7 @@ class CosineDecayRestarts(LearningRateSchedule):
     def get_config(self) -> dict[str, Any]:
         """Returns the constructor arguments (the same keys as Keras)."""
         return {
-            "initial_learning_rate": self.initial_learning_rate,
+            "initial_learning_rate": _number(self.initial_learning_rate),
             "first_decay_steps": self.first_decay_steps,
             "t_mul": self.t_mul,
             "m_mul": self.m_mul,
