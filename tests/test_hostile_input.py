@@ -202,9 +202,12 @@ def test_ids_rewritten_by_another_thread_never_reach_outside_the_table(restore_t
     def rewrite():
         # Bad ids appear right after the step released the GIL (its check passed)
         # and stay while this thread holds the GIL, i.e. while the core reads them.
+        pauses = iter(np.random.default_rng(0).uniform(5e-4, 1e-2, 10**6))
         while not stop.is_set():
             ids[:] = good
-            time.sleep(1e-3)  # let the step take the GIL, check, and release it
+            # Let the step take the GIL, check, and release it: pauses of varied
+            # length, so the bad ids land in the step whatever it costs here.
+            time.sleep(next(pauses))
             ids[::7] = rows + 1  # would land on the guard row after the table
             deadline = time.perf_counter() + 1e-3
             while time.perf_counter() < deadline:
