@@ -82,3 +82,31 @@ def test_four_threads_on_one_optimizer_apply_every_step(restore_threads):
         t.join()
     assert int(opt.iterations) == 100
     assert (opt.variables[-1].value == _expected_accumulator(100)).all()
+
+
+def test_checkpoints_during_stateless_apply_hold_only_real_states(tmp_path, restore_threads):
+    # stateless_apply points the variables at copies while it steps them; a
+    # checkpoint taken meanwhile must still see the optimizer's own state.
+    an.set_num_threads(2)
+    param = np.zeros(N, np.float32)
+    opt = an.Adagrad(0.01)
+    opt.apply([np.full(N, 0.5, np.float32)], [param])
+    real = [v.numpy() for v in opt.variables]
+    values = [v.numpy() for v in opt.variables]
+    grad = [np.full(N, 0.5, np.float32)]
+
+    def imagine():
+        for _ in range(40):
+            opt.stateless_apply(values, grad, [param.copy()])
+
+    thread = threading.Thread(target=imagine)
+    thread.start()
+    try:
+        for i in range(20):
+            path = tmp_path / f"state-{i}.npz"
+            an.save_state(opt, path)
+            with np.load(path) as data:
+                assert int(data["iteration"]) == 1
+                assert data["param_0_accumulator"].tobytes() == real[-1].tobytes()
+    finally:
+        thread.join()
