@@ -40,6 +40,17 @@ def _timed(fn: Callable[..., Any], bucket: list[float]) -> Callable[..., Any]:
     return wrapper
 
 
+def _steps(comm: Any, step: Callable[[], Any], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` steps, every rank starting together."""
+    samples = []
+    for _ in range(repeats):
+        comm.Barrier()
+        t0 = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
 def dense(comm: Any, name: str, shapes: list[tuple[int, ...]], repeats: int) -> dict[str, Any]:
     from adagrad_native.distributed import ShardedAdagrad
 
@@ -56,12 +67,7 @@ def dense(comm: Any, name: str, shapes: list[tuple[int, ...]], repeats: int) -> 
     opt.apply(grads, params)  # warm-up
     rs.clear()
     ag.clear()
-    total = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        opt.apply(grads, params)
-        total.append(time.perf_counter() - t0)
+    total = _steps(comm, lambda: opt.apply(grads, params), repeats)
     # MPI alone on the same bytes: the padded send buffer and the gathered block.
     size = comm.Get_size()
     block = exchange._block(list(range(len(shapes))))
@@ -102,12 +108,7 @@ def sparse(comm: Any, rows: int, dim: int, batch: int, repeats: int) -> dict[str
     ids = (rng.zipf(1.2, batch) - 1) % rows
     values = rng.standard_normal((batch, dim), dtype=np.float32)
     table.apply(ids, values)
-    samples = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        table.apply(ids, values)
-        samples.append(time.perf_counter() - t0)
+    samples = _steps(comm, lambda: table.apply(ids, values), repeats)
     return {
         "workload": f"sparse {rows}x{dim}, {batch} Zipf ids per rank",
         "state_bytes": sum(v.value.nbytes for v in table.optimizer.variables),
