@@ -7,6 +7,7 @@ and writer takes the lock that a step holds.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -23,22 +24,54 @@ def _expected_accumulator(steps: int) -> np.float32:
     return acc
 
 
-def _train_in_background(opt, param, steps):
-    grad = np.full(N, 0.5, np.float32)
-    thread = threading.Thread(target=lambda: [opt.apply([grad], [param]) for _ in range(steps)])
-    thread.start()
-    return thread
+class _Trainer:
+    """Steps `opt` in a background thread until the block ends.
+
+    It pauses briefly between steps: a lock is not fair, and a thread that takes
+    it again at once could keep the readers out until training is over.
+    """
+
+    def __init__(self, opt, param):
+        self.opt, self.param = opt, param
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self):
+        grad = np.full(N, 0.5, np.float32)
+        while not self.stop.is_set():
+            self.opt.apply([grad], [self.param])
+            time.sleep(0.0005)
+
+    def wait_past(self, steps: int) -> None:
+        """Waits until training has gone past `steps` steps, so reads see it move."""
+        deadline = time.monotonic() + 30
+        while int(self.opt.iterations) <= steps:
+            assert time.monotonic() < deadline, "the training thread stopped stepping"
+            time.sleep(0.0002)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
-def test_checkpoints_saved_during_training_are_each_one_state(tmp_path, restore_threads):
+def _built():
     an.set_num_threads(2)
     param = np.zeros(N, np.float32)
     opt = an.Adagrad(0.01)
     opt.build([param])
-    trainer = _train_in_background(opt, param, 200)
-    seen = []
-    try:
+    return opt, param
+
+
+def test_checkpoints_saved_during_training_are_each_one_state(tmp_path, restore_threads):
+    opt, param = _built()
+    seen = [0]
+    with _Trainer(opt, param) as trainer:
         for i in range(30):
+            trainer.wait_past(seen[-1])
             path = tmp_path / f"state-{i}.npz"
             an.save_state(opt, path)
             with np.load(path) as data:
@@ -46,25 +79,18 @@ def test_checkpoints_saved_during_training_are_each_one_state(tmp_path, restore_
                 acc = data["param_0_accumulator"]
             assert (acc == _expected_accumulator(steps)).all(), f"a half step at {steps}"
             seen.append(steps)
-    finally:
-        trainer.join()
-    assert len(set(seen)) > 1, "the saves did not overlap the training"
 
 
 def test_stores_written_during_training_are_each_one_state(restore_threads):
-    an.set_num_threads(2)
-    param = np.zeros(N, np.float32)
-    opt = an.Adagrad(0.01)
-    opt.build([param])
-    trainer = _train_in_background(opt, param, 200)
-    try:
+    opt, param = _built()
+    steps = 0
+    with _Trainer(opt, param) as trainer:
         for _ in range(30):
+            trainer.wait_past(steps)
             store = {}
             opt.save_own_variables(store)
             steps = int(store["0"])
             assert (store["2"] == _expected_accumulator(steps)).all(), f"a half step at {steps}"
-    finally:
-        trainer.join()
 
 
 def test_four_threads_on_one_optimizer_apply_every_step(restore_threads):
