@@ -4,8 +4,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "py_arrays.hpp"
@@ -88,11 +90,44 @@ void check_plan(const PyGroup& g, const adagrad::StepPlan& plan) {
   }
 }
 
+// One write that records a step's outcome: `target` (a writeable 0-d array)
+// takes the bytes of `applied` or `skipped` (0-d, same dtype; absent: unchanged).
+struct Settle {
+  py::array target;
+  std::optional<py::array> applied, skipped;
+};
+
+std::vector<Settle> settle_writes(const py::sequence& writes) {
+  std::vector<Settle> out;
+  for (const py::handle& w : writes) {
+    auto t = py::cast<std::tuple<py::array, std::optional<py::array>, std::optional<py::array>>>(w);
+    Settle s{scalar_buffer(std::get<0>(t), std::get<0>(t).dtype().num(), "a settle target"),
+             std::get<1>(t), std::get<2>(t)};
+    for (const std::optional<py::array>& v : {s.applied, s.skipped}) {
+      if (v && (v->ndim() != 0 || v->dtype().num() != s.target.dtype().num() ||
+                !is_native(v->dtype()))) {
+        throw py::value_error("A settle value must be a 0-d array of its target's dtype (" +
+                              dtype_name(s.target.dtype()) + "); received " +
+                              dtype_name(v->dtype()) + " of shape " + shape_str(*v) + ".");
+      }
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// All writes of one outcome in one call: Python runs a signal handler only
+// between calls, so a Ctrl-C never leaves some of them done and others not.
+void settle(std::vector<Settle>& writes, bool applied) {
+  for (Settle& s : writes) {
+    const std::optional<py::array>& v = applied ? s.applied : s.skipped;
+    if (v) std::memmove(s.target.mutable_data(), v->data(), static_cast<size_t>(v->itemsize()));
+  }
+}
+
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan,
-             const std::optional<std::vector<double>>& norms,
-             const std::optional<py::array>& counter) {
-  std::optional<py::array> count;
-  if (counter) count = scalar_buffer(*counter, py::dtype::of<int64_t>().num(), "counter");
+             const std::optional<std::vector<double>>& norms, const py::sequence& settle_with) {
+  std::vector<Settle> writes = settle_writes(settle_with);
   if (norms && norms->size() != g.group.tensors().size()) {
     throw py::value_error("Expected one norm per tensor (" +
                           std::to_string(g.group.tensors().size()) + "); received " +
@@ -106,9 +141,9 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
     py::gil_scoped_release release;
     r = adagrad::run_step(g.group, steps, plan, norms ? &*norms : nullptr);
   }
-  // In the same call as the step: a signal (Ctrl-C) is handled by Python only
-  // after it returns, so the counter never falls behind the state it counts.
-  if (r.applied && count) ++*static_cast<int64_t*>(count->mutable_data());
+  // In the same call as the step, so the outcome's records (the iteration
+  // counter, a loss scale) never fall behind or run ahead of the state.
+  settle(writes, r.applied);
   return r.applied ? -1 : r.first_nonfinite;
 }
 
@@ -131,12 +166,21 @@ py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::Ste
 
 void register_step(py::module_& m) {
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
-        py::arg("norms") = py::none(), py::arg("counter") = py::none(),
+        py::arg("norms") = py::none(), py::arg("settle") = py::tuple(),
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
         "the index of the first tensor with a non-finite gradient when plan.check_finite "
         "stopped the step before anything was written. `norms`: each tensor's clip norm, "
-        "computed elsewhere; then the norm and finiteness pass is skipped. `counter`: an int64 "
-        "0-d array incremented when the step ran.");
+        "computed elsewhere; then the norm and finiteness pass is skipped. `settle`: "
+        "(target, if_applied, if_skipped) triples of 0-d arrays written after the step in the "
+        "same call (None: unchanged).");
+  m.def(
+      "settle",
+      [](const py::sequence& writes, bool applied) {
+        std::vector<Settle> parsed = settle_writes(writes);
+        settle(parsed, applied);
+      },
+      py::arg("writes"), py::arg("applied"),
+      "The writes of `step`'s `settle` for one outcome, all in one call.");
   m.def("partial_sums", &partial_sums, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "Pass 1 alone over dense gradients: (float64 sum of squares, uint8 finite) per work "
         "item, in item order. Writes nothing.");

@@ -325,11 +325,13 @@ def test_a_gradient_of_another_float_dtype_is_cast_as_keras_casts_it(variable, g
 
 
 # ------------------------------------------------------------------------ signals
-def test_ctrl_c_during_a_step_never_leaves_the_counter_behind(restore_threads):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["adagrad", "loss-scale-optimizer"])
+def test_ctrl_c_during_a_step_never_leaves_a_counter_behind(wrapped, restore_threads):
     an.set_num_threads(1)
     param = np.zeros(1 << 24, F32)  # a step of tens of ms: the signal lands inside it
     grad = np.full_like(param, 0.5)
-    opt = an.Adagrad(0.1, use_ema=True)  # the general path, where the counter was Python's
+    inner = an.Adagrad(0.1, use_ema=True)  # the general path, where the counter was Python's
+    opt = an.LossScaleOptimizer(inner, initial_scale=1.0) if wrapped else inner
     opt.apply([grad], [param])
     for _ in range(5):
         timer = threading.Timer(0.005, signal.raise_signal, (signal.SIGINT,))
@@ -342,9 +344,11 @@ def test_ctrl_c_during_a_step_never_leaves_the_counter_behind(restore_threads):
             pass
         finally:
             timer.join()
-        accumulator = opt.variables[-1].value
+        accumulator = inner.variables[-1].value
         steps = int(opt.iterations)
         assert steps in (before, before + 1)
+        if wrapped:  # every step finite and far from the growth interval: it counts them all
+            assert int(opt.step_counter) == steps, "the loss scale's counter fell behind"
         assert accumulator[0] == accumulator[-1]  # never half a step
         # The accumulator says how many steps ran: 0.1 + 0.25 per step.
         expected = np.float32(0.1)

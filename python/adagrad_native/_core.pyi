@@ -74,8 +74,11 @@ def step(
     grads: Sequence[Any],
     plan: StepPlan,
     norms: Sequence[float] | None = None,
-    counter: np.ndarray | None = None,
+    settle: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = (),
 ) -> int: ...
+def settle(
+    writes: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], applied: bool
+) -> None: ...
 def partial_sums(
     group: SlotGroup, grads: Sequence[Any], plan: StepPlan
 ) -> tuple[np.ndarray, np.ndarray]: ...

@@ -51,6 +51,18 @@ class Slots(NamedTuple):
         return [id(a) for group in self[:4] for a in group]
 
 
+Settle = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+"""A record of a step's outcome: (target, value if applied, value if skipped).
+
+Each is a 0-d array of one dtype; None leaves the target as it is.
+"""
+
+
+def settle_skipped(writes: Sequence[Settle]) -> None:
+    """Writes the records of a step skipped before it reached the core, in one call."""
+    _core.settle(writes, False)
+
+
 class CallPlan(NamedTuple):
     """What one call does, as the optimizer decided it."""
 
@@ -165,22 +177,22 @@ class NativeStep:
         bad: int = fast.try_step(grads, variables)
         return None if bad == _core.DECLINED else bad
 
-    def run(self, grads: Sequence[Any], call: CallPlan, counter: np.ndarray | None = None) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan, settle: Sequence[Settle] = ()) -> int:
         """One step over gradients in build order (None: no gradient).
 
         Args:
             grads: Dense arrays, sparse gradients or None, by build index.
             call: What this call does.
-            counter: The optimizer's int64 iteration counter, incremented in the
-                same native call when the step runs (so a Ctrl-C cannot land
-                between the state and its count).
+            settle: The records of the step's outcome (the iteration counter, a
+                loss scale), written in the same native call as the step, so a
+                Ctrl-C cannot land between the state and its records.
 
         Returns:
             -1 when the step ran, else the index of the first tensor whose
             gradient is not finite (only with `check_finite`; nothing written).
         """
         self.prepare(call)
-        return self.step(grads, counter=counter)
+        return self.step(grads, settle=settle)
 
     def prepare(self, call: CallPlan) -> None:
         """Writes this call's fields of the plan."""
@@ -213,7 +225,7 @@ class NativeStep:
         self,
         grads: Sequence[Any],
         norms: Sequence[float] | None = None,
-        counter: np.ndarray | None = None,
+        settle: Sequence[Settle] = (),
     ) -> int:
         """The prepared step in the core.
 
@@ -221,12 +233,12 @@ class NativeStep:
             grads: As for `run`.
             norms: Each tensor's clip norm, computed elsewhere (distributed
                 steps); then the core's own norm and finiteness pass is skipped.
-            counter: As for `run`.
+            settle: As for `run`.
 
         Returns:
             As `run`.
         """
-        bad: int = _core.step(self._group, grads, self._plan, norms, counter)
+        bad: int = _core.step(self._group, grads, self._plan, norms, settle)
         return bad
 
     def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
+from adagrad_native._native import Settle
 from adagrad_native.optimizer import Optimizer
 from adagrad_native.serialization import deserialize, register_optimizer, serialize
 from adagrad_native.variables import Variable
@@ -149,18 +150,18 @@ class LossScaleOptimizer(Optimizer):
                         "be built. Call `optimizer.build(trainable_variables)` first."
                     )
                 self.build(trainable_variables)
-            finite = self.inner_optimizer._scaled_apply(
-                grads, trainable_variables, float(self.dynamic_scale.value)
-            )
-            counter, dyn = self.step_counter.value, self.dynamic_scale.value
-            if not finite:
-                counter[...] = 0
-                dyn[...] = dyn * np.float32(0.5)
-            elif counter == self.dynamic_growth_steps - 1:
-                counter[...] = 0
-                dyn[...] = dyn * np.float32(2.0)
-            else:
-                counter[...] += 1
+            counter, scale = self.step_counter.value, self.dynamic_scale.value
+            grow = int(counter) == self.dynamic_growth_steps - 1
+            # Both outcomes' records, written by the step itself (never torn by a signal).
+            settle: list[Settle] = [
+                (counter, np.array(0 if grow else counter + 1, np.int64), np.array(0, np.int64)),
+                (
+                    scale,
+                    np.array(scale * np.float32(2.0)) if grow else None,
+                    np.array(scale * np.float32(0.5)),
+                ),
+            ]
+            self.inner_optimizer._scaled_apply(grads, trainable_variables, float(scale), settle)
 
     def scale_loss(self, loss: Any) -> Any:
         """Multiplies `loss` by the current scale (the initial one before build)."""

@@ -23,7 +23,7 @@ import numpy as np
 from adagrad_native import _checks, schedules
 from adagrad_native._call_order import CallOrder, describe
 from adagrad_native._dtypes import check_updatable
-from adagrad_native._native import CallPlan, NativeStep, Slots, StaticPlan
+from adagrad_native._native import CallPlan, NativeStep, Settle, Slots, StaticPlan
 from adagrad_native.variables import Variable, auto_name
 
 _CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
@@ -628,19 +628,27 @@ class Optimizer:
                 self._keep_fast_step(trainable_variables)
 
     def _scaled_apply(
-        self, grads: list[Any], trainable_variables: Sequence[Any] | None, loss_scale: float
+        self,
+        grads: list[Any],
+        trainable_variables: Sequence[Any] | None,
+        loss_scale: float,
+        settle: Sequence[Settle],
     ) -> bool:
         """One step on gradients divided by `loss_scale`; skipped if any is not finite.
 
         The one entry point for wrapping optimizers (LossScaleOptimizer). A
-        skipped step changes nothing.
+        skipped step changes nothing but the wrapper's records in `settle`,
+        which are written in the same native call as the step (see
+        `NativeStep.run`).
 
         Returns:
             Whether the step was applied.
         """
         with self._lock:
             ordered, missing = self._ordered_gradients(grads, trainable_variables)
-            return self._step(ordered, missing, loss_scale=loss_scale, check_finite=True)
+            return self._step(
+                ordered, missing, loss_scale=loss_scale, check_finite=True, settle=settle
+            )
 
     def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         """After a step in build order with every gradient present, makes it repeatable natively.
@@ -721,13 +729,15 @@ class Optimizer:
         missing: list[int],
         loss_scale: float | None = None,
         check_finite: bool = False,
+        settle: Sequence[Settle] = (),
     ) -> bool:
         """One step over gradients in build order (None: no gradient).
 
         `missing` lists the variables of the call with a None gradient (for the
         warning). `loss_scale` replaces `loss_scale_factor` for this call and
-        `check_finite` skips the whole step when a gradient is not finite (both
-        for LossScaleOptimizer). Returns whether the step was applied.
+        `check_finite` skips the whole step when a gradient is not finite and
+        `settle` records the outcome (all three for LossScaleOptimizer).
+        Returns whether the step was applied.
         """
         if self._has_overwrite or _NONE_ID in map(id, grads):
             if all(g is None for g in grads):
@@ -762,7 +772,9 @@ class Optimizer:
             ema_momentum=ema_momentum,
             ema_overwrite=ema_overwrite,
         )
-        bad = native.run(grads, call, self._iterations.value)  # counts it in the same call
+        # The counter is bumped in the same native call as the step.
+        counter = self._iterations.value
+        bad = native.run(grads, call, [(counter, np.array(counter + 1), None), *settle])
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
                 raise self._nonfinite_error(bad)

@@ -19,7 +19,7 @@ import numpy as np
 
 from adagrad_native import _checks
 from adagrad_native._dtypes import FLOAT_DTYPE_NAMES
-from adagrad_native._native import CallPlan, NativeStep, Slots, work_chunk
+from adagrad_native._native import CallPlan, NativeStep, Settle, Slots, settle_skipped, work_chunk
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import state_key
 from adagrad_native.distributed._collectives import REDUCTIONS, Exchange, fold_norms
@@ -71,13 +71,13 @@ class ShardedNativeStep(NativeStep):
     ) -> None:
         """Never: a sharded step's collectives run in Python."""
 
-    def run(self, grads: Sequence[Any], call: CallPlan, counter: np.ndarray | None = None) -> int:
+    def run(self, grads: Sequence[Any], call: CallPlan, settle: Sequence[Settle] = ()) -> int:
         """A collective step: reduce-scatter, (norms), the shard's step, all-gather.
 
         Args:
             grads: This rank's full gradients, by build index (None: none).
             call: What this call does.
-            counter: As for `NativeStep.run`.
+            settle: As for `NativeStep.run`.
 
         Returns:
             As `NativeStep.run`; every rank returns the same.
@@ -100,6 +100,7 @@ class ShardedNativeStep(NativeStep):
             all_partials = np.concatenate([p for p, _ in everything])
             all_finite = np.concatenate([f for _, f in everything])
             if call.check_finite and not all_finite.all():
+                settle_skipped(settle)
                 return self._item_tensors[int(np.argmin(all_finite))]
             counted = [
                 g is not None and not v.overwrite_with_gradient
@@ -112,7 +113,7 @@ class ShardedNativeStep(NativeStep):
                 counted,
                 static.clip == "global_norm",
             )
-        bad = self.step(reduced, norms, counter)
+        bad = self.step(reduced, norms, settle)
         exchange.all_gather([v.value for v in self._variables])
         return bad
 
