@@ -58,10 +58,17 @@ struct Blocks {
     if (t.weight_decay && plan.weight_decay != 0.0) {
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
     }
+    unsigned nan_seen = 0;
     for (int64_t i = 0; i < n; ++i) {
       const C a = acc[i] + g[i] * g[i];
       acc[i] = a;
-      v[i] = v[i] - (lr * g[i]) / sqrt_c(a + eps);
+      const C vi = v[i] - (lr * g[i]) / sqrt_c(a + eps);
+      v[i] = vi;
+      nan_seen |= static_cast<unsigned>(vi != vi);
+    }
+    if (nan_seen != 0) {  // a NaN accumulator makes v NaN too: one check covers both
+      canonical_nans(v, n);
+      canonical_nans(acc, n);
     }
     store_view(acc_store, acc, n);
     store_view(param(b), v, n);
@@ -111,6 +118,11 @@ struct Blocks {
       acc[i] = from_c<A>(a);
       v[i] = from_c<P>(vi - (lr * gi) / sqrt_c(a + eps));
     }
+    // As in adagrad(): a NaN accumulator makes v NaN too.
+    if (any_nan(v, n)) {
+      canonical_nans(v, n);
+      canonical_nans(acc, n);
+    }
   }
 #endif
 
@@ -122,6 +134,7 @@ struct Blocks {
     const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
     C* __restrict ga = load_view<C>(gacc(b), abuf, n);
     for (int64_t i = 0; i < n; ++i) ga[i] = ga[i] + g[i];
+    if (any_nan(ga, n)) canonical_nans(ga, n);
     store_view(gacc(b), ga, n);
   }
 

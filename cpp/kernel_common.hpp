@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "kernels.hpp"
@@ -65,6 +66,36 @@ inline bf16 from_c<bf16, float>(float f) {
   const uint32_t quiet_nan = (u >> 16) | 0x40u;
   const bool is_nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
   return bf16{static_cast<uint16_t>(is_nan ? quiet_nan : rounded)};
+}
+
+// Every NaN the step computes is stored as one positive quiet NaN (numpy's
+// np.nan): which operand's NaN an x86 operation passes on depends on the
+// operand order, which the compiler picks differently on each ISA path. NaNs
+// are rare, so kernels look for one in the block they wrote (a cheap
+// vectorized pass over L1) and rewrite the block only when they find one.
+template <class X>
+inline bool any_nan(const X* __restrict x, int64_t n) {
+  unsigned seen = 0;
+  if constexpr (std::is_same_v<X, float> || std::is_same_v<X, double>) {
+    for (int64_t i = 0; i < n; ++i) seen |= static_cast<unsigned>(x[i] != x[i]);
+  } else {  // 16-bit storage: its bits, so the check needs no conversion
+    constexpr uint16_t inf = std::is_same_v<X, bf16> ? 0x7F80 : 0x7C00;
+    for (int64_t i = 0; i < n; ++i) {
+      uint16_t bits;
+      std::memcpy(&bits, x + i, sizeof bits);
+      seen |= static_cast<unsigned>((bits & 0x7FFF) > inf);
+    }
+  }
+  return seen != 0;
+}
+template <class X>
+inline void canonical_nans(X* __restrict p, int64_t n) {
+  using C = std::conditional_t<std::is_same_v<X, double>, double, float>;
+  const X nan = from_c<X>(std::numeric_limits<C>::quiet_NaN());
+  for (int64_t i = 0; i < n; ++i) {
+    const C c = to_c<C>(p[i]);
+    if (c != c) p[i] = nan;
+  }
 }
 
 // 16-bit conversions, eight lanes in a register where the ISA has them (GCC

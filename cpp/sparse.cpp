@@ -119,6 +119,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
     A* acc = static_cast<A*>(sub.accumulator);
     const C a = to_c<C>(acc[0]) + mean;
     acc[0] = from_c<A>(a);
+    canonical_nans(acc, 1);
     const C denom = sqrt_c(a + eps);
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
@@ -129,6 +130,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
         for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
       }
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
+      if (any_nan(v, n)) canonical_nans(v, n);
       store_view(vp, v, n);
       if (plan.ema && sub.average != nullptr) {
         // Follows the compute-type v, before its rounding to a 16-bit P.

@@ -12,8 +12,13 @@ FEATURES = {
     "clipnorm_wd_scale": {"clipnorm": 0.3, "weight_decay": 0.01, "loss_scale_factor": 8.0},
     "clipvalue_accum": {"clipvalue": 0.2, "gradient_accumulation_steps": 2},
     "wd_acc32": {"weight_decay": 0.01, "accumulator_dtype": "float32"},
-    "nonfinite": {},  # NaN and inf in the gradients propagate into the stored values
+    # NaN of both signs and inf, in the gradients and the parameters, propagate
+    # into the stored values (inf - inf and 0 * inf make new NaNs).
+    "nonfinite": {},
+    "nonfinite_ema_accum": {"use_ema": True, "gradient_accumulation_steps": 2},
+    "nonfinite_rowwise": {},
 }
+NONFINITE = [np.nan, -np.nan, np.inf, -np.inf]
 
 
 def _run(isa, dtype, features):
@@ -22,15 +27,23 @@ def _run(isa, dtype, features):
     # 29 = 16 + 8 + 5 reaches the 16-lane, 8-lane and scalar loops of one block.
     shapes = [(70_001,), (3, 33), (), (17,), (29,)]
     params = [rng.normal(size=s).astype(dtype) for s in shapes]
-    nonfinite = features is FEATURES["nonfinite"]
-    opt = an.Adagrad(0.05, **features)
+    nonfinite = any(features is v for k, v in FEATURES.items() if k.startswith("nonfinite"))
+    if nonfinite:
+        for p in params[:2] + params[3:]:
+            p.flat[rng.integers(0, p.size, 4)] = NONFINITE
+    cls = an.RowWiseAdagrad if features is FEATURES["nonfinite_rowwise"] else an.Adagrad
+    opt = cls(0.05, **features)
     for step in range(4):
         grads = [rng.normal(size=s).astype(dtype) for s in shapes]
-        if nonfinite and step == 2:
-            grads[0][[3, 40, 41, 69_999]] = [np.nan, np.inf, -np.inf, np.nan]
-            grads[4][[19, 27]] = [np.inf, np.nan]
+        if nonfinite and step >= 1:
+            for g in grads[:2] + grads[3:]:
+                g.flat[rng.integers(0, g.size, 8)] = NONFINITE * 2
         opt.apply(grads, params)
-    return [p.tobytes() for p in params] + [v.value.tobytes() for v in opt.variables]
+    return params + [v.value for v in opt.variables]
+
+
+def _bits(a):
+    return a.view(f"u{a.dtype.itemsize}")
 
 
 @pytest.fixture
@@ -48,7 +61,18 @@ def test_isa_paths_bit_identical(float_dtype, features, restore_isa):
     first = runs[isas[0]]
     for isa in isas[1:]:
         for a, b in zip(first, runs[isa]):
-            assert a == b, f"{isas[0]} vs {isa}"
+            assert a.tobytes() == b.tobytes(), f"{isas[0]} vs {isa}"
+
+
+@pytest.mark.parametrize("features", [k for k in FEATURES if k.startswith("nonfinite")])
+def test_every_nan_a_step_writes_is_the_canonical_nan(float_dtype, features, restore_isa):
+    canonical = _bits(np.array(np.nan, float_dtype))
+    for isa in _native.available_isas():
+        arrays = [a for a in _run(isa, float_dtype, FEATURES[features]) if a.dtype.kind != "i"]
+        nans = [np.isnan(a.astype(np.float64)) for a in arrays]
+        assert sum(n.sum() for n in nans) > 20, "too few NaNs: the case tests nothing"
+        for i, (a, nan) in enumerate(zip(arrays, nans)):
+            assert (_bits(a)[nan] == canonical).all(), f"{isa}: array {i} has another NaN"
 
 
 def test_build_info_reports_the_active_path(restore_isa):
