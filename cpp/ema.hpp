@@ -21,9 +21,8 @@ struct Ema {
         overwrite(plan.ema_overwrite) {}
 
   // avg = m*avg + (1-m)*v over n <= kBlock elements, then optionally
-  // param = avg (the stored average, copied). The caller chooses `v`: the
-  // dense kernel passes the stored parameter, the row-wise kernel its
-  // compute-type values (they differ only in the rounding of 16-bit params).
+  // param = avg (the stored average, copied). `v` is the stored parameter in
+  // the compute type (Keras averages the variable as assigned).
   void apply(const C* __restrict v, P* avg_store, P* param, int64_t n) const {
     alignas(64) C mbuf[kBlock];
     C* __restrict avg = load_view<C>(avg_store, mbuf, n);

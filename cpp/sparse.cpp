@@ -133,8 +133,8 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       if (any_nan(v, n)) canonical_nans(v, n);
       store_view(vp, v, n);
       if (plan.ema && sub.average != nullptr) {
-        // Follows the compute-type v, before its rounding to a 16-bit P.
-        ema.apply(v, static_cast<P*>(sub.average) + b, vp, n);
+        // As the dense kernel: the EMA follows the stored value of v (rounded to P).
+        ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(sub.average) + b, vp, n);
       }
     }
   }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from tests.oracle import ReferenceAdagrad
+from tests.oracle import ReferenceAdagrad, RowWiseReferenceAdagrad
 
 # Around the vector widths (8, 16 lanes), the 256-element block and the 16 Ki chunk.
 SHAPES = [
@@ -76,16 +76,24 @@ def assert_ulps(got, want, max_ulps, what):
     assert worst <= max_ulps, f"{what}: {worst} ulps apart (allowed {max_ulps})"
 
 
+OPTIMIZERS = {
+    "adagrad": (an.Adagrad, ReferenceAdagrad),
+    "rowwise": (an.RowWiseAdagrad, RowWiseReferenceAdagrad),
+}
+
+
 @pytest.mark.parametrize("feature", list(FEATURES))
 @pytest.mark.parametrize("acc_dtype", [None, "float32"], ids=["acc_param", "acc_float32"])
-def test_matches_the_oracle(low_precision_dtype, acc_dtype, feature):
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_matches_the_oracle(low_precision_dtype, optimizer, acc_dtype, feature):
     dtype = low_precision_dtype
     rng = np.random.default_rng(11)
     kwargs = {"learning_rate": 0.1, **FEATURES[feature]}
     init = [rng.standard_normal(s).astype(dtype) for s in SHAPES]
     params = [p.copy() for p in init]
-    opt = an.Adagrad(**kwargs, accumulator_dtype=acc_dtype)
-    ref = ReferenceAdagrad(**kwargs, accumulator_dtype=acc_dtype)
+    cls, reference = OPTIMIZERS[optimizer]
+    opt = cls(**kwargs, accumulator_dtype=acc_dtype)
+    ref = reference(**kwargs, accumulator_dtype=acc_dtype)
     ref.build(init)
     max_ulps = 1 if feature in NORM_FEATURES else 0
     for step in range(STEPS):
