@@ -97,10 +97,12 @@ def test_the_callers_flush_to_zero_reaches_every_thread(tmp_path, restore_thread
         return [param]
 
     default = csr.get_csr()
-    plain = step(2)
+    plain = step(2)  # the team's threads exist now, started under the default modes
     csr.set_csr(default | ftz_daz)
     try:
-        one, two = step(1), step(2)
+        # Two threads first: a smaller team first would let the runtime retire the
+        # worker and start a new one, which inherits the caller's modes anyway.
+        two, one = step(2), step(1)
     finally:
         csr.set_csr(default)
     assert_identical(one, two)
