@@ -1,11 +1,11 @@
 #include "parallel.hpp"
 
+#include <sched.h>
+
 #include <algorithm>
 #include <atomic>
-
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
+#include <cstdlib>
+#include <thread>
 
 namespace adagrad {
 
@@ -44,11 +44,18 @@ WorkList make_work_list(const std::vector<int64_t>& sizes, int64_t chunk) {
 
 namespace {
 int default_threads() {
-#if defined(_OPENMP)
-  return std::clamp(omp_get_max_threads(), 1, kMaxThreads);
-#else
-  return 1;
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {  // "4" or "4,2": the first level
+    char* end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end != env && n >= 1) return static_cast<int>(std::min<long>(n, kMaxThreads));
+  }
+#if defined(__linux__)
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) {
+    return std::clamp(CPU_COUNT(&cpus), 1, kMaxThreads);
+  }
 #endif
+  return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, kMaxThreads);
 }
 std::atomic<int> g_threads{default_threads()};
 }  // namespace
@@ -56,14 +63,6 @@ std::atomic<int> g_threads{default_threads()};
 int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
 void set_num_threads(int n) {
   g_threads.store(std::clamp(n, 1, kMaxThreads), std::memory_order_relaxed);
-}
-
-bool openmp_enabled() {
-#if defined(_OPENMP)
-  return true;
-#else
-  return false;
-#endif
 }
 
 }  // namespace adagrad

@@ -1,13 +1,13 @@
-// The flat work list, and the one parallel region that walks it and every
+// The flat work list, and the one parallel loop that walks it and every
 // other parallel loop.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <xmmintrin.h>
-#endif
+#include "thread_team.hpp"
 
 namespace adagrad {
 
@@ -22,8 +22,8 @@ constexpr int64_t kTargetTasks = 8;
 // compute takes a few microseconds, less than waking a second thread.
 constexpr int64_t kSerialBelow = 16384;
 // The most threads a step may use: far more than any CPU this runs on, far
-// fewer than the stacks of a team can exhaust memory or the OpenMP runtime
-// gives up (100,000 overflowed the stack, 2**31-1 made libgomp exit).
+// fewer than the stacks of a team can exhaust memory (with OpenMP, 100,000
+// threads overflowed the stack and 2**31-1 made its runtime exit).
 constexpr int kMaxThreads = 1024;
 
 struct WorkItem {
@@ -59,28 +59,15 @@ std::vector<int64_t> sizes_of(const std::vector<Tensor>& tensors) {
   return sizes;
 }
 
+// The thread count of a step (default: OMP_NUM_THREADS, else the CPUs this
+// process may run on; at most kMaxThreads).
 int get_num_threads();
 void set_num_threads(int n);
-bool openmp_enabled();
 
-// The floating-point control state of a thread (x86: MXCSR's modes; elsewhere
-// nothing), carried from the caller to the threads of a parallel region.
-struct FloatModes {
-#if defined(__x86_64__) || defined(__i386__)
-  static constexpr unsigned kModeBits = 0xFFC0;  // FTZ, rounding, masks, DAZ; not the flags
-  unsigned csr;
-  static FloatModes of_this_thread() { return {_mm_getcsr() & kModeBits}; }
-  void apply_to_this_thread() const { _mm_setcsr((_mm_getcsr() & ~kModeBits) | csr); }
-#else
-  static FloatModes of_this_thread() { return {}; }
-  void apply_to_this_thread() const {}
-#endif
-};
-
-// Calls fn(task) for every task in [0, n_tasks), the tasks split over the
-// threads in fixed blocks. The one parallel region of the code base: every
-// parallel loop goes through it. With one thread or one task it runs on the
-// calling thread without opening a region (that costs microseconds).
+// Calls fn(task) for every task in [0, n_tasks) on the calling thread and the
+// thread team (thread_team.hpp), which takes tasks as its threads arrive. The
+// one parallel loop of the code base: every parallel loop goes through it.
+// With one thread or one task it runs on the calling thread alone.
 template <class Fn>
 void parallel_for(int64_t n_tasks, Fn&& fn) {
   const int threads = get_num_threads();
@@ -88,19 +75,10 @@ void parallel_for(int64_t n_tasks, Fn&& fn) {
     for (int64_t task = 0; task < n_tasks; ++task) fn(task);
     return;
   }
-  // The workers compute with the caller's floating-point modes (flush-to-zero,
-  // denormals-are-zero, rounding), set whenever the caller chose them.
-  const FloatModes modes = FloatModes::of_this_thread();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads)
-#endif
-  {
-    modes.apply_to_this_thread();
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-    for (int64_t task = 0; task < n_tasks; ++task) fn(task);
-  }
+  using F = std::remove_reference_t<Fn>;
+  const TaskFn call = [](void* context, int64_t task) { (*static_cast<F*>(context))(task); };
+  const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, n_tasks - 1));
+  run_on_team(n_tasks, helpers, call, const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 // Calls fn(item_index) for every item, tasks spread over the threads.

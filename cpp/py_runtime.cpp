@@ -15,7 +15,6 @@ void register_runtime(py::module_& m) {
   m.def("get_num_threads", &adagrad::get_num_threads);
   m.def("set_num_threads", &adagrad::set_num_threads, py::arg("n"));
   m.attr("MAX_THREADS") = adagrad::kMaxThreads;
-  m.def("openmp_enabled", &adagrad::openmp_enabled);
   m.def("isa", []() { return std::string(adagrad::kernels().isa); });
   m.def("available_isas", &adagrad::available_isas);
   m.def("select_isa", &adagrad::select_isa, py::arg("name"));

@@ -1,5 +1,5 @@
 // The memory-roofline probe for benchmarks: moves the bytes of a step over the
-// same tensors, through the same chunk list and parallel region, with no real
+// same tensors, through the same chunk list and parallel loop, with no real
 // math. Every array is read; read-write arrays are written back unchanged.
 #pragma once
 

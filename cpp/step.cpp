@@ -1,7 +1,7 @@
 // One whole optimizer step: an optional reduction pass (norms, finiteness),
-// then the fused update pass, each one parallel region over the work list.
+// then the fused update pass, each one parallel loop over the work list.
 // Row-sparse gradients are de-duplicated first; their distinct rows join the
-// same parallel regions as extra tasks (row mode), unless a feature of this
+// same parallel loops as extra tasks (row mode), unless a feature of this
 // step touches every row (full pass over the tensor's work items instead).
 #include "step.hpp"
 
@@ -68,7 +68,7 @@ struct StepTasks {
   bool any_sparse() const { return !sparse_ids.empty(); }
 };
 
-// One parallel region over the dense tasks (all of the work list's when no
+// One parallel loop over the dense tasks (all of the work list's when no
 // gradient is sparse) and then the row tasks.
 template <class ItemFn, class RowFn>
 void for_each_task(const StepRun& run, const StepTasks& tasks, ItemFn&& item_fn, RowFn&& row_fn) {

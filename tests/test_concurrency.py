@@ -136,3 +136,25 @@ def test_checkpoints_during_stateless_apply_hold_only_real_states(tmp_path, rest
                 assert data["param_0_accumulator"].tobytes() == real[-1].tobytes()
     finally:
         thread.join()
+
+
+def test_optimizers_stepping_at_once_in_two_threads_each_get_their_own_result(restore_threads):
+    # One caller holds the thread team, the other runs its tasks alone: both exact.
+    an.set_num_threads(2)
+    grad = np.full(N, 0.5, np.float32)
+
+    def train(param):
+        opt = an.Adagrad(0.01, clipnorm=1.0)
+        for _ in range(30):
+            opt.apply([grad], [param])
+
+    params = [np.linspace(-1, 1, N, dtype=np.float32) for _ in range(3)]
+    threads = [threading.Thread(target=train, args=(p,)) for p in params[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    an.set_num_threads(1)
+    train(params[2])
+    assert params[0].tobytes() == params[2].tobytes()
+    assert params[1].tobytes() == params[2].tobytes()

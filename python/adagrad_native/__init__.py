@@ -41,12 +41,11 @@ def get_num_threads() -> int:
 
 
 def build_info() -> dict[str, Any]:
-    """How the core was built and what it runs: version, ISA path, OpenMP, threads."""
+    """How the core was built and what it runs: version, ISA paths, threads."""
     return {
         "version": __version__,
         "isa": _core.isa(),
         "available_isas": list(_core.available_isas()),
-        "openmp": _core.openmp_enabled(),
         "num_threads": _core.get_num_threads(),
     }
 

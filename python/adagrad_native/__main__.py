@@ -34,10 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = an.build_info()
     n_params = sum(p.size for p in model.params)
-    print(
-        f"adagrad_native {info['version']}: ISA {info['isa']}, OpenMP {info['openmp']}, "
-        f"{info['num_threads']} threads"
-    )
+    print(f"adagrad_native {info['version']}: ISA {info['isa']}, {info['num_threads']} thread(s)")
     print(
         f"MLP 2-{args.hidden}-{args.hidden}-3 ({n_params} parameters, {len(model.params)} "
         f"tensors) on {len(y_train)} spiral points, 3 classes"

@@ -1,0 +1,212 @@
+#include "thread_team.hpp"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace adagrad {
+
+#if defined(__x86_64__) || defined(__i386__)
+namespace {
+constexpr unsigned kModeBits = 0xFFC0;  // FTZ, rounding, exception masks, DAZ; not the flags
+}  // namespace
+FloatModes FloatModes::of_this_thread() { return {_mm_getcsr() & kModeBits}; }
+void FloatModes::apply_to_this_thread() const { _mm_setcsr((_mm_getcsr() & ~kModeBits) | csr); }
+#else
+FloatModes FloatModes::of_this_thread() { return {}; }
+void FloatModes::apply_to_this_thread() const {}
+#endif
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#endif
+}
+
+class Team {
+ public:
+  Team() = default;
+  Team(const Team&) = delete;
+  Team& operator=(const Team&) = delete;
+  ~Team() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+
+  // Runs the job with up to `helpers` team threads; false, with nothing run,
+  // when another caller's job holds the team.
+  bool run(int64_t n_tasks, int helpers, TaskFn fn, void* context) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    fn_ = fn;
+    context_ = context;
+    n_tasks_ = n_tasks;
+    modes_ = FloatModes::of_this_thread();
+    next_.store(0, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      start_threads(helpers);
+      helpers_.store(std::min<int>(helpers, static_cast<int>(threads_.size())),
+                     std::memory_order_relaxed);
+      members_.store(0, std::memory_order_release);  // open: the job's fields are written
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    run_tasks();  // at once: helpers that are not running yet are not waited for
+    // Every task is taken: close the job, then wait only for helpers inside it
+    // (each is finishing a task it took).
+    members_.fetch_or(kClosed, std::memory_order_acq_rel);
+    for (int spins = 0; (members_.load(std::memory_order_acquire) & ~kClosed) != 0; ++spins) {
+      if (spins < 2000) {
+        cpu_relax();
+      } else {
+        std::this_thread::yield();
+      }
+    }
+    std::exception_ptr error;
+    std::swap(error, error_);
+    if (error) std::rethrow_exception(error);
+    return true;
+  }
+
+ private:
+  static constexpr int64_t kClosed = int64_t{1} << 62;
+  static constexpr std::chrono::microseconds kSpin{100};
+
+  // Under mutex_. A thread the system refuses only makes the team smaller.
+  void start_threads(int wanted) {
+    while (static_cast<int>(threads_.size()) < wanted) {
+      try {
+        threads_.emplace_back(&Team::serve, this, static_cast<int>(threads_.size()));
+      } catch (const std::system_error&) {
+        return;
+      }
+    }
+  }
+
+  void serve(int id) {
+    uint64_t seen = 0;
+    while (await_job(id, seen)) {
+      seen = generation_.load(std::memory_order_acquire);
+      // By now a later job, of fewer helpers, may be the open one.
+      if (id >= helpers_.load(std::memory_order_relaxed) || !join()) continue;
+      modes_.apply_to_this_thread();
+      run_tasks();
+      members_.fetch_sub(1, std::memory_order_release);
+    }
+  }
+
+  // Waits for a job after `seen` that this thread helps; false when stopping.
+  // It spins a little first: a step's next parallel loop, or the next step of
+  // a training loop, usually comes within microseconds, and waking a sleeping
+  // thread takes tens of them.
+  bool await_job(int id, uint64_t seen) {
+    const auto wanted = [&] {
+      return generation_.load(std::memory_order_acquire) != seen &&
+             id < helpers_.load(std::memory_order_relaxed);
+    };
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    for (int i = 1; !wanted(); ++i) {
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stopping_ || wanted(); });
+        return !stopping_;
+      }
+      cpu_relax();
+    }
+    return true;
+  }
+
+  bool join() {
+    int64_t m = members_.load(std::memory_order_relaxed);
+    while ((m & kClosed) == 0) {
+      if (members_.compare_exchange_weak(m, m + 1, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void run_tasks() {
+    for (int64_t t = next_.fetch_add(1, std::memory_order_relaxed); t < n_tasks_;
+         t = next_.fetch_add(1, std::memory_order_relaxed)) {
+      try {
+        fn_(context_, t);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+
+  std::mutex busy_;  // held by the caller whose job the team runs
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread> threads_;
+  bool stopping_ = false;  // under mutex_
+  // Written under mutex_, read also without it by spinning threads.
+  std::atomic<uint64_t> generation_{0};  // one more per job
+  std::atomic<int> helpers_{0};          // threads 0 .. helpers_-1 help the job
+
+  // The job: written by its caller before it opens `members_`, read by helpers
+  // after they joined.
+  TaskFn fn_ = nullptr;
+  void* context_ = nullptr;
+  int64_t n_tasks_ = 0;
+  FloatModes modes_;
+  std::atomic<int64_t> next_{0};
+  // Helpers inside the job, plus kClosed once the caller has taken the last
+  // task. A helper joins only an open job and the caller returns only when no
+  // helper is inside, so no helper touches a finished job or its caller's data.
+  std::atomic<int64_t> members_{kClosed};
+  std::mutex error_mutex_;
+  std::exception_ptr error_;
+};
+
+std::unique_ptr<Team>& team_slot() {
+  static std::unique_ptr<Team> team = std::make_unique<Team>();
+  return team;
+}
+
+// In a child made by fork() only the forking thread exists: the team's threads
+// and any lock they held are gone. The old team is abandoned, not destroyed
+// (its destructor would join threads that do not exist), and a new one starts.
+void renew_team_in_child() {
+  (void)team_slot().release();
+  team_slot() = std::make_unique<Team>();
+}
+
+Team& team() {
+  static const int registered = pthread_atfork(nullptr, nullptr, renew_team_in_child);
+  (void)registered;
+  return *team_slot();
+}
+
+}  // namespace
+
+void run_on_team(int64_t n_tasks, int helpers, TaskFn fn, void* context) {
+  if (helpers > 0 && n_tasks > 1 && team().run(n_tasks, helpers, fn, context)) return;
+  for (int64_t task = 0; task < n_tasks; ++task) fn(context, task);
+}
+
+}  // namespace adagrad
