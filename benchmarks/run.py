@@ -8,7 +8,8 @@ Usage, from the repository root:
 
 Workloads: 1 one 16M fp32 tensor; 2 BERT-base-like list; 3 4-tensor MLP; 4 W2 with
 clipnorm + weight decay + EMA; 5 W2 with gradient accumulation (micro / update steps);
-6 float16 / bfloat16 parameters; 7 thread scaling (1 vs 2 threads).
+6 float16 / bfloat16 parameters; 7 thread scaling (1 vs 2 threads); 8 2 threads beside a
+busy process (contention).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("KERAS_BACKEND", "jax")  # before anything imports keras
 
 from benchmarks import memory, peers, report  # noqa: E402
+from benchmarks.contention import contention_table  # noqa: E402
 from benchmarks.timing import OtherLoad, Stat, Timed, run_group, wait_for_idle  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
     Roofline,
@@ -350,7 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: reduced sizes, 3 repeats, output to a temp dir",
     )
-    ap.add_argument("--workloads", default="1,2,3,4,5,6,7", help="comma list of 1..7")
+    ap.add_argument("--workloads", default="1,2,3,4,5,6,7,8", help="comma list of 1..8")
     ap.add_argument(
         "--impls",
         default="all",
@@ -427,10 +429,12 @@ def main(argv: list[str] | None = None) -> None:
         key = key.strip()
         if key == "7":
             tables.append(thread_table(args, with_roofline))
+        elif key == "8":
+            tables.append(contention_table(args))
         elif key in workloads:
             tables += [run_workload(wl, impls, args, with_roofline) for wl in workloads[key]]
         else:
-            sys.exit(f"unknown workload {key!r}; choose from 1..7")
+            sys.exit(f"unknown workload {key!r}; choose from 1..8")
         report.print_tables(tables[-1:])
     mem = "" if args.no_memory else memory_section(args)
     print(mem)

@@ -90,7 +90,7 @@ class Team {
 
  private:
   static constexpr int64_t kClosed = int64_t{1} << 62;
-  static constexpr std::chrono::microseconds kSpin{100};
+  static constexpr std::chrono::microseconds kSpin{20};
 
   // Under mutex_. A thread the system refuses only makes the team smaller.
   void start_threads(int wanted) {
