@@ -55,23 +55,33 @@ struct Blocks {
     A* acc_store = static_cast<A*>(t.accumulator) + b;
     C* __restrict v = load_view<C>(param(b), vbuf, n);
     C* __restrict acc = load_view<C>(acc_store, abuf, n);
-    if (t.weight_decay && plan.weight_decay != 0.0) {
-      for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
-    }
-    unsigned nan_seen = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const C a = acc[i] + g[i] * g[i];
-      acc[i] = a;
-      const C vi = v[i] - (lr * g[i]) / sqrt_c(a + eps);
-      v[i] = vi;
-      nan_seen |= static_cast<unsigned>(vi != vi);
-    }
+    const bool decay = t.weight_decay && plan.weight_decay != 0.0;
+    const unsigned nan_seen = decay ? update(g, v, acc, n, std::true_type{})
+                                    : update(g, v, acc, n, std::false_type{});
     if (nan_seen != 0) {  // a NaN accumulator makes v NaN too: one check covers both
       canonical_nans(v, n);
       canonical_nans(acc, n);
     }
     store_view(acc_store, acc, n);
     store_view(param(b), v, n);
+  }
+
+  // The element loop of adagrad(), decay fused in (one pass over the block);
+  // returns nonzero when some v became NaN.
+  template <bool kDecay>
+  unsigned update(const C* __restrict g, C* __restrict v, C* __restrict acc, int64_t n,
+                  std::bool_constant<kDecay>) const {
+    unsigned nan_seen = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      C vi = v[i];
+      if constexpr (kDecay) vi = vi - vi * wd * lr;
+      const C a = acc[i] + g[i] * g[i];
+      acc[i] = a;
+      vi = vi - (lr * g[i]) / sqrt_c(a + eps);
+      v[i] = vi;
+      nan_seen |= static_cast<unsigned>(vi != vi);
+    }
+    return nan_seen;
   }
 
 #ifdef ADAGRAD_HAVE_LANES8
