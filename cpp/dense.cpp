@@ -56,8 +56,8 @@ struct Blocks {
     C* __restrict v = load_view<C>(param(b), vbuf, n);
     C* __restrict acc = load_view<C>(acc_store, abuf, n);
     const bool decay = t.weight_decay && plan.weight_decay != 0.0;
-    const unsigned nan_seen = decay ? update(g, v, acc, n, std::true_type{})
-                                    : update(g, v, acc, n, std::false_type{});
+    const unsigned nan_seen =
+        decay ? update(g, v, acc, n, std::true_type{}) : update(g, v, acc, n, std::false_type{});
     if (nan_seen != 0) {  // a NaN accumulator makes v NaN too: one check covers both
       canonical_nans(v, n);
       canonical_nans(acc, n);

@@ -23,9 +23,10 @@ struct RowTask {
   int64_t d0, d1;
 };
 
-// Elements of distinct rows per row task: a few thousand, so that the ~6k
-// rows of a typical batch spread over the threads in tens of tasks.
-constexpr int64_t kRowTaskElements = 4096;
+// Elements a row task moves (gradient copies, rows and their state): some
+// tens of thousands, so that a typical batch spreads over the threads in
+// tens of tasks.
+constexpr int64_t kRowTaskElements = 16384;
 
 // How a tensor takes part in this step.
 enum class Mode : unsigned char { dense, rows, full };
@@ -109,17 +110,28 @@ StepTasks plan_sparse(StepRun& run) {
     }
   }
   if (!tasks.any_sparse()) return tasks;
+  expect_parallel_loop(get_num_threads() - 1);  // the row tasks, after the de-duplication
   if (run.rows.size() != n_tensors) run.rows.resize(n_tensors);
   parallel_for(static_cast<int64_t>(tasks.sparse_ids.size()), [&](int64_t j) {
     const int32_t t = tasks.sparse_ids[j];
     dedup(run.steps[t], run.tensors[t].rows, run.rows[t]);
   });
   for (int32_t t : tasks.sparse_ids) {
-    if (tasks.mode[t] != Mode::rows || run.tensors[t].row_len <= 0) continue;
-    const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / run.tensors[t].row_len);
-    const int64_t count = run.rows[t].count();
-    for (int64_t d = 0; d < count; d += per_task) {
-      tasks.row_tasks.push_back({t, d, std::min(count, d + per_task)});
+    const int64_t L = run.tensors[t].row_len;
+    if (tasks.mode[t] != Mode::rows || L <= 0) continue;
+    // Tasks cut by the elements they move, not by their number of rows: a
+    // frequent id (under Zipf the first rows hold most of a batch) brings
+    // many copies to sum, so a fixed row count made one task do most of it.
+    const SparseRows& rows = run.rows[t];
+    const int64_t count = rows.count();
+    int64_t d0 = 0, moved = 0;
+    for (int64_t d = 0; d < count; ++d) {
+      moved += (rows.start[d + 1] - rows.start[d] + 2) * L;  // the copies, the row, its state
+      if (moved >= kRowTaskElements || d + 1 == count) {
+        tasks.row_tasks.push_back({t, d0, d + 1});
+        d0 = d + 1;
+        moved = 0;
+      }
     }
   }
   // Dense tasks: only those with an item of a tensor that is not in row mode.

@@ -52,6 +52,16 @@ class Team {
     for (std::thread& t : threads_) t.join();
   }
 
+  // Wakes up to `helpers` sleeping threads to spin for a job that is coming.
+  void heads_up(int helpers) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++heads_up_;
+      heads_up_helpers_ = helpers;
+    }
+    wake_.notify_all();
+  }
+
   // Runs the job with up to `helpers` team threads; false, with nothing run,
   // when another caller's job holds the team.
   bool run(int64_t n_tasks, int helpers, TaskFn fn, void* context) {
@@ -61,7 +71,8 @@ class Team {
     context_ = context;
     n_tasks_ = n_tasks;
     modes_ = FloatModes::of_this_thread();
-    next_.store(0, std::memory_order_relaxed);
+    note_job_start();
+    ends_.store(static_cast<uint64_t>(n_tasks) << 32, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       start_threads(helpers);
@@ -71,7 +82,7 @@ class Team {
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    run_tasks();  // at once: helpers that are not running yet are not waited for
+    run_tasks(true);  // at once: helpers that are not running yet are not waited for
     // Every task is taken: close the job, then wait only for helpers inside it
     // (each is finishing a task it took).
     members_.fetch_or(kClosed, std::memory_order_acq_rel);
@@ -91,6 +102,7 @@ class Team {
  private:
   static constexpr int64_t kClosed = int64_t{1} << 62;
   static constexpr std::chrono::microseconds kSpin{20};
+  static constexpr std::chrono::microseconds kLongestSpin{500};
 
   // Under mutex_. A thread the system refuses only makes the team smaller.
   void start_threads(int wanted) {
@@ -110,30 +122,45 @@ class Team {
       // By now a later job, of fewer helpers, may be the open one.
       if (id >= helpers_.load(std::memory_order_relaxed) || !join()) continue;
       modes_.apply_to_this_thread();
-      run_tasks();
+      run_tasks(false);
       members_.fetch_sub(1, std::memory_order_release);
     }
   }
 
+  // How long helpers spin for the next job before they sleep: jobs that came
+  // close together (a step's loops, steps in a tight loop) make them wait up to
+  // twice the last gap, so they are awake for the next one; waking a sleeping
+  // thread costs tens of microseconds, and a caller that starts alone does not
+  // get them back. Beyond kLongestSpin apart, jobs find them asleep.
+  void note_job_start() {
+    const auto now = std::chrono::steady_clock::now();
+    const auto gap = std::chrono::duration_cast<std::chrono::microseconds>(now - last_start_);
+    last_start_ = now;
+    const auto spin = 2 * gap <= kLongestSpin ? std::max(2 * gap, kSpin) : kSpin;
+    spin_us_.store(spin.count(), std::memory_order_relaxed);
+  }
+
   // Waits for a job after `seen` that this thread helps; false when stopping.
-  // It spins a little first: a step's next parallel loop, or the next step of
-  // a training loop, usually comes within microseconds, and waking a sleeping
-  // thread takes tens of them.
+  // It spins first (see note_job_start), and longer after a heads-up.
   bool await_job(int id, uint64_t seen) {
     const auto wanted = [&] {
       return generation_.load(std::memory_order_acquire) != seen &&
              id < helpers_.load(std::memory_order_relaxed);
     };
-    const auto deadline = std::chrono::steady_clock::now() + kSpin;
-    for (int i = 1; !wanted(); ++i) {
-      if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stopping_ || wanted(); });
-        return !stopping_;
+    std::chrono::microseconds spin{spin_us_.load(std::memory_order_relaxed)};
+    for (;;) {
+      const auto deadline = std::chrono::steady_clock::now() + spin;
+      for (int i = 1; !wanted(); ++i) {
+        if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) break;
+        cpu_relax();
       }
-      cpu_relax();
+      std::unique_lock<std::mutex> lock(mutex_);
+      const uint64_t heads_up = heads_up_;
+      wake_.wait(lock, [&] { return stopping_ || wanted() || heads_up_ != heads_up; });
+      if (stopping_) return false;
+      if (wanted()) return true;
+      spin = id < heads_up_helpers_ ? kLongestSpin : kSpin;
     }
-    return true;
   }
 
   bool join() {
@@ -147,9 +174,11 @@ class Team {
     return false;
   }
 
-  void run_tasks() {
-    for (int64_t t = next_.fetch_add(1, std::memory_order_relaxed); t < n_tasks_;
-         t = next_.fetch_add(1, std::memory_order_relaxed)) {
+  // The caller takes tasks from the front of the list, helpers from the back,
+  // so each thread walks memory in order (the hardware prefetchers follow it)
+  // until they meet.
+  void run_tasks(bool front) {
+    for (int64_t t = claim(front); t >= 0; t = claim(front)) {
       try {
         fn_(context_, t);
       } catch (...) {
@@ -159,11 +188,28 @@ class Team {
     }
   }
 
+  // The next task from the front or the back; -1 when none is left.
+  int64_t claim(bool front) {
+    uint64_t ends = ends_.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = ends & 0xFFFFFFFFu, hi = ends >> 32;
+      if (lo >= hi) return -1;
+      const uint64_t next = front ? ends + 1 : ends - (uint64_t{1} << 32);
+      if (ends_.compare_exchange_weak(ends, next, std::memory_order_relaxed)) {
+        return static_cast<int64_t>(front ? lo : hi - 1);
+      }
+    }
+  }
+
   std::mutex busy_;  // held by the caller whose job the team runs
   std::mutex mutex_;
   std::condition_variable wake_;
   std::vector<std::thread> threads_;
-  bool stopping_ = false;  // under mutex_
+  bool stopping_ = false;                             // under mutex_
+  uint64_t heads_up_ = 0;                             // under mutex_: one more per heads-up
+  std::chrono::steady_clock::time_point last_start_;  // the callers' (busy_ held)
+  std::atomic<int64_t> spin_us_{kSpin.count()};
+  int heads_up_helpers_ = 0;
   // Written under mutex_, read also without it by spinning threads.
   std::atomic<uint64_t> generation_{0};  // one more per job
   std::atomic<int> helpers_{0};          // threads 0 .. helpers_-1 help the job
@@ -174,7 +220,7 @@ class Team {
   void* context_ = nullptr;
   int64_t n_tasks_ = 0;
   FloatModes modes_;
-  std::atomic<int64_t> next_{0};
+  std::atomic<uint64_t> ends_{0};  // the unclaimed tasks [low 32 bits, high 32 bits)
   // Helpers inside the job, plus kClosed once the caller has taken the last
   // task. A helper joins only an open job and the caller returns only when no
   // helper is inside, so no helper touches a finished job or its caller's data.
@@ -203,6 +249,10 @@ Team& team() {
 }
 
 }  // namespace
+
+void expect_parallel_loop(int helpers) {
+  if (helpers > 0) team().heads_up(helpers);
+}
 
 void run_on_team(int64_t n_tasks, int helpers, TaskFn fn, void* context) {
   if (helpers > 0 && n_tasks > 1 && team().run(n_tasks, helpers, fn, context)) return;

@@ -30,4 +30,9 @@ using TaskFn = void (*)(void* context, int64_t task);
 // alone. The first exception a task throws is rethrown here.
 void run_on_team(int64_t n_tasks, int helpers, TaskFn fn, void* context);
 
+// A heads-up from a caller that will start a parallel loop after some serial
+// work (the de-duplication of a sparse gradient): sleeping team threads wake
+// and spin for it, so they are there when the loop starts.
+void expect_parallel_loop(int helpers);
+
 }  // namespace adagrad
