@@ -129,6 +129,8 @@ def machine_header(command: str, elapsed_s: float, extra: list[str]) -> str:
         (ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), []
     )
     simd = [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f") if f in flags]
+    l3 = Path("/sys/devices/system/cpu/cpu0/cache/index3/size")
+    cache = f"; L3 {l3.read_text().strip()}" if l3.exists() else ""
     mem = "unknown"
     if Path("/proc/meminfo").exists():
         kib = int(Path("/proc/meminfo").read_text().split()[1])
@@ -138,8 +140,8 @@ def machine_header(command: str, elapsed_s: float, extra: list[str]) -> str:
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
         f"- command: `{command}` (total {elapsed_s / 60:.1f} min)",
-        f"- CPU: {model}; {os.cpu_count()} logical cores; SIMD flags: {', '.join(simd)}; "
-        f"memory {mem}",
+        f"- CPU: {model}; {os.cpu_count()} logical cores; SIMD flags: {', '.join(simd)}"
+        f"{cache}; memory {mem}",
         f"- Python {platform.python_version()} on {platform.system()} {platform.release()}",
         f"- adagrad_native build_info: `{_build_info()}`",
         f"- versions: {', '.join(f'{p} {_version(p)}' for p in _PACKAGES)}",
@@ -170,9 +172,41 @@ def _build_info() -> Any:
         return f"not importable: {e}"
 
 
+# Sections of RESULTS.md that other scripts write (benchmarks.sparse, benchmarks.distributed);
+# a run of the suite keeps them.
+OTHER_SECTIONS = ("## Row-sparse", "## Distributed")
+
+
+def _sections(text: str) -> list[str]:
+    """The text split before every '## ' heading (the first part is what precedes them)."""
+    parts, current = [], []
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## ") and current:
+            parts.append("".join(current))
+            current = []
+        current.append(line)
+    parts.append("".join(current))
+    return parts
+
+
 def write_markdown(path: Path, header: str, tables: list[Table], tail: str) -> None:
+    """Writes the suite's results, keeping the sections other scripts wrote there."""
+    old = path.read_text() if path.exists() else ""
+    kept = [p for p in _sections(old) if p.startswith(OTHER_SECTIONS)]
     body = "\n".join(t.markdown() for t in tables)
-    path.write_text(header + "\n" + body + "\n" + tail)
+    path.write_text(header + "\n" + body + "\n" + tail + "".join("\n" + p for p in kept))
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Puts `section` (starting with `heading`) in place of the section of that heading."""
+    parts = _sections(path.read_text()) if path.exists() else [""]
+    for i, part in enumerate(parts):
+        if part.startswith(heading):
+            parts[i] = section
+            break
+    else:
+        parts.append("\n" + section)
+    path.write_text("".join(parts))
 
 
 def write_chart(path: Path, tables: list[Table], title: str) -> None:

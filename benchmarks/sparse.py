@@ -13,7 +13,11 @@ coalesces duplicates first, like us), TensorFlow's
 the numpy oracle (dense `tests/oracle` step on the dense-equivalent
 gradient: the cost of ignoring sparsity).
 
+FBGEMM's CPU row-wise Adagrad (`fbgemm-gpu-cpu`) is a peer where it loads against the
+benchmarked torch; the table says why it did not run otherwise.
+
 Run from the repository root:  python -m benchmarks.sparse [--threads N] [--repeats R] [--quick]
+[--write]  (--write puts the table into benchmarks/RESULTS.md, section "Row-sparse steps")
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 import adagrad_native as an
 from adagrad_native import _native
+from benchmarks import report
 from tests.oracle import ReferenceAdagrad
+
+HEADING = "## Row-sparse steps"
 
 ROWS = 1_000_000
 BATCH = 32_768
@@ -113,6 +121,26 @@ def bench_tf(table: np.ndarray, ids: np.ndarray, values: np.ndarray, repeats: in
     return median_ms(step, repeats)
 
 
+def report_missing(module: str) -> str | None:
+    """None when `module` imports, else a note saying it is not installed."""
+    try:
+        __import__(module)
+    except ImportError:
+        return f"`{module}` is not installed"
+    return None
+
+
+def fbgemm_unavailable() -> str | None:
+    """None when FBGEMM's CPU kernels load against the installed torch, else why not."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+    except ImportError:
+        return "`fbgemm-gpu-cpu` is not installed"
+    except OSError as e:  # its kernels were built against another torch
+        return f"`fbgemm-gpu-cpu` does not load against this torch: {str(e).splitlines()[0]}"
+    return "FBGEMM loads, but its row-wise Adagrad peer is not written yet"
+
+
 def bench_oracle(table: np.ndarray, ids: np.ndarray, values: np.ndarray) -> float | None:
     ref = ReferenceAdagrad(learning_rate=LR, epsilon=EPS, initial_accumulator_value=INIT_ACC)
     ref.build([table])
@@ -131,23 +159,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="only the 64-wide Zipf workload")
     parser.add_argument("--no-oracle", action="store_true", help="skip the slow numpy oracle")
+    parser.add_argument("--write", action="store_true", help="write the table into RESULTS.md")
     args = parser.parse_args()
     an.set_num_threads(args.threads)
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        print(line)
+        lines.append(line)
+
     rng = np.random.default_rng(0)
     workloads = [("zipf", 64), ("uniform", 64), ("zipf", 16), ("zipf", 256)]
     if args.quick:
         workloads = workloads[:1]
     info = an.build_info()
-    print(
-        f"# sparse Adagrad step, {ROWS:,} rows, batch {BATCH:,}; threads={args.threads}, "
-        f"isa={info['isa']}, median of {args.repeats}"
+    out(
+        f"Sparse Adagrad step, {ROWS:,} rows, batch {BATCH:,}; threads={args.threads}, "
+        f"isa={info['isa']}, median of {args.repeats} (`python -m benchmarks.sparse`)."
     )
+    out("")
     header = (
         f"| {'workload':<16} | {'distinct':>8} | {'implementation':<26} | {'ms/step':>8} "
         f"| {'rows/s (M)':>10} | {'roofline':>8} | {'vs torch':>8} |"
     )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
+    out(header)
+    out("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for kind, width in workloads:
         table0 = rng.standard_normal((ROWS, width)).astype(np.float32)
         ids = make_ids(kind, rng)
@@ -179,11 +215,25 @@ def main() -> None:
             if ms is None:
                 continue
             speedup = f"{torch_ms / ms:7.1f}x" if torch_ms else "     n/a"
-            print(
+            out(
                 f"| {f'{kind} x{width}':<16} | {distinct:>8,} | {name:<26} | {ms:>8.3f} "
                 f"| {distinct / ms / 1e3:>10.2f} | {roof_ms / ms:>7.1%} | {speedup:>8} |"
             )
         del table0
+    out("")
+    out(
+        "- roofline: the time to stream the touched rows' bytes (parameter and accumulator "
+        "rows read and written, the values read) as contiguous arrays, over the time of the step."
+    )
+    for name, missing in (
+        ("TensorFlow", report_missing("tensorflow")),
+        ("FBGEMM", fbgemm_unavailable()),
+    ):
+        if missing:
+            out(f"- {name}: not run; {missing}.")
+    if args.write:
+        section = "\n".join([HEADING, "", *lines, ""])
+        report.replace_section(Path(__file__).resolve().parent / "RESULTS.md", HEADING, section)
 
 
 if __name__ == "__main__":
