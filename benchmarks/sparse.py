@@ -23,6 +23,8 @@ Run from the repository root:  python -m benchmarks.sparse [--threads N] [--repe
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -130,6 +132,13 @@ def report_missing(module: str) -> str | None:
     return None
 
 
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def fbgemm_unavailable() -> str | None:
     """None when FBGEMM's CPU kernels load against the installed torch, else why not."""
     try:
@@ -137,7 +146,11 @@ def fbgemm_unavailable() -> str | None:
     except ImportError:
         return "`fbgemm-gpu-cpu` is not installed"
     except OSError as e:  # its kernels were built against another torch
-        return f"`fbgemm-gpu-cpu` does not load against this torch: {str(e).splitlines()[0]}"
+        library = os.path.basename(str(e).split(":")[-1].strip())
+        return (
+            f"`fbgemm-gpu-cpu` {_version('fbgemm-gpu-cpu')} does not load against torch "
+            f"{_version('torch')} ({library} fails to load: built for another torch release)"
+        )
     return "FBGEMM loads, but its row-wise Adagrad peer is not written yet"
 
 
