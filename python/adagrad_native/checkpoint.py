@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from adagrad_native import _checks
 from adagrad_native.variables import Variable
 
 CONFIG_KEY = "__config__"
@@ -42,33 +44,54 @@ def _state_entries(optimizer: Any) -> dict[str, Any]:
     return entries
 
 
-def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
+def state_dict(optimizer: Any) -> dict[str, Any]:
+    """The optimizer's state in memory: a copy of every variable, and the config.
+
+    Keys are those of `save_state` (paths relative to the optimizer); the
+    config (`get_config()`, None when it cannot be serialized) is under
+    "__config__". The arrays are copies, taken under the optimizer's lock, so
+    they hold one step's state even while another thread trains.
+
+    Raises:
+        ValueError: When the optimizer is not built.
+    """
+    if not optimizer.built:
+        raise ValueError("The optimizer is not built: call build(variables) first.")
+    with optimizer._state_lock():
+        state: dict[str, Any] = {key: var.numpy() for key, var in _state_entries(optimizer).items()}
+    try:
+        config: dict[str, Any] | None = optimizer.get_config()
+    except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
+        config = None
+    state[CONFIG_KEY] = config
+    return state
+
+
+def save_state(optimizer: Any, file: str | os.PathLike[str] | BinaryIO) -> None:
     """Writes the optimizer's variables and config to one `.npz`, atomically.
 
     Keys are the variables' paths relative to the optimizer (e.g.
     "iteration", "dense_kernel_accumulator"), so a checkpoint survives
-    reordering the variables or renaming the optimizer. The file is written to
-    a temporary name in the same folder and renamed over `path`, so a crash
-    never leaves a half-written checkpoint.
+    reordering the variables or renaming the optimizer. A path is written to a
+    temporary name in the same folder and renamed over it, so a crash never
+    leaves a half-written checkpoint; a binary file object (e.g. `io.BytesIO`)
+    is written to directly.
 
     Args:
         optimizer: A built optimizer.
-        path: The file to write (".npz" is not appended).
+        file: The file to write (".npz" is not appended), or a binary file object.
     """
-    if not optimizer.built:
-        raise ValueError("save_state needs a built optimizer: call build(variables) first.")
-    with optimizer._state_lock():  # a consistent snapshot, also while another thread steps
-        arrays = {key: var.numpy() for key, var in _state_entries(optimizer).items()}
-    try:
-        config = json.dumps(optimizer.get_config())
-    except TypeError:  # e.g. a plain callable learning rate: keep the state anyway
-        config = "null"
-    arrays[CONFIG_KEY] = np.array(config)
-    write_atomically(os.fspath(path), lambda f: np.savez(f, **arrays))
+    state = state_dict(optimizer)
+    config = state.pop(CONFIG_KEY)
+    state[CONFIG_KEY] = np.array(json.dumps(config))
+    if hasattr(file, "write"):
+        np.savez(file, **state)
+    else:
+        write_atomically(os.fspath(file), lambda f: np.savez(f, **state))
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-    """Every array of an `.npz` checkpoint.
+def read_npz(path: str | BinaryIO) -> dict[str, np.ndarray]:
+    """Every array of an `.npz` checkpoint (a path or a binary file object).
 
     Raises:
         FileNotFoundError: When there is no such file.
@@ -85,8 +108,12 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         raise
     except (OSError, EOFError, MemoryError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(
-            f"The file {path!r} is not a checkpoint that save_state wrote: {err}."
+            f"The file {_name(path)!r} is not a checkpoint that save_state wrote: {err}."
         ) from err
+
+
+def _name(file: Any) -> str:
+    return os.fspath(file) if isinstance(file, str | os.PathLike) else repr(file)
 
 
 def write_atomically(path: str, write: Callable[[Any], None]) -> None:
@@ -126,22 +153,94 @@ def _umask() -> int:
     return mask
 
 
-def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Loads a `save_state` checkpoint into a built optimizer, by name.
+LEARNING_RATES = ("checkpoint", "keep")
+
+
+def load_state(
+    optimizer: Any,
+    file: str | os.PathLike[str] | BinaryIO,
+    variables: Any = None,
+    *,
+    learning_rate: str = "checkpoint",
+) -> dict[str, Any] | None:
+    """Loads a `save_state` checkpoint (a path or a binary file object), by name.
 
     Every key, shape and dtype kind is checked before anything is assigned.
+
+    Args:
+        optimizer: The optimizer to load into; built first from `variables`
+            when it is not built yet.
+        file: What `save_state` wrote.
+        variables: The trainable variables, for an optimizer not built yet.
+        learning_rate: "checkpoint" (the default, as Keras' `load_own_variables`):
+            the stored learning rate replaces the current one; "keep": the
+            optimizer keeps its own (e.g. the one given to its constructor).
 
     Returns:
         The config stored with the state (None when it could not be saved).
 
     Raises:
-        ValueError: Listing the missing, unexpected and mismatched entries.
+        ValueError: Listing the missing, unexpected and mismatched entries; or
+            for an unbuilt optimizer without `variables`.
     """
-    if not optimizer.built:
-        raise ValueError("load_state needs a built optimizer: call build(variables) first.")
-    entries = _state_entries(optimizer)
-    stored = read_npz(os.fspath(path))
+    if not optimizer.built and variables is None:
+        raise ValueError(
+            "The optimizer is not built: pass its trainable variables to load_state "
+            "(load_state(optimizer, file, variables)) or call build(variables) first."
+        )
+    stored = read_npz(file if hasattr(file, "read") else os.fspath(file))  # type: ignore[arg-type]
     config: dict[str, Any] | None = json.loads(str(stored.pop(CONFIG_KEY, "null")))
+    stored[CONFIG_KEY] = config  # type: ignore[assignment]
+    load_state_dict(optimizer, stored, variables, learning_rate=learning_rate, source=_name(file))
+    return config
+
+
+def load_state_dict(
+    optimizer: Any,
+    state: Mapping[str, Any],
+    variables: Any = None,
+    *,
+    learning_rate: str = "checkpoint",
+    source: str = "state",
+) -> None:
+    """Assigns what `state_dict` returned, by key, after checking all of it.
+
+    Args:
+        optimizer: As for `load_state`.
+        state: Arrays by key, as `state_dict` returns them ("__config__" is
+            ignored).
+        variables: As for `load_state`.
+        learning_rate: As for `load_state`.
+        source: What the state came from, for messages.
+
+    Raises:
+        ValueError: Listing the missing, unexpected and mismatched entries;
+            nothing is assigned then.
+    """
+    _checks.one_of(learning_rate, "learning_rate", LEARNING_RATES)
+    stored = {k: np.asarray(v) for k, v in state.items() if k != CONFIG_KEY}
+    if optimizer.built:
+        _check_state(optimizer, stored, source)
+    else:
+        if variables is None:
+            raise ValueError(
+                "The optimizer is not built: pass its trainable variables "
+                "(load_state_dict(state, variables)) or call build(variables) first."
+            )
+        trial = copy.deepcopy(optimizer)  # checked on a copy: a refused state builds nothing
+        trial.build(variables)
+        _check_state(trial, stored, source)
+        optimizer.build(variables)
+    with optimizer._state_lock():
+        for key, var in _state_entries(optimizer).items():
+            if key == "learning_rate" and learning_rate == "keep":
+                continue
+            var.assign(stored[key])
+
+
+def _check_state(optimizer: Any, stored: dict[str, np.ndarray], source: str) -> None:
+    """Raises a ValueError listing every key, shape or dtype kind that does not match."""
+    entries = _state_entries(optimizer)
     missing = sorted(set(entries) - set(stored))
     unexpected = sorted(set(stored) - set(entries))
     mismatched = [
@@ -152,10 +251,6 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     ]
     if missing or unexpected or mismatched:
         raise ValueError(
-            f"The checkpoint {os.fspath(path)!r} does not match optimizer '{optimizer.name}': "
+            f"The checkpoint {source!r} does not match optimizer '{optimizer.name}': "
             f"missing {missing}, unexpected {unexpected}, mismatched {mismatched}."
         )
-    with optimizer._state_lock():
-        for key, var in entries.items():
-            var.assign(stored[key])
-    return config

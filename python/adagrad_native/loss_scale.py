@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,7 +84,7 @@ class LossScaleOptimizer(Optimizer):
         self.dynamic_growth_steps = int(dynamic_growth_steps)
         self.inner_optimizer.loss_scale_factor = None  # the dynamic scale replaces it
 
-    def build(self, var_list: Sequence[Any]) -> None:
+    def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
         """Creates `step_counter` and `dynamic_scale`, then builds the inner optimizer."""
         with self._lock:
             if self.built:
@@ -134,22 +134,28 @@ class LossScaleOptimizer(Optimizer):
             return
         self.inner_optimizer.learning_rate = learning_rate
 
-    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+    def apply(
+        self,
+        grads: Sequence[Any] | Mapping[Any, Any],
+        trainable_variables: Sequence[Any] | Mapping[Any, Any] | None = None,
+    ) -> None:
         """Applies the unscaled gradients if all are finite; adapts the scale.
 
         Args:
-            grads: Gradients of the scaled loss.
+            grads: Gradients of the scaled loss (a sequence, or a mapping as for
+                `Optimizer.apply`).
             trainable_variables: As for `Optimizer.apply`.
         """
-        grads = list(grads)
         with self._lock:
+            grad_list, variables = self.inner_optimizer._as_sequences(grads, trainable_variables)
+            grad_list = list(grad_list)
             if not self.built:
-                if trainable_variables is None:
+                if variables is None:
                     raise ValueError(
                         "When passing `grads` without `variables`, the optimizer must already "
                         "be built. Call `optimizer.build(trainable_variables)` first."
                     )
-                self.build(trainable_variables)
+                self.build(variables)
             counter, scale = self.step_counter.value, self.dynamic_scale.value
             grow = int(counter) == self.dynamic_growth_steps - 1
             # Both outcomes' records, written by the step itself (never torn by a signal).
@@ -161,7 +167,7 @@ class LossScaleOptimizer(Optimizer):
                     np.array(scale * np.float32(0.5)),
                 ),
             ]
-            self.inner_optimizer._scaled_apply(grads, trainable_variables, float(scale), settle)
+            self.inner_optimizer._scaled_apply(grad_list, variables, float(scale), settle)
 
     def scale_loss(self, loss: Any) -> Any:
         """Multiplies `loss` by the current scale (the initial one before build)."""
@@ -171,6 +177,13 @@ class LossScaleOptimizer(Optimizer):
     def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
         """Delegates to the inner optimizer."""
         self.inner_optimizer.finalize_variable_values(var_list)
+
+    def __repr__(self) -> str:
+        scale = float(self.dynamic_scale.value) if self.built else self.initial_scale
+        return (
+            f"<LossScaleOptimizer({self.inner_optimizer!r}, scale={scale:g}, "
+            f"dynamic_growth_steps={self.dynamic_growth_steps})>"
+        )
 
     def get_config(self) -> dict[str, Any]:
         """Keras' four keys: name, inner_optimizer (serialized), initial_scale, growth steps."""

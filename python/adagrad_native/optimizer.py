@@ -11,18 +11,20 @@ single native call with the GIL released. docs/architecture.md has the flow.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import numbers
 import re
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import numpy as np
 
-from adagrad_native import _checks, schedules
+from adagrad_native import _checks, checkpoint, schedules
 from adagrad_native._call_order import CallOrder, describe
 from adagrad_native._dtypes import check_updatable
+from adagrad_native._mappings import pair_by_key, split_named
 from adagrad_native._native import CallPlan, NativeStep, Settle, Slots, StaticPlan
 from adagrad_native.variables import Variable, auto_name
 
@@ -239,6 +241,7 @@ class Optimizer:
         self._trainable_variables: list[Variable] = []
         self._trainable_variables_indices: dict[int, int] = {}
         self._user_variables: list[Any] = []
+        self._variable_keys: list[str] | None = None  # built from a mapping: its keys
         self._stepped_variables: list[Variable] = []
         self._call_order: CallOrder | None = None
         self._exclude_from_weight_decay: set[int] = set()
@@ -453,8 +456,11 @@ class Optimizer:
             self._call_order = CallOrder(self._user_variables, self._trainable_variables)
             self._native.bind()
 
-    def _as_variables(self, var_list: Sequence[Any]) -> list[Variable]:
-        """Validates every trainable variable, wrapping numpy arrays without copying."""
+    def _as_variables(self, var_list: Sequence[Any], names: list[str] | None) -> list[Variable]:
+        """Validates every trainable variable, wrapping numpy arrays without copying.
+
+        A plain array is named by `names` (a mapping's keys), else by its position.
+        """
         variables, seen = [], set()
         for i, v in enumerate(var_list):
             if id(v) in seen:
@@ -467,7 +473,7 @@ class Optimizer:
                 variables.append(v)
             elif isinstance(v, np.ndarray):
                 check_updatable(v, f"Trainable variable {i} (a numpy array of shape {v.shape})")
-                variables.append(Variable._wrap(v, f"param_{i}"))
+                variables.append(Variable._wrap(v, names[i] if names else f"param_{i}"))
             else:
                 raise TypeError(
                     f"Trainable variable {i} must be an adagrad_native.Variable or a "
@@ -475,18 +481,20 @@ class Optimizer:
                 )
         return variables
 
-    def build(self, var_list: Sequence[Any]) -> None:
+    def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
         """Creates the optimizer variables for `var_list` (once; later calls do nothing).
 
         Args:
             var_list: The trainable variables: `Variable`s or C-contiguous,
-                writeable float numpy arrays (updated in place).
+                writeable float numpy arrays (updated in place); a sequence, or a
+                mapping whose keys name plain arrays (checkpoints then key them
+                by name, not position, and `apply` takes mappings of the same keys).
         """
         with self._lock:
             if self.built:
                 return
-            var_list = list(var_list)
-            variables = self._as_variables(var_list)
+            var_list, names = split_named(var_list)
+            variables = self._as_variables(var_list, names)
             stepped = self._native_variables(variables)
             if self.use_ema:
                 self._model_variables_moving_average = self.add_optimizer_variables(
@@ -503,6 +511,7 @@ class Optimizer:
             self._build_slots(stepped)
             self._stepped_variables = stepped
             self._user_variables = var_list
+            self._variable_keys = names
             self._trainable_variables = variables
             self._call_order = CallOrder(var_list, variables)
             self._weight_decay_flags = [
@@ -590,23 +599,32 @@ class Optimizer:
         self.apply([g for g, _ in pairs], [v for _, v in pairs])
         return self._iterations
 
-    def apply(self, grads: Sequence[Any], trainable_variables: Sequence[Any] | None = None) -> None:
+    def apply(
+        self,
+        grads: Sequence[Any] | Mapping[Any, Any],
+        trainable_variables: Sequence[Any] | Mapping[Any, Any] | None = None,
+    ) -> None:
         """Updates the trainable variables in place from their gradients (one step).
 
         Args:
             grads: One gradient per variable (a numpy array of the variable's shape
                 and dtype, a row-sparse `SparseGradient` or `tf.IndexedSlices`-like
-                object, or None to skip that variable this step).
+                object, or None to skip that variable this step); a sequence, or
+                a mapping with the keys of `trainable_variables`.
             trainable_variables: The variables, in any order; builds the optimizer
-                on the first call. When omitted, `grads` follow the build order.
+                on the first call. When omitted, `grads` follow the build order
+                (or, as a mapping, the keys the optimizer was built with).
 
         Raises:
-            ValueError: On a length mismatch, an unknown variable, a shape
-                mismatch, all gradients None, or an array that cannot be
-                updated in place. Nothing is modified when it raises.
-            TypeError: On a gradient whose dtype differs from its variable's.
+            ValueError: On a length mismatch, a key in one mapping only, an
+                unknown variable, a shape mismatch, all gradients None, or an
+                array that cannot be updated in place. Nothing is modified when
+                it raises.
+            TypeError: On a gradient that is not a float array of the variable's
+                dtype family, or a mapping paired with a sequence.
         """
         with self._lock:
+            grads, trainable_variables = self._as_sequences(grads, trainable_variables)
             bad = self._native.try_fast(grads, trainable_variables)
             if bad is None:
                 _check_sequence(
@@ -626,6 +644,14 @@ class Optimizer:
             ordered, missing = self._ordered_gradients(grads, trainable_variables)
             if self._step(ordered, missing) and ordered is grads and not missing:
                 self._keep_fast_step(trainable_variables)
+
+    def _as_sequences(self, grads: Any, trainable_variables: Any) -> tuple[Any, Any]:
+        """Mappings of gradients and variables as lists in one order (builds on a first call)."""
+        if not isinstance(grads, Mapping) and not isinstance(trainable_variables, Mapping):
+            return grads, trainable_variables
+        if isinstance(trainable_variables, Mapping) and not self.built:
+            self.build(trainable_variables)  # the keys name the arrays
+        return pair_by_key(grads, trainable_variables, self._variable_keys)
 
     def _scaled_apply(
         self,
@@ -989,6 +1015,65 @@ class Optimizer:
                 average = averages[i]
                 if average is not None:  # the variable's buffer, as the native step sees it
                     self._stepped_variables[i].assign(average.value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The optimizer's state in memory: copies of its variables, and its config.
+
+        A plain dict keyed as `save_state` keys its file (paths relative to the
+        optimizer, e.g. "iteration", "dense_kernel_accumulator"), plus
+        "__config__": `get_config()` (None when it cannot be serialized).
+
+        Raises:
+            ValueError: When the optimizer is not built.
+        """
+        return checkpoint.state_dict(self)
+
+    def load_state_dict(
+        self,
+        state: Mapping[str, Any],
+        variables: Sequence[Any] | Mapping[Any, Any] | None = None,
+        *,
+        learning_rate: str = "checkpoint",
+    ) -> None:
+        """Assigns a `state_dict()` by key, after checking every key, shape and dtype.
+
+        Args:
+            state: What `state_dict()` returned (or `np.load` of a `save_state` file).
+            variables: The trainable variables, when the optimizer is not built
+                yet (it is built from them first).
+            learning_rate: "checkpoint" (the default, as Keras' `load_own_variables`)
+                takes the stored learning rate; "keep" keeps the optimizer's own.
+
+        Raises:
+            ValueError: Listing every missing, unexpected and mismatched entry;
+                nothing is assigned (or built) then.
+        """
+        checkpoint.load_state_dict(self, state, variables, learning_rate=learning_rate)
+
+    def __repr__(self) -> str:
+        """The class, the learning rate and every setting that differs from its default."""
+        try:
+            config = self.get_config()
+        except TypeError:  # a plain callable learning rate
+            config = {"learning_rate": self._learning_rate}
+        lr = self._learning_rate
+        shown = {"learning_rate": float(lr.value) if isinstance(lr, Variable) else lr}
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(type(self).__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        for key, value in config.items():
+            if key in defaults and key not in ("learning_rate", "name"):
+                if value != defaults[key]:
+                    shown[key] = value
+        # float32 settings shown to float32's precision: 0.1, not 0.10000000149011612.
+        args = ", ".join(
+            f"{k}={float(f'{v:.7g}')!r}" if isinstance(v, float) else f"{k}={v!r}"
+            for k, v in shown.items()
+        )
+        state = f"iterations={int(self._iterations.value)}" if self.built else "not built"
+        return f"<{type(self).__name__}({args}), {state}>"
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, in Keras' format.

@@ -262,6 +262,13 @@ class Variable:
             f"value={self._value}>"
         )
 
+    def __str__(self) -> str:
+        """The value, as numpy prints it: `print(opt.iterations)` prints the step count."""
+        return str(self._value)
+
+    def __format__(self, spec: str) -> str:
+        return format(self._value[()] if self._value.ndim == 0 else self._value, spec)
+
     # Scalars (e.g. `iterations`) convert like Keras variables do.
     def __int__(self) -> int:
         return int(self._value)

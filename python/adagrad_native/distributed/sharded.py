@@ -12,13 +12,14 @@ process applying the summed gradient (see docs/distributed.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from adagrad_native import _checks
 from adagrad_native._dtypes import FLOAT_DTYPE_NAMES
+from adagrad_native._mappings import split_named
 from adagrad_native._native import CallPlan, NativeStep, Settle, Slots, settle_skipped, work_chunk
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import state_key
@@ -34,7 +35,7 @@ from adagrad_native.variables import Variable
 def _gradient_problem(grad: Any, variable: Variable, index: int) -> str | None:
     """Why a dense gradient cannot be used for `variable`, or None."""
     what = f"The gradient for variable '{variable.path}' (index {index})"
-    if hasattr(grad, "indices") and hasattr(grad, "values"):
+    if all(hasattr(grad, a) for a in ("indices", "values", "dense_shape")):
         return (
             f"{what} is a sparse gradient; ShardedAdagrad takes dense gradients (use "
             "adagrad_native.distributed.ShardedEmbedding for embedding tables)."
@@ -188,8 +189,11 @@ class ShardedAdagrad(Adagrad):
     def _make_native_step(self) -> NativeStep:
         return ShardedNativeStep(self._native_slots, self.comm)
 
-    def build(self, var_list: Sequence[Any]) -> None:
+    def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
         """Cuts the variables into shards and creates this rank's slots (a collective).
+
+        Args:
+            var_list: As for `Optimizer.build`.
 
         Raises:
             ValueError: On every rank, when the ranks' variables or settings differ.
@@ -197,8 +201,8 @@ class ShardedAdagrad(Adagrad):
         with self._lock:
             if self.built:
                 return
-            var_list = list(var_list)
-            variables = self._as_variables(var_list)
+            var_list, names = split_named(var_list)
+            variables = self._as_variables(var_list, names)
             agree(
                 self.comm,
                 self._description(var_list, variables),
@@ -220,7 +224,7 @@ class ShardedAdagrad(Adagrad):
             native = self._native
             assert isinstance(native, ShardedNativeStep)
             native.distribute(self._exchange, variables, chunk)
-            super().build(var_list)
+            super().build(dict(zip(names, var_list)) if names else var_list)
 
     def _native_variables(self, variables: list[Variable]) -> list[Variable]:
         return self._shards
