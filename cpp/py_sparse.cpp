@@ -7,9 +7,11 @@
 
 namespace py = pybind11;
 
+// A SparseGradient, or a look-alike of tf.IndexedSlices: all three attributes
+// (a torch tensor has `indices` and `values` methods, and is dense).
 bool is_sparse(const py::handle& obj) {
   return !py::isinstance<py::array>(obj) && py::hasattr(obj, "indices") &&
-         py::hasattr(obj, "values");
+         py::hasattr(obj, "values") && py::hasattr(obj, "dense_shape");
 }
 
 std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, const py::handle& obj,

@@ -28,8 +28,9 @@ py::array gradient_buffer(const PyGroup& g, size_t i, const py::handle& obj) {
                                                : py::array::ensure(obj);
   if (!a) {
     PyErr_Clear();
-    throw py::type_error("The gradient for " + var + " must be array-like; received " +
-                         type_name(obj) + ".");
+    throw py::type_error("The gradient for " + var + " must be a numpy array or array-like (" +
+                         "a torch tensor as tensor.detach().numpy(), a jax array as " +
+                         "np.asarray(array)); received " + type_name(obj) + ".");
   }
   const py::array& p = g.params[i];
   a = cast_like_keras(a, p, g.dtype_nums[i], "The gradient for " + var);

@@ -492,3 +492,44 @@ def test_parallel_dedup_of_a_large_batch(rng, restore_threads):
             [an.SparseGradient(idx.astype(np.int32), values)], [got]
         )
         assert got.tobytes() == want.tobytes(), f"{threads} threads"
+
+
+class _TensorLike:
+    """Like a torch tensor: `indices` and `values` methods, and `__array__`; dense."""
+
+    def __init__(self, array):
+        self._array = array
+
+    def __array__(self, dtype=None, copy=None):
+        return self._array if dtype is None else self._array.astype(dtype)
+
+    def indices(self):
+        raise RuntimeError("not a sparse tensor")
+
+    def values(self):
+        raise RuntimeError("not a sparse tensor")
+
+
+def test_an_array_like_with_indices_and_values_but_no_dense_shape_is_dense():
+    a, b = np.zeros((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    grad = np.arange(12, dtype=np.float32).reshape(4, 3)
+    an.Adagrad(0.1).apply([_TensorLike(grad)], [a])
+    an.Adagrad(0.1).apply([grad], [b])
+    assert a.tobytes() == b.tobytes()
+
+
+class _RequiresGrad:
+    """Like a torch tensor that requires grad: it refuses to become an array."""
+
+    def __array__(self, dtype=None, copy=None):
+        raise RuntimeError("Can't call numpy() on Tensor that requires grad.")
+
+
+def test_a_gradient_that_is_no_array_says_how_to_pass_one(snapshot):
+    param = np.zeros(3, np.float32)
+    opt = an.Adagrad(0.1)
+    opt.build([param])
+    shot = snapshot(opt, [param])
+    with pytest.raises(TypeError, match=r"tensor\.detach\(\)\.numpy\(\).*received _RequiresGrad"):
+        opt.apply([_RequiresGrad()], [param])
+    shot.assert_unchanged()
