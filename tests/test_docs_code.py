@@ -29,3 +29,10 @@ def test_code_blocks_run(path, tmp_path):
         [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_the_docs_show_the_committed_benchmark_chart():
+    chart = (ROOT / "docs" / "img" / "results.png").read_bytes()
+    assert chart == (ROOT / "benchmarks" / "results.png").read_bytes(), (
+        "copy benchmarks/results.png to docs/img/results.png after a benchmark run"
+    )
