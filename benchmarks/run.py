@@ -161,7 +161,7 @@ def _noise_note(loads: list[float]) -> str:
     worst = max(loads, default=0.0)
     return (
         f"noise: other processes kept up to {worst:.2f} of {os.cpu_count()} cores busy "
-        "while this table was timed (0 = quiet machine; a busy core stalls 2-thread regions; "
+        "while this table was timed (0 = quiet machine; a busy core slows 2-thread steps; "
         "noisy groups are timed again and the quietest attempt is kept)."
     )
 

@@ -110,7 +110,7 @@ class OtherLoad:
     """Measures the CPU used by *other* processes between `start()` and `cores()`.
 
     On a shared 2-core machine this is the noise that matters: a second busy process makes a
-    2-thread parallel region wait for a scheduler time slice.
+    2-thread step slower (a fixed OpenMP team waits for a scheduler time slice).
     """
 
     def __init__(self) -> None:

@@ -56,8 +56,8 @@ struct Blocks {
     C* __restrict v = load_view<C>(param(b), vbuf, n);
     C* __restrict acc = load_view<C>(acc_store, abuf, n);
     const bool decay = t.weight_decay && plan.weight_decay != 0.0;
-    const unsigned nan_seen =
-        decay ? update(g, v, acc, n, std::true_type{}) : update(g, v, acc, n, std::false_type{});
+    const unsigned nan_seen = decay ? update_loop(g, v, acc, n, std::true_type{})
+                                    : update_loop(g, v, acc, n, std::false_type{});
     if (nan_seen != 0) {  // a NaN accumulator makes v NaN too: one check covers both
       canonical_nans(v, n);
       canonical_nans(acc, n);
@@ -69,8 +69,8 @@ struct Blocks {
   // The element loop of adagrad(), decay fused in (one pass over the block);
   // returns nonzero when some v became NaN.
   template <bool kDecay>
-  unsigned update(const C* __restrict g, C* __restrict v, C* __restrict acc, int64_t n,
-                  std::bool_constant<kDecay>) const {
+  unsigned update_loop(const C* __restrict g, C* __restrict v, C* __restrict acc, int64_t n,
+                       std::bool_constant<kDecay>) const {
     unsigned nan_seen = 0;
     for (int64_t i = 0; i < n; ++i) {
       C vi = v[i];
@@ -144,7 +144,7 @@ struct Blocks {
     const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
     C* __restrict ga = load_view<C>(gacc(b), abuf, n);
     for (int64_t i = 0; i < n; ++i) ga[i] = ga[i] + g[i];
-    if (any_nan(ga, n)) canonical_nans(ga, n);
+    canonicalize_nans(ga, n);
     store_view(gacc(b), ga, n);
   }
 

@@ -27,7 +27,7 @@ struct Ema {
     alignas(64) C mbuf[kBlock];
     C* __restrict avg = load_view<C>(avg_store, mbuf, n);
     for (int64_t i = 0; i < n; ++i) avg[i] = m * avg[i] + one_minus_m * v[i];
-    if (any_nan(avg, n)) canonical_nans(avg, n);
+    canonicalize_nans(avg, n);
     store_view(avg_store, avg, n);
     if (overwrite) std::memcpy(param, avg_store, static_cast<size_t>(n) * sizeof(P));
   }

@@ -97,6 +97,11 @@ inline void canonical_nans(X* __restrict p, int64_t n) {
     if (c != c) p[i] = nan;
   }
 }
+// The check and the rewrite together, for a block that holds nothing else.
+template <class X>
+inline void canonicalize_nans(X* __restrict p, int64_t n) {
+  if (any_nan(p, n)) canonical_nans(p, n);
+}
 
 // 16-bit conversions, eight lanes in a register where the ISA has them (GCC
 // does not vectorize _Float16 or bit-manipulated bf16 conversions by itself).

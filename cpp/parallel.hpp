@@ -22,8 +22,7 @@ constexpr int64_t kTargetTasks = 8;
 // compute takes a few microseconds, less than waking a second thread.
 constexpr int64_t kSerialBelow = 16384;
 // The most threads a step may use: far more than any CPU this runs on, far
-// fewer than the stacks of a team can exhaust memory (with OpenMP, 100,000
-// threads overflowed the stack and 2**31-1 made its runtime exit).
+// fewer than a team whose stacks exhaust memory (100,000 threads did).
 constexpr int kMaxThreads = 1024;
 
 struct WorkItem {

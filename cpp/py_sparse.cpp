@@ -8,7 +8,8 @@
 namespace py = pybind11;
 
 // A SparseGradient, or a look-alike of tf.IndexedSlices: all three attributes
-// (a torch tensor has `indices` and `values` methods, and is dense).
+// (a torch tensor has `indices` and `values` methods, and is dense). The
+// Python side's rule is sparse.py's is_sparse_gradient.
 bool is_sparse(const py::handle& obj) {
   return !py::isinstance<py::array>(obj) && py::hasattr(obj, "indices") &&
          py::hasattr(obj, "values") && py::hasattr(obj, "dense_shape");

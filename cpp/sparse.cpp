@@ -130,7 +130,7 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
         for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
       }
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
-      if (any_nan(v, n)) canonical_nans(v, n);
+      canonicalize_nans(v, n);
       store_view(vp, v, n);
       if (plan.ema && sub.average != nullptr) {
         // As the dense kernel: the EMA follows the stored value of v (rounded to P).

@@ -23,9 +23,8 @@ struct RowTask {
   int64_t d0, d1;
 };
 
-// Elements a row task moves (gradient copies, rows and their state): some
-// tens of thousands, so that a typical batch spreads over the threads in
-// tens of tasks.
+// Elements a row task moves (gradient copies, rows and their state): 16 Ki,
+// so that a typical batch spreads over the threads in tens of tasks.
 constexpr int64_t kRowTaskElements = 16384;
 
 // How a tensor takes part in this step.
@@ -110,7 +109,9 @@ StepTasks plan_sparse(StepRun& run) {
     }
   }
   if (!tasks.any_sparse()) return tasks;
-  expect_parallel_loop(get_num_threads() - 1);  // the row tasks, after the de-duplication
+  if (std::count(tasks.mode.begin(), tasks.mode.end(), Mode::rows) > 0) {
+    expect_parallel_loop(get_num_threads() - 1);  // the row tasks, after the de-duplication
+  }
   if (run.rows.size() != n_tensors) run.rows.resize(n_tensors);
   parallel_for(static_cast<int64_t>(tasks.sparse_ids.size()), [&](int64_t j) {
     const int32_t t = tasks.sparse_ids[j];

@@ -32,6 +32,17 @@ void FloatModes::apply_to_this_thread() const {}
 
 namespace {
 
+// Set while a thread runs a job's tasks: a parallel loop inside a task (the
+// de-duplication of one of several sparse gradients) then runs serially, on
+// the thread it is on, instead of asking the team it is part of.
+thread_local bool t_in_job = false;
+struct InJob {
+  InJob() { t_in_job = true; }
+  ~InJob() { t_in_job = false; }
+  InJob(const InJob&) = delete;
+  InJob& operator=(const InJob&) = delete;
+};
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -69,7 +80,6 @@ class Team {
     if (!busy.owns_lock()) return false;
     fn_ = fn;
     context_ = context;
-    n_tasks_ = n_tasks;
     modes_ = FloatModes::of_this_thread();
     note_job_start();
     ends_.store(static_cast<uint64_t>(n_tasks) << 32, std::memory_order_relaxed);
@@ -82,7 +92,10 @@ class Team {
       generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
-    run_tasks(true);  // at once: helpers that are not running yet are not waited for
+    {
+      InJob in_job;
+      run_tasks(true);  // at once: helpers that are not running yet are not waited for
+    }
     // Every task is taken: close the job, then wait only for helpers inside it
     // (each is finishing a task it took).
     members_.fetch_or(kClosed, std::memory_order_acq_rel);
@@ -119,10 +132,14 @@ class Team {
     uint64_t seen = 0;
     while (await_job(id, seen)) {
       seen = generation_.load(std::memory_order_acquire);
-      // By now a later job, of fewer helpers, may be the open one.
       if (id >= helpers_.load(std::memory_order_relaxed) || !join()) continue;
-      modes_.apply_to_this_thread();
-      run_tasks(false);
+      // The job joined may be a later one than the job seen, of fewer helpers:
+      // its own count was stored before it opened.
+      if (id < helpers_.load(std::memory_order_relaxed)) {
+        modes_.apply_to_this_thread();
+        InJob in_job;
+        run_tasks(false);
+      }
       members_.fetch_sub(1, std::memory_order_release);
     }
   }
@@ -184,6 +201,7 @@ class Team {
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex_);
         if (!error_) error_ = std::current_exception();
+        ends_.store(0, std::memory_order_relaxed);  // no task starts after one threw
       }
     }
   }
@@ -218,7 +236,6 @@ class Team {
   // after they joined.
   TaskFn fn_ = nullptr;
   void* context_ = nullptr;
-  int64_t n_tasks_ = 0;
   FloatModes modes_;
   std::atomic<uint64_t> ends_{0};  // the unclaimed tasks [low 32 bits, high 32 bits)
   // Helpers inside the job, plus kClosed once the caller has taken the last
@@ -255,7 +272,9 @@ void expect_parallel_loop(int helpers) {
 }
 
 void run_on_team(int64_t n_tasks, int helpers, TaskFn fn, void* context) {
-  if (helpers > 0 && n_tasks > 1 && team().run(n_tasks, helpers, fn, context)) return;
+  if (helpers > 0 && n_tasks > 1 && !t_in_job && team().run(n_tasks, helpers, fn, context)) {
+    return;
+  }
   for (int64_t task = 0; task < n_tasks; ++task) fn(context, task);
 }
 

@@ -1,10 +1,11 @@
 // The threads of a step: a persistent team that never makes the caller wait
 // for a thread that has not started.
 //
-// The calling thread starts on the task list at once; helper threads join when
-// the scheduler runs them and take tasks from a shared counter. So a step whose
-// helpers are descheduled (another process holds their cores) finishes in about
-// the time of one thread, instead of waiting a time slice at a barrier. Which
+// The calling thread starts on the task list at once, from its front; helper
+// threads join when the scheduler runs them and take tasks from its back. So a
+// step whose helpers are descheduled (another process holds their cores)
+// finishes in about the time of one thread, instead of waiting a time slice
+// at a barrier. Which
 // thread runs a task never changes a result: the tasks are fixed and every
 // reduction is stored per task and folded in task order by the caller.
 #pragma once
@@ -27,7 +28,8 @@ using TaskFn = void (*)(void* context, int64_t task);
 // and up to `helpers` team threads, and returns when all have run. Helpers
 // compute with the caller's FloatModes. While another caller's job holds the
 // team (two Python threads stepping at once), the tasks run on the caller
-// alone. The first exception a task throws is rethrown here.
+// alone, as does a loop started inside a task. The first exception a task
+// throws is rethrown here; as on one thread, no task starts after it.
 void run_on_team(int64_t n_tasks, int helpers, TaskFn fn, void* context);
 
 // A heads-up from a caller that will start a parallel loop after some serial

@@ -101,3 +101,16 @@ def test_a_loss_scale_optimizer_takes_mappings_too():
         b.apply(list(_grads(by_list, 2.0).values()), list(by_list.values()))
     assert_identical(list(by_key.values()), list(by_list.values()))
     assert int(a.step_counter) == 2
+
+
+@pytest.mark.parametrize(
+    "grads",
+    [lambda g: {"kernel": g["kernel"]}, lambda g: list(g.values())],
+    ids=["missing-key", "a-list-for-a-mapping"],
+)
+def test_a_refused_first_call_leaves_the_optimizer_unbuilt(grads):
+    params = _params()
+    opt = an.Adagrad(0.1)
+    with pytest.raises((ValueError, TypeError)):
+        opt.apply(grads(_grads(params)), params)
+    assert not opt.built

@@ -107,3 +107,10 @@ def test_a_file_object_that_is_not_a_checkpoint_says_so():
     opt, params = _trained({})
     with pytest.raises(ValueError, match="is not a checkpoint that save_state wrote"):
         an.load_state(opt, io.BytesIO(b"garbage"))
+
+
+def test_variables_given_as_an_iterator_are_read_once():
+    opt, params = _trained({})
+    other = an.Adagrad(0.1)
+    other.load_state_dict(opt.state_dict(), iter([p.copy() for p in params]))
+    assert _arrays(other.state_dict()) == _arrays(opt.state_dict())

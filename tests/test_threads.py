@@ -98,8 +98,8 @@ def test_the_callers_flush_to_zero_reaches_every_thread(tmp_path, restore_thread
     plain = step(2)  # the team's threads exist now, started under the default modes
     csr.set_csr(default | ftz_daz)
     try:
-        # Two threads first: a smaller team first would let the runtime retire the
-        # worker and start a new one, which inherits the caller's modes anyway.
+        # Two threads first, on the team started under the default modes: a
+        # thread started now would inherit the caller's modes anyway.
         two, one = step(2), step(1)
     finally:
         csr.set_csr(default)
@@ -150,3 +150,22 @@ def test_a_child_forked_after_threaded_steps_can_step(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "forked child stepped" in done.stdout
+
+
+def test_a_loop_inside_a_task_runs_on_its_thread(restore_threads):
+    # Two sparse gradients of 2**17 unsorted ids: each one's de-duplication is a
+    # parallel loop of its own, started inside a task of the team's loop over them.
+    rng = np.random.default_rng(9)
+    n = 1 << 17
+    grads = [
+        an.SparseGradient(rng.permutation(n) % 50_000, np.ones((n, 4), np.float32), (50_000, 4))
+        for _ in range(2)
+    ]
+
+    def run(threads):
+        an.set_num_threads(threads)
+        tables = [np.zeros((50_000, 4), np.float32) for _ in range(2)]
+        an.Adagrad(0.1).apply(grads, tables)
+        return tables
+
+    assert_identical(run(2), run(1))

@@ -73,7 +73,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the training job and prints its progress; returns the exit code."""
+    """Runs the training job and prints its progress.
+
+    Args:
+        argv: The command-line arguments (default: `sys.argv[1:]`).
+
+    Returns:
+        The exit code: 0 when the training loss fell, else 1.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.threads is not None:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            parser.error('--plot needs matplotlib: pip install "adagrad_native[bench]"')
+            parser.error("--plot needs matplotlib: pip install matplotlib")
 
     rng = np.random.default_rng(args.seed)
     x, y = make_spirals(int(args.samples_per_class), 3, 0.03, rng)

@@ -7,10 +7,16 @@ from typing import Any
 
 
 def split_named(variables: Any) -> tuple[list[Any], list[str] | None]:
-    """The variables of a `build` call and their names (None: a sequence, no names).
+    """The variables of a `build` call and their names.
 
     A mapping names its variables by its keys: plain arrays become variables of
     those names, so checkpoints are keyed by name instead of by position.
+
+    Args:
+        variables: A mapping of variables, or any iterable of them.
+
+    Returns:
+        The variables as a list, and their names (None for an iterable).
     """
     if isinstance(variables, Mapping):
         return list(variables.values()), [str(k) for k in variables]
@@ -24,6 +30,14 @@ def pair_by_key(
 
     Either may be a mapping; then both must be, with the same keys (the
     variables' mapping may be omitted when the optimizer was built from one).
+
+    Args:
+        grads: Gradients, a mapping or a sequence.
+        variables: Variables, a mapping, a sequence or None.
+        built_keys: The keys the optimizer was built with (None: not from a mapping).
+
+    Returns:
+        The gradients in the variables' order, and the variables (None when omitted).
 
     Raises:
         TypeError: When one is a mapping and the other a sequence.

@@ -59,7 +59,11 @@ Each is a 0-d array of one dtype; None leaves the target as it is.
 
 
 def settle_skipped(writes: Sequence[Settle]) -> None:
-    """Writes the records of a step skipped before it reached the core, in one call."""
+    """Writes the records of a step skipped before it reached the core, in one call.
+
+    Args:
+        writes: The step's records (see `Settle`); each takes its skipped value.
+    """
     _core.settle(writes, False)
 
 

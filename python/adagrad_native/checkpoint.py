@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from adagrad_native import _checks
+from adagrad_native._mappings import split_named
 from adagrad_native.variables import Variable
 
 CONFIG_KEY = "__config__"
@@ -205,6 +206,9 @@ def load_state_dict(
 ) -> None:
     """Assigns what `state_dict` returned, by key, after checking all of it.
 
+    An optimizer that is not built is built from `variables` once the state is
+    checked, on a copy built first (so checking needs its state's memory twice).
+
     Args:
         optimizer: As for `load_state`.
         state: Arrays by key, as `state_dict` returns them ("__config__" is
@@ -227,7 +231,15 @@ def load_state_dict(
                 "The optimizer is not built: pass its trainable variables "
                 "(load_state_dict(state, variables)) or call build(variables) first."
             )
-        trial = copy.deepcopy(optimizer)  # checked on a copy: a refused state builds nothing
+        listed, names = split_named(variables)  # an iterator is read once
+        variables = dict(zip(names, listed)) if names is not None else listed
+        try:  # checked on a copy, so a refused state builds nothing
+            trial = copy.deepcopy(optimizer)
+        except TypeError as err:  # e.g. a sharded optimizer (its state lives on many ranks)
+            raise ValueError(
+                f"Cannot check the state on a copy of this optimizer ({err}): build it "
+                "first, or for a sharded optimizer use adagrad_native.distributed.load_state."
+            ) from err
         trial.build(variables)
         _check_state(trial, stored, source)
         optimizer.build(variables)

@@ -179,6 +179,7 @@ class LossScaleOptimizer(Optimizer):
         self.inner_optimizer.finalize_variable_values(var_list)
 
     def __repr__(self) -> str:
+        """The inner optimizer, the current loss scale and the growth interval."""
         scale = float(self.dynamic_scale.value) if self.built else self.initial_scale
         return (
             f"<LossScaleOptimizer({self.inner_optimizer!r}, scale={scale:g}, "

@@ -649,9 +649,10 @@ class Optimizer:
         """Mappings of gradients and variables as lists in one order (builds on a first call)."""
         if not isinstance(grads, Mapping) and not isinstance(trainable_variables, Mapping):
             return grads, trainable_variables
+        paired = pair_by_key(grads, trainable_variables, self._variable_keys)  # checks first
         if isinstance(trainable_variables, Mapping) and not self.built:
             self.build(trainable_variables)  # the keys name the arrays
-        return pair_by_key(grads, trainable_variables, self._variable_keys)
+        return paired
 
     def _scaled_apply(
         self,
@@ -668,7 +669,7 @@ class Optimizer:
         `NativeStep.run`).
 
         Returns:
-            Whether the step was applied.
+            Whether the step was applied (also in the wrapper's records).
         """
         with self._lock:
             ordered, missing = self._ordered_gradients(grads, trainable_variables)
@@ -1019,9 +1020,10 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """The optimizer's state in memory: copies of its variables, and its config.
 
-        A plain dict keyed as `save_state` keys its file (paths relative to the
-        optimizer, e.g. "iteration", "dense_kernel_accumulator"), plus
-        "__config__": `get_config()` (None when it cannot be serialized).
+        Returns:
+            A plain dict keyed as `save_state` keys its file (paths relative to
+            the optimizer, e.g. "iteration", "dense_kernel_accumulator"), plus
+            "__config__": `get_config()` (None when it cannot be serialized).
 
         Raises:
             ValueError: When the optimizer is not built.

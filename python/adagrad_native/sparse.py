@@ -7,6 +7,15 @@ from typing import Any
 import numpy as np
 
 
+def is_sparse_gradient(grad: Any) -> bool:
+    """A `SparseGradient` or an `IndexedSlices` look-alike: `indices`, `values` and `dense_shape`.
+
+    (A torch tensor has `indices` and `values` methods, and is dense.) The core
+    applies the same rule to the gradients it is given.
+    """
+    return all(hasattr(grad, a) for a in ("indices", "values", "dense_shape"))
+
+
 class SparseGradient:
     """A row-sparse gradient: rows `values[i]` of the dense gradient at row `indices[i]`.
 

@@ -267,6 +267,7 @@ class Variable:
         return str(self._value)
 
     def __format__(self, spec: str) -> str:
+        """Formats the value: `f"{opt.iterations:d}"` formats the step count."""
         return format(self._value[()] if self._value.ndim == 0 else self._value, spec)
 
     # Scalars (e.g. `iterations`) convert like Keras variables do.

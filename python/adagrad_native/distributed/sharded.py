@@ -29,13 +29,14 @@ from adagrad_native.distributed._mpi import agree, world
 from adagrad_native.distributed.checkpoint import Places
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import register_optimizer
+from adagrad_native.sparse import is_sparse_gradient
 from adagrad_native.variables import Variable
 
 
 def _gradient_problem(grad: Any, variable: Variable, index: int) -> str | None:
     """Why a dense gradient cannot be used for `variable`, or None."""
     what = f"The gradient for variable '{variable.path}' (index {index})"
-    if all(hasattr(grad, a) for a in ("indices", "values", "dense_shape")):
+    if is_sparse_gradient(grad):
         return (
             f"{what} is a sparse gradient; ShardedAdagrad takes dense gradients (use "
             "adagrad_native.distributed.ShardedEmbedding for embedding tables)."
