@@ -191,7 +191,6 @@ def load_state(
         )
     stored = read_npz(file if hasattr(file, "read") else os.fspath(file))  # type: ignore[arg-type]
     config: dict[str, Any] | None = json.loads(str(stored.pop(CONFIG_KEY, "null")))
-    stored[CONFIG_KEY] = config  # type: ignore[assignment]
     load_state_dict(optimizer, stored, variables, learning_rate=learning_rate, source=_name(file))
     return config
 

@@ -624,8 +624,12 @@ class Optimizer:
                 dtype family, or a mapping paired with a sequence.
         """
         with self._lock:
-            grads, trainable_variables = self._as_sequences(grads, trainable_variables)
-            bad = self._native.try_fast(grads, trainable_variables)
+            bad = self._native.try_fast(grads, trainable_variables)  # lists and tuples only
+            if bad is None:
+                paired = self._as_sequences(grads, trainable_variables)
+                if paired[0] is not grads:  # mappings, now lists: maybe the fast step's
+                    grads, trainable_variables = paired
+                    bad = self._native.try_fast(grads, trainable_variables)
             if bad is None:
                 _check_sequence(
                     grads, "grads", "gradients, one per variable (arrays, SparseGradients or None)"
