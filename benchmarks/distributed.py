@@ -59,7 +59,7 @@ def dense(comm: Any, name: str, shapes: list[tuple[int, ...]], repeats: int) -> 
     grads = [rng.standard_normal(s, dtype=np.float32) * np.float32(1e-2) for s in shapes]
     opt = ShardedAdagrad(0.01, comm=comm)
     opt.build(params)
-    exchange = opt._exchange
+    exchange = opt._sharded_step._exchange
     rs: list[float] = []
     ag: list[float] = []
     exchange.reduce_scatter = _timed(exchange.reduce_scatter, rs)  # type: ignore[method-assign]

@@ -8,6 +8,7 @@
 #include "dispatch.hpp"
 #include "parallel.hpp"
 #include "py_register.hpp"
+#include "team_self_test.hpp"
 
 namespace py = pybind11;
 
@@ -18,4 +19,7 @@ void register_runtime(py::module_& m) {
   m.def("isa", []() { return std::string(adagrad::kernels().isa); });
   m.def("available_isas", &adagrad::available_isas);
   m.def("select_isa", &adagrad::select_isa, py::arg("name"));
+  m.def("team_self_test", &adagrad::team_self_test,
+        "Checks the thread team's rare paths (a task that throws, a loop inside a task); "
+        "returns what failed.");
 }

@@ -200,31 +200,25 @@ RowPartials compute_partials(const StepRun& run, SlotGroup& group, const StepTas
   return row_partial;
 }
 
-// Pass 1: partial sums of squares and finiteness per work item and per
-// distinct row, combined in item order, then row order (the same sums for
-// any thread count). Sets each step's clip norm; the result says whether the
-// step goes on (check_finite stops it at a non-finite gradient).
-StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+// The one fold of pass 1: per-item sums (for `items`, in item order), then the
+// distinct rows of row-mode tensors (in row order), added per tensor in that
+// order -- the same sums for any thread count, and for any split of the items
+// over ranks. Sets each step's clip norm; the result says whether the step
+// goes on (check_finite stops it at a non-finite gradient).
+StepResult fold_partials(StepRun& run, const std::vector<WorkItem>& items, const Partials& p,
+                         const StepTasks& tasks, const RowPartials& row_partial) {
   const std::vector<TensorSlots>& tensors = run.tensors;
-  const WorkList& work = run.work;
   std::vector<TensorStep>& steps = run.steps;
   const StepPlan& plan = run.plan;
   const std::vector<Mode>& mode = tasks.mode;
   const size_t n_tensors = tensors.size();
   StepResult result;
-  const RowPartials row_partial = compute_partials(run, group, tasks);
-  const std::vector<double>& partial = group.partial_sums();
-  std::vector<unsigned char>& finite = group.partial_finite();
-  // Combine in item order: the same sum for any thread count.
   std::vector<double> tensor_sums(n_tensors, 0.0);
-  for (size_t i = 0; i < work.items.size(); ++i) {
-    const int32_t t = work.items[i].tensor;
-    if (mode[t] == Mode::rows) {
-      if (finite[i] == 0) finite[i] = 1;  // unreachable: row-mode items are skipped
-      continue;
-    }
-    tensor_sums[t] += partial[i];
-    if (finite[i] == 0 && result.finite) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    const int32_t t = items[i].tensor;
+    if (mode[t] == Mode::rows) continue;  // its rows are folded below
+    tensor_sums[t] += p.sums[i];
+    if (p.finite[i] == 0 && result.finite) {
       result.finite = false;
       result.first_nonfinite = t;
     }
@@ -257,6 +251,14 @@ StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
     }
   }
   return result;
+}
+
+// Pass 1 over this group's own items and rows, then the fold.
+StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+  const RowPartials row_partial = compute_partials(run, group, tasks);
+  const Partials own{group.partial_sums().data(), group.partial_finite().data(),
+                     static_cast<int64_t>(group.partial_sums().size())};
+  return fold_partials(run, run.work.items, own, tasks, row_partial);
 }
 
 // Pass 2: the fused update of every dense work item, full-pass range and
@@ -304,20 +306,26 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
 
 }  // namespace
 
-SlotGroup::SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk)
+SlotGroup::SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk,
+                     const std::vector<int64_t>& whole_sizes)
     : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_), chunk)),
       partial_sums_(work_.items.size()), partial_finite_(work_.items.size()),
-      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
+      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {
+  if (!whole_sizes.empty()) {
+    whole_ = std::make_shared<const WorkList>(make_work_list(whole_sizes, work_.chunk));
+  }
+}
 
 std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
 
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
-                    const std::vector<double>* norms) {
+                    const Partials* partials) {
   StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
   const StepTasks tasks = plan_sparse(run);
   StepResult result;
-  if (norms != nullptr) {
-    for (size_t t = 0; t < steps.size(); ++t) steps[t].norm = (*norms)[t];
+  if (partials != nullptr) {
+    result = fold_partials(run, group.whole_items(), *partials, tasks, RowPartials{});
+    if (!result.applied) return result;
   } else if (needs_norm(plan) || plan.check_finite) {
     result = reduce_pass(run, group, tasks);
     if (!result.applied) return result;

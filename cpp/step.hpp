@@ -85,13 +85,27 @@ struct StepResult {
   bool applied = true;           // false when check_finite stopped the step
 };
 
+// Every work item's float64 sum of squares and finiteness (1: finite), in item
+// order: computed by pass 1, or given (a distributed step gathers every rank's).
+struct Partials {
+  const double* sums = nullptr;
+  const unsigned char* finite = nullptr;
+  int64_t n = 0;
+};
+
 // All trainable variables of one optimizer, with the work list cut once.
 class SlotGroup {
  public:
   // `chunk`: the work-item size (0: the core's choice for these tensors).
-  explicit SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk = 0);
+  // `whole_sizes`: when the tensors are pieces of larger ones (one rank's shard,
+  // each piece starting on an item boundary), the whole tensors' sizes; given
+  // partials then follow the whole tensors' items. Empty: the tensors are whole.
+  explicit SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk = 0,
+                     const std::vector<int64_t>& whole_sizes = {});
   const std::vector<TensorSlots>& tensors() const { return tensors_; }
   const WorkList& work() const { return work_; }
+  // The items that given partials follow (the whole tensors', or work()'s).
+  const std::vector<WorkItem>& whole_items() const { return whole_ ? whole_->items : work_.items; }
   // Per-item partial sums of squares; scratch reused by every step.
   std::vector<double>& partial_sums() { return partial_sums_; }
   std::vector<unsigned char>& partial_finite() { return partial_finite_; }
@@ -101,6 +115,7 @@ class SlotGroup {
  private:
   std::vector<TensorSlots> tensors_;
   WorkList work_;
+  std::shared_ptr<const WorkList> whole_;  // null: the tensors are whole
   std::vector<double> partial_sums_;
   std::vector<unsigned char> partial_finite_;
   std::shared_ptr<std::vector<SparseRows>> sparse_rows_;
@@ -109,10 +124,12 @@ class SlotGroup {
 // Runs one whole step over every tensor. `steps` is aligned with the group's
 // tensors. Thread-safe for distinct groups; one group is used by one caller
 // at a time (the Python optimizer holds a lock).
-// `norms`, when given, are each tensor's clip norm computed elsewhere (a
-// distributed step folds every rank's partial sums): pass 1 is skipped.
+// `partials`, when given, replace pass 1: one per item of group.whole_items()
+// (a distributed step gathers every rank's); they are folded exactly as the
+// group's own would be, so the norms and the finiteness verdict are those of
+// one process stepping the whole tensors. Only for dense gradients.
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
-                    const std::vector<double>* norms = nullptr);
+                    const Partials* partials = nullptr);
 
 // Pass 1 alone, over dense gradients: each work item's sum of squares and
 // finiteness, into group.partial_sums() and group.partial_finite(). Nothing

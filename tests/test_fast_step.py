@@ -52,7 +52,7 @@ class Pair:
         )
 
     def assert_fast(self):
-        assert self.fast._native.fast_step is not None, "the fast path was not set up"
+        assert self.fast._engine.fast_step is not None, "the fast path was not set up"
 
 
 CONFIGS = {
@@ -90,7 +90,7 @@ def test_rowwise_and_overwrite_variables_take_the_fast_path():
         g = [*grads[i], np.full(3, i, np.float32)]
         fast.apply(g, fast_vars)
         general.apply(iter(g), general_vars)
-    assert fast._native.fast_step is not None
+    assert fast._engine.fast_step is not None
     for a, b in zip(fast_vars, general_vars, strict=True):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     np.testing.assert_array_equal(counter.value, [3, 3, 3])
@@ -100,10 +100,10 @@ def test_tuple_of_gradients_and_no_variables_take_the_fast_path():
     pair = Pair(lambda: an.Adagrad(0.1))
     pair.step(0)
     pair.assert_fast()
-    fast_step = pair.fast._native.fast_step
+    fast_step = pair.fast._engine.fast_step
     pair.fast.apply(tuple(pair.grads[1]))
     pair.general.apply(iter(pair.grads[1]))
-    assert pair.fast._native.fast_step is fast_step
+    assert pair.fast._engine.fast_step is fast_step
     pair.assert_same()
 
 
@@ -165,11 +165,11 @@ def test_setting_a_number_learning_rate_every_step_stays_fast():
     pair = Pair(lambda: an.Adagrad(0.1))
     pair.step(0)
     pair.assert_fast()
-    fast_step = pair.fast._native.fast_step
+    fast_step = pair.fast._engine.fast_step
     for i in range(1, 6):
         pair.fast.learning_rate = pair.general.learning_rate = 0.1 / i
         pair.step(i)
-    assert pair.fast._native.fast_step is fast_step
+    assert pair.fast._engine.fast_step is fast_step
     pair.assert_same()
 
 
@@ -179,13 +179,13 @@ def test_a_constraint_added_between_fast_steps_is_applied():
     opt = an.Adagrad(1.0)
     for i in range(2):
         opt.apply(grads[i], [var, params[1]])
-    assert opt._native.fast_step is not None
+    assert opt._engine.fast_step is not None
     var.constraint = lambda v: np.clip(v, -0.01, 0.01)
     opt.apply(grads[2], [var, params[1]])
     assert np.abs(var.value).max() <= np.float32(0.01)
     var.constraint = None
     opt.apply(grads[3], [var, params[1]])
-    assert opt._native.fast_step is not None, "the fast path comes back once the constraint is gone"
+    assert opt._engine.fast_step is not None, "the fast path comes back once the constraint is gone"
 
 
 def test_nonfinite_gradient_with_raise_changes_nothing(snapshot):
@@ -326,7 +326,7 @@ def test_concurrent_apply_calls_are_serialized(restore_threads):
         w.start()
     for w in workers:
         w.join()
-    assert shared._native.fast_step is not None
+    assert shared._engine.fast_step is not None
     assert int(shared.iterations) == 41
     for a, b in zip(params, expected, strict=True):
         assert a.tobytes() == b.tobytes()

@@ -72,7 +72,7 @@ def test_the_core_refuses_an_accumulation_step_without_accumulators(snapshot):
     # Below the Python checks: a plan that needs buffers the group lacks is refused.
     opt, params = _trained()
     opt.__dict__["gradient_accumulation_steps"] = 2  # bypasses the setting's check
-    opt._native.invalidate()
+    opt.settings_changed()
     snap = snapshot(opt, params)
     with pytest.raises(ValueError, match="no gradient accumulator"):
         opt.apply([np.full_like(p, 0.5) for p in params], params)

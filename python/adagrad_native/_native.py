@@ -4,9 +4,10 @@
 learning rate, the accumulation phase, the EMA momentum). `NativeStep` turns
 that into the core's objects and calls (`cpp/step.hpp`): the `SlotGroup` over
 the optimizer's buffers, the `StepPlan` and which of its fields are current,
-the native steady-state `FastStep` and when it must be dropped, and the
-rebinding that `stateless_apply` needs when variables point at other buffers.
-See docs/architecture.md for how a step flows from `apply` to the kernels.
+and the native steady-state `FastStep` and when it must be dropped. It is the
+`StepEngine` (`_surface.py`) of one process; a sharded optimizer's engine
+steps its shard through one. See docs/architecture.md for how a step flows
+from `apply` to the kernels.
 
 Apart from `build_info` and the thread functions in `__init__`, this is the only
 module that imports `_core`.
@@ -14,12 +15,13 @@ module that imports `_core`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from adagrad_native import _core
+from adagrad_native._surface import CallPlan, Settle, Slots, StaticPlan
 from adagrad_native.variables import Variable
 
 _CLIP_MODES = {
@@ -28,34 +30,6 @@ _CLIP_MODES = {
     "global_norm": _core.Clip.global_norm,
     "value": _core.Clip.value,
 }
-
-
-class Slots(NamedTuple):
-    """The buffers of every trainable variable, aligned by build index.
-
-    Optional slots are None where a variable has none (no EMA, no gradient
-    accumulation, or `overwrite_with_gradient`, which has no accumulator).
-    """
-
-    params: list[np.ndarray]
-    accumulators: list[np.ndarray | None]
-    averages: list[np.ndarray | None]
-    grad_accumulators: list[np.ndarray | None]
-    weight_decay: list[bool]
-    overwrite: list[bool]
-    names: list[str]
-    rowwise: list[bool]
-
-    def buffers(self) -> list[int]:
-        """The identity of every buffer, to tell whether a rebinding changed any."""
-        return [id(a) for group in self[:4] for a in group]
-
-
-Settle = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
-"""A record of a step's outcome: (target, value if applied, value if skipped).
-
-Each is a 0-d array of one dtype; None leaves the target as it is.
-"""
 
 
 def settle_skipped(writes: Sequence[Settle]) -> None:
@@ -67,47 +41,24 @@ def settle_skipped(writes: Sequence[Settle]) -> None:
     _core.settle(writes, False)
 
 
-class CallPlan(NamedTuple):
-    """What one call does, as the optimizer decided it."""
-
-    update: bool  # an update step (False: an accumulation micro-step)
-    learning_rate: float | None  # None keeps the last one (Keras evaluates it on updates)
-    loss_scale: float  # gradients are divided by this (0: off)
-    check_finite: bool  # stop the step untouched when a gradient is not finite
-    any_update: bool  # whether any variable gets an Adagrad update
-    ema_momentum: float  # this iteration's effective EMA momentum
-    ema_overwrite: bool  # whether this iteration overwrites variables with their averages
-
-
-class StaticPlan(NamedTuple):
-    """The plan fields that change only when a hyperparameter is set."""
-
-    epsilon: float
-    weight_decay: float  # 0: off
-    clip: str | None  # "norm", "global_norm", "value" or None
-    clip_value: float
-    accumulation_steps: int  # 1: off
-    use_ema: bool
-    sparse_lazy: bool
-
-
 class NativeStep:
-    """Runs an optimizer's steps in the compiled core.
+    """Runs an optimizer's steps in the compiled core (a `StepEngine` of one process).
 
     Made unbound with the optimizer; `bind` at build. Every method is called
     under the optimizer's lock.
 
     Args:
-        slots: Returns the current buffers of the optimizer's variables (read
-            again after any variable's buffer or constraint changed).
+        chunk: The work-item size; None: the core's choice for the tensors.
+        whole_sizes: When the bound tensors are pieces of larger ones (a rank's
+            shard), the whole tensors' sizes: given partial sums then follow the
+            whole tensors' work items.
     """
 
-    def __init__(self, slots: Callable[[], Slots]) -> None:
-        self._slots_source = slots
-        self._chunk: int | None = None  # work-item size; None: the core's choice
+    def __init__(self, chunk: int | None = None, whole_sizes: list[int] | None = None) -> None:
+        self._chunk = chunk
+        self._whole_sizes = whole_sizes
         self._slots: Slots | None = None
         self._group: Any = None
-        self._layout = Variable.layout_version  # the variables' layout the group reflects
         self._plan = _core.StepPlan()
         self._static: StaticPlan | None = None  # None: the plan must be configured
         self._call_key: tuple[float, bool, bool] | None = None
@@ -117,26 +68,26 @@ class NativeStep:
         self._single_groups: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ binding
-    def bind(self) -> None:
-        """Creates the group over the optimizer's buffers (at build)."""
-        self._slots = self._slots_source()
-        self._group = _group(self._slots, self._chunk)
-        self._layout = Variable.layout_version
+    def place(self, variables: list[Variable], rowwise: list[bool]) -> list[Variable]:
+        """One process steps the variables themselves."""
+        return variables
+
+    def bind(self, slots: Slots) -> None:
+        """Creates the group over the buffers of the variables and their slots (at build)."""
+        self._slots = slots
+        self._group = _core.SlotGroup(
+            chunk=self._chunk,
+            whole_sizes=self._whole_sizes,
+            params=slots.params,
+            accumulators=slots.accumulators,
+            averages=slots.averages,
+            grad_accumulators=slots.grad_accumulators,
+            weight_decay=slots.weight_decay,
+            overwrite=slots.overwrite,
+            names=slots.names,
+            rowwise=slots.rowwise,
+        )
         self._single_groups.clear()
-
-    def _follow_layout(self) -> None:
-        """After a variable's buffer or constraint changed: rebinds if a buffer moved.
-
-        `stateless_apply` points variables at copies and back; the group must
-        follow, and the fast step (holding the old buffers) is dropped.
-        """
-        self._fast = None
-        slots = self._slots_source()
-        if self._slots is None or slots.buffers() != self._slots.buffers():
-            self._slots = slots
-            self._group = _group(slots, self._chunk)
-            self._single_groups.clear()
-        self._layout = Variable.layout_version
 
     @property
     def bound_slots(self) -> Slots:
@@ -144,7 +95,10 @@ class NativeStep:
         assert self._slots is not None, "bind() must run first"
         return self._slots
 
-    def invalidate(self) -> None:
+    def publish(self) -> None:
+        """Nothing to do: one process holds the only copy of the variables."""
+
+    def settings_changed(self) -> None:
         """A hyperparameter changed: reconfigure the plan and drop the fast step."""
         self._static = None
         self._fast = None
@@ -200,8 +154,6 @@ class NativeStep:
 
     def prepare(self, call: CallPlan) -> None:
         """Writes this call's fields of the plan."""
-        if self._layout != Variable.layout_version:
-            self._follow_layout()
         static = self.static
         plan = self._plan
         key = (call.loss_scale, call.check_finite, call.any_update)
@@ -228,21 +180,23 @@ class NativeStep:
     def step(
         self,
         grads: Sequence[Any],
-        norms: Sequence[float] | None = None,
+        partials: tuple[np.ndarray, np.ndarray] | None = None,
         settle: Sequence[Settle] = (),
     ) -> int:
         """The prepared step in the core.
 
         Args:
             grads: As for `run`.
-            norms: Each tensor's clip norm, computed elsewhere (distributed
-                steps); then the core's own norm and finiteness pass is skipped.
+            partials: The float64 sums of squares and uint8 finite flags of every
+                work item of the whole tensors (a sharded step gathers every
+                rank's `partial_sums`); the core folds them instead of its own
+                pass 1, exactly as it folds its own.
             settle: As for `run`.
 
         Returns:
             As `run`.
         """
-        bad: int = _core.step(self._group, grads, self._plan, norms, settle)
+        bad: int = _core.step(self._group, grads, self._plan, partials, settle)
         return bad
 
     def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -264,7 +218,7 @@ class NativeStep:
         The FastStep repeats the last plan, reading the learning rate from its
         variable and bumping `iterations`; it declines calls with other
         variables or gradients that need conversion, and is dropped when a
-        hyperparameter (`invalidate`) or any variable's layout changes.
+        hyperparameter (`settings_changed`) or a constraint changes.
 
         Args:
             variables: The objects the call named, in build order.
@@ -294,8 +248,6 @@ class NativeStep:
         Raises:
             ValueError: When the variable has no accumulator.
         """
-        if self._layout != Variable.layout_version:
-            self._follow_layout()
         group = self._single_groups.get(index)
         if group is None:
             s = self._slots
@@ -324,20 +276,6 @@ class NativeStep:
 def work_chunk(sizes: Sequence[int]) -> int:
     """The core's work-item size for tensors of these element counts."""
     return int(_core.work_chunk(list(sizes)))
-
-
-def _group(slots: Slots, chunk: int | None) -> Any:
-    return _core.SlotGroup(
-        chunk=chunk,
-        params=slots.params,
-        accumulators=slots.accumulators,
-        averages=slots.averages,
-        grad_accumulators=slots.grad_accumulators,
-        weight_decay=slots.weight_decay,
-        overwrite=slots.overwrite,
-        names=slots.names,
-        rowwise=slots.rowwise,
-    )
 
 
 def stream_probe(tensors: Sequence[tuple[list[np.ndarray], list[np.ndarray]]]) -> Any:

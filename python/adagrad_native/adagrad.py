@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from adagrad_native import _checks
-from adagrad_native.optimizer import (
-    Hyperparameter,
-    Optimizer,
-    fixed_after_build,
-    non_negative,
-    one_of,
-)
+from adagrad_native._settings import Hyperparameter, fixed_after_build, non_negative, one_of
+from adagrad_native._surface import AlgorithmSlots, PlanInputs
+from adagrad_native.optimizer import Optimizer
 from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
 
@@ -126,20 +119,23 @@ class Adagrad(Optimizer):
         self.epsilon = epsilon
         self.accumulator_dtype = accumulator_dtype
         self.sparse_updates = sparse_updates
-        self._accumulators: list[Variable | None] = []
+        self._accumulators: list[Variable | None] = []  # Keras' name for the slots
 
-    def _build_slots(self, variables: list[Variable]) -> None:
+    def build_slots(self, variables: list[Variable]) -> AlgorithmSlots:
+        """One accumulator per variable, filled with `initial_accumulator_value`."""
         init = float(self.initial_accumulator_value)
         self._accumulators = [
             None
             if v.overwrite_with_gradient
             else self.add_variable_from_reference(
-                v, "accumulator", init, dtype=self._accumulator_dtype_for(v)
+                v, "accumulator", init, dtype=self.accumulator_dtype_for(v)
             )
             for v in variables
         ]
+        return AlgorithmSlots(self._accumulators, [False] * len(variables))
 
-    def _accumulator_dtype_for(self, variable: Variable) -> str:
+    def accumulator_dtype_for(self, variable: Variable) -> str:
+        """The dtype of `variable`'s accumulator (see `accumulator_dtype`)."""
         low_precision = variable.dtype in ("float16", "bfloat16")
         return (
             self.accumulator_dtype
@@ -147,34 +143,9 @@ class Adagrad(Optimizer):
             else variable.dtype.name
         )
 
-    def _rowwise(self, variable: Variable) -> bool:
-        """Whether the variable's accumulator holds one value per row (RowWiseAdagrad)."""
-        return False
-
-    def _algorithm_slots(self) -> tuple[list[np.ndarray | None], list[bool]]:
-        return (
-            [None if a is None else a.value for a in self._accumulators],
-            [self._rowwise(v) for v in self._trainable_variables],
-        )
-
-    def _plan_inputs(self) -> tuple[float, bool]:
-        return float(self.epsilon), self.sparse_updates == "lazy"
-
-    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
-        """Applies only the Adagrad update to one built variable, as Keras does.
-
-        No clipping, weight decay, EMA or counter increment.
-
-        Args:
-            gradient: The gradient, of the variable's shape and dtype.
-            variable: A variable the optimizer was built with.
-            learning_rate: The learning rate to use.
-        """
-        if not self.built:
-            raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
-        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0, float32=True))
-        with self._lock:
-            self._native.update_one(self._index_of(variable, 0), gradient, lr, float(self.epsilon))
+    def plan_inputs(self) -> PlanInputs:
+        """Epsilon, and whether sparse updates are lazy."""
+        return PlanInputs(float(self.epsilon), self.sparse_updates == "lazy")
 
     def get_config(self) -> dict[str, Any]:
         """Keras' Adagrad config: the base keys plus the accumulator value and epsilon."""

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
-from adagrad_native._native import Settle
+from adagrad_native._calls import as_lists
+from adagrad_native._state import state_arrays
+from adagrad_native._surface import Settle
 from adagrad_native.optimizer import Optimizer
 from adagrad_native.serialization import deserialize, register_optimizer, serialize
 from adagrad_native.variables import Variable
@@ -86,7 +88,7 @@ class LossScaleOptimizer(Optimizer):
 
     def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
         """Creates `step_counter` and `dynamic_scale`, then builds the inner optimizer."""
-        with self._lock:
+        with self.state_lock():
             if self.built:
                 return
             # First: it validates the variables before anything is created. The
@@ -99,23 +101,20 @@ class LossScaleOptimizer(Optimizer):
             self.built = True
 
     @property
-    def _trainable_variables(self) -> list[Variable]:
-        return self.inner_optimizer._trainable_variables
-
-    @_trainable_variables.setter
-    def _trainable_variables(self, value: list[Variable]) -> None:
-        pass  # the inner optimizer owns them
+    def trainable_variables(self) -> list[Variable]:
+        """The inner optimizer's trainable variables."""
+        return self.inner_optimizer.trainable_variables
 
     @contextlib.contextmanager
-    def _state_lock(self) -> Iterator[None]:
+    def state_lock(self) -> Iterator[None]:
         """This optimizer's lock, then the inner optimizer's: the order `apply` takes them."""
-        with self._lock, self.inner_optimizer._state_lock():
+        with super().state_lock(), self.inner_optimizer.state_lock():
             yield
 
     @property
     def variables(self) -> list[Variable]:
         """This optimizer's variables, then the inner optimizer's (Keras' order)."""
-        return self._variables + self.inner_optimizer.variables
+        return super().variables + self.inner_optimizer.variables
 
     @property
     def iterations(self) -> Variable:
@@ -146,28 +145,62 @@ class LossScaleOptimizer(Optimizer):
                 `Optimizer.apply`).
             trainable_variables: As for `Optimizer.apply`.
         """
-        with self._lock:
-            grad_list, variables = self.inner_optimizer._as_sequences(grads, trainable_variables)
-            grad_list = list(grad_list)
+        with self.state_lock():
             if not self.built:
-                if variables is None:
+                call = as_lists(grads, trainable_variables, None)
+                if call.build_from is None:
                     raise ValueError(
                         "When passing `grads` without `variables`, the optimizer must already "
                         "be built. Call `optimizer.build(trainable_variables)` first."
                     )
-                self.build(variables)
+                self.build(call.build_from)
+                grads, trainable_variables = call.grads, call.variables
             counter, scale = self.step_counter.value, self.dynamic_scale.value
-            grow = int(counter) == self.dynamic_growth_steps - 1
-            # Both outcomes' records, written by the step itself (never torn by a signal).
-            settle: list[Settle] = [
-                (counter, np.array(0 if grow else counter + 1, np.int64), np.array(0, np.int64)),
-                (
-                    scale,
-                    np.array(scale * np.float32(2.0)) if grow else None,
-                    np.array(scale * np.float32(0.5)),
-                ),
-            ]
-            self.inner_optimizer._scaled_apply(grad_list, variables, float(scale), settle)
+            self.inner_optimizer.step_with(
+                grads,
+                trainable_variables,
+                loss_scale=float(scale),
+                settle=self._settle(counter, scale),
+            )
+
+    def _settle(self, counter: np.ndarray, scale: np.ndarray) -> list[Settle]:
+        """Both outcomes' records of a step, written by the step itself (never torn by a signal)."""
+        grow = int(counter) == self.dynamic_growth_steps - 1
+        return [
+            (counter, np.array(0 if grow else counter + 1, np.int64), np.array(0, np.int64)),
+            (
+                scale,
+                np.array(scale * np.float32(2.0)) if grow else None,
+                np.array(scale * np.float32(0.5)),
+            ),
+        ]
+
+    def stateless_apply(
+        self,
+        optimizer_variables: Sequence[Any],
+        grads: Sequence[Any],
+        trainable_variables: Sequence[Any],
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """`Optimizer.stateless_apply` with the dynamic scale: nothing real changes."""
+        if not self.built:
+            raise ValueError(
+                "To call `stateless_apply`, LossScaleOptimizer must be built. You can build it "
+                "via `optimizer.build(trainable_variables)`."
+            )
+        variables = self.variables  # this optimizer's, then the inner optimizer's
+        values = state_arrays(optimizer_variables, variables, "optimizer_variables")
+        trainable = state_arrays(
+            trainable_variables, self.trainable_variables, "trainable_variables"
+        )
+        at = {id(v): i for i, v in enumerate(variables)}
+        counter, scale = values[at[id(self.step_counter)]], values[at[id(self.dynamic_scale)]]
+        self.inner_optimizer.step_with(
+            list(grads),
+            loss_scale=float(scale),
+            settle=self._settle(counter, scale),
+            stateless=(values[len(variables) - len(self.inner_optimizer.variables) :], trainable),
+        )
+        return trainable, values
 
     def scale_loss(self, loss: Any) -> Any:
         """Multiplies `loss` by the current scale (the initial one before build)."""

@@ -1,159 +1,68 @@
 """The Keras 3 optimizer pipeline: what one step does, decided in Python.
 
 `Optimizer` holds the Keras semantics (variables and their slots, the learning
-rate, gradient accumulation, clipping and EMA settings, state in and out); it
-decides what a step does -- learning rate, accumulation phase, EMA momentum,
-which tensors have gradients -- and hands the whole step to its `NativeStep`
-(`_native.py`), which runs every element-wise operation for every tensor in a
-single native call with the GIL released. docs/architecture.md has the flow.
+rate, gradient accumulation, clipping and EMA settings); per call it decides
+what the step does -- learning rate, accumulation phase, EMA momentum, which
+tensors have gradients -- and hands the whole step to its step engine, which
+runs every element-wise operation for every tensor in one native call with the
+GIL released. Its extension surface (what subclasses override and wrappers
+call) is `_surface.py`; docs/architecture.md has the flow.
 """
 
 from __future__ import annotations
 
-import contextlib
-import inspect
-import numbers
 import re
-import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from adagrad_native import _checks, checkpoint, schedules
-from adagrad_native._call_order import CallOrder, describe
-from adagrad_native._dtypes import check_updatable
-from adagrad_native._mappings import pair_by_key, split_named
-from adagrad_native._native import CallPlan, NativeStep, Settle, Slots, StaticPlan
+from adagrad_native import _calls, _checks, _state
+from adagrad_native._learning_rate import LearningRate
+from adagrad_native._locks import StateLock
+from adagrad_native._native import NativeStep
+from adagrad_native._settings import OptimizerSettings, format_settings
+from adagrad_native._surface import (
+    AlgorithmSlots,
+    CallPlan,
+    Settle,
+    SlotInfo,
+    Slots,
+    StatelessValues,
+    StepEngine,
+)
+from adagrad_native._tracking import VariableTracker
 from adagrad_native.variables import Variable, auto_name
 
-_CLIP_ARGS = ("clipnorm", "clipvalue", "global_clipnorm")
-_NONFINITE_POLICIES = ("propagate", "raise", "skip")
-_NONE_ID = id(None)  # `_NONE_ID in map(id, grads)`: a None check at C speed, safe for arrays
 
-T = TypeVar("T")
+class _Target(NamedTuple):
+    """The state one step reads and writes: the optimizer's own, or copies of it."""
 
-
-class Hyperparameter(Generic[T]):
-    """A public optimizer setting, checked when set; setting it makes the native step re-read it.
-
-    Only `__set__` is defined, so reads come straight from the instance
-    dictionary, at plain attribute speed (a step reads several).
-
-    Args:
-        check: `check(optimizer, name, value)` returns the value to store or
-            raises (then nothing changes), in the constructor and after it.
-    """
-
-    def __init__(self, check: Callable[[Any, str, Any], Any]) -> None:
-        self.check = check
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __set__(self, optimizer: Any, value: T) -> None:
-        value = self.check(optimizer, self.name, value)
-        optimizer.__dict__[self.name] = value
-        native = optimizer.__dict__.get("_native")
-        if native is not None:
-            native.invalidate()
-
-    if TYPE_CHECKING:
-
-        @overload
-        def __get__(self, optimizer: None, owner: type) -> Hyperparameter[T]: ...
-
-        @overload
-        def __get__(self, optimizer: object, owner: type) -> T: ...
-
-        def __get__(self, optimizer: object, owner: type) -> Any: ...
-
-
-# The checks of the hyperparameters: (optimizer, name, value) -> the value to store.
-def non_negative(optimizer: Any, name: str, value: Any) -> Any:
-    """A finite number >= 0 that fits float32."""
-    return _checks.real(value, name, minimum=0, float32=True)
-
-
-def non_negative_or_off(optimizer: Any, name: str, value: Any) -> Any:
-    """None, or a finite number >= 0 that fits float32."""
-    return _checks.optional_real(value, name, minimum=0, float32=True)
-
-
-def one_of(*choices: Any) -> Callable[[Any, str, Any], Any]:
-    """One of `choices`."""
-    return lambda optimizer, name, value: _checks.one_of(value, name, choices)
-
-
-def fixed_after_build(check: Callable[[Any, str, Any], Any]) -> Callable[[Any, str, Any], Any]:
-    """`check`, and no change once the optimizer is built (its slots depend on the value)."""
-
-    def checked(optimizer: Any, name: str, value: Any) -> Any:
-        value = check(optimizer, name, value)
-        if optimizer.__dict__.get("built") and value != optimizer.__dict__.get(name):
-            raise ValueError(
-                f"Argument `{name}` cannot change after the optimizer is built: its slots "
-                f"were made for {name}={optimizer.__dict__.get(name)!r}. Create a new "
-                f"optimizer instead. Received: {name}={value!r}"
-            )
-        return value
-
-    return checked
-
-
-def _use_ema(optimizer: Any, name: str, value: Any) -> Any:
-    # Turning EMA on needs an average per variable, made at build; the EMA
-    # settings, accepted unchecked while EMA was off (as Keras), are checked now.
-    if value and not optimizer.__dict__.get("use_ema"):
-        if optimizer.__dict__.get("built"):
-            raise ValueError(
-                "Argument `use_ema` cannot be turned on after the optimizer is built: the "
-                "EMA averages are made at build. Create the optimizer with use_ema=True. "
-                f"Received: use_ema={value!r}"
-            )
-        if "ema_momentum" in optimizer.__dict__:
-            _ema_momentum(optimizer, "ema_momentum", optimizer.ema_momentum, force=True)
-            _ema_frequency(
-                optimizer, "ema_overwrite_frequency", optimizer.ema_overwrite_frequency, force=True
-            )
-    return value
-
-
-def _ema_momentum(optimizer: Any, name: str, value: Any, force: bool = False) -> Any:
-    if force or optimizer.__dict__.get("use_ema"):  # Keras checks it only when used
-        _checks.real(value, name, minimum=0, maximum=1)
-    return value
-
-
-def _ema_frequency(optimizer: Any, name: str, value: Any, force: bool = False) -> Any:
-    if force or optimizer.__dict__.get("use_ema"):
-        _checks.optional_integer(value, name, minimum=1)
-    return value
-
-
-def _loss_scale_factor(optimizer: Any, name: str, value: Any) -> Any:
-    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True)
-
-
-def _accumulation_steps(optimizer: Any, name: str, value: Any) -> Any:
-    # Stored as given (0 and None both mean off), as Keras reports them back.
-    _checks.optional_integer(value, name, minimum=2)
-    if value and optimizer.__dict__.get("built") and not optimizer.gradient_accumulation_steps:
-        raise ValueError(
-            "Argument `gradient_accumulation_steps` cannot be turned on after the optimizer is "
-            "built: the gradient accumulators are made at build. Create the optimizer with it. "
-            f"Received: gradient_accumulation_steps={value!r}"
-        )
-    return value
+    engine: StepEngine
+    counter: np.ndarray  # the int64 0-d iteration counter
+    learning_rate: np.ndarray | None  # the float32 0-d learning rate, when it is a number
+    variables: list[Variable]  # the whole trainable variables, which constraints assign to
 
 
 def _snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-class Optimizer:
+def _checked_name(name: Any) -> str | None:
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise ValueError(
+            f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
+        )
+    return name
+
+
+class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     """The shared Keras 3 optimizer pipeline; `Adagrad` is its concrete optimizer.
+
+    Its extension surface is `adagrad_native._surface`: what a subclass
+    overrides (`AlgorithmHooks`) and what wrappers call (`Wrappable`).
 
     Args:
         learning_rate: A non-negative number, a `LearningRateSchedule` (called
@@ -180,17 +89,6 @@ class Optimizer:
         **kwargs: Only the deprecated `decay` (ignored with a warning) is accepted.
     """
 
-    weight_decay: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    clipvalue: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    use_ema: Hyperparameter[bool] = Hyperparameter(_use_ema)
-    ema_momentum: Hyperparameter[float] = Hyperparameter(_ema_momentum)
-    ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter(_ema_frequency)
-    loss_scale_factor: Hyperparameter[float | None] = Hyperparameter(_loss_scale_factor)
-    gradient_accumulation_steps: Hyperparameter[int | None] = Hyperparameter(_accumulation_steps)
-    on_nonfinite: Hyperparameter[str] = Hyperparameter(one_of(*_NONFINITE_POLICIES))
-
     def __init__(
         self,
         learning_rate: Any,
@@ -207,140 +105,87 @@ class Optimizer:
         on_nonfinite: str = "propagate",
         **kwargs: Any,
     ) -> None:
-        if kwargs.pop("decay", None) is not None:
-            warnings.warn(
-                "Argument `decay` is no longer supported and will be ignored.", stacklevel=2
-            )
-        if kwargs:
-            raise ValueError(f"Argument(s) not recognized: {kwargs}")
-        if name is not None and (not isinstance(name, str) or not name or "/" in name):
-            raise ValueError(
-                f"Argument `name` must be a non-empty string without '/'. Received: name={name!r}"
-            )
-        if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
-            raise ValueError(
-                "Only one of `clipnorm`, `clipvalue` and `global_clipnorm` can be set. "
-                f"Received: clipnorm={clipnorm}, clipvalue={clipvalue}, "
-                f"global_clipnorm={global_clipnorm}"
-            )
-        self._native = self._make_native_step()
-        self.name = name or auto_name(_snake_case(type(self).__name__))
-        self.weight_decay = weight_decay
-        self.clipnorm = clipnorm
-        self.clipvalue = clipvalue
-        self.global_clipnorm = global_clipnorm
-        self.use_ema = use_ema
-        self.ema_momentum = ema_momentum
-        self.ema_overwrite_frequency = ema_overwrite_frequency
-        self.loss_scale_factor = loss_scale_factor
-        self.gradient_accumulation_steps = gradient_accumulation_steps
-        self.on_nonfinite = on_nonfinite
+        self._engine = self.make_step_engine()
+        self.name = _checked_name(name) or auto_name(_snake_case(type(self).__name__))
+        self.init_settings(
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            on_nonfinite=on_nonfinite,
+            **kwargs,
+        )
         self.built = False
-        self._lock = threading.RLock()
+        self._lock = StateLock()
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
-        self._trainable_variables_indices: dict[int, int] = {}
-        self._user_variables: list[Any] = []
-        self._variable_keys: list[str] | None = None  # built from a mapping: its keys
-        self._stepped_variables: list[Variable] = []
-        self._call_order: CallOrder | None = None
-        self._exclude_from_weight_decay: set[int] = set()
-        self._exclude_from_weight_decay_pattern: re.Pattern[str] | None = None
+        self._stepped_variables: list[Variable] = []  # what the engine steps
+        self._call_order: _calls.CallOrder | None = None
         self._weight_decay_flags: list[bool] = []
         self._overwrite: tuple[bool, ...] = ()
         self._has_overwrite = False
         self._model_variables_moving_average: list[Variable | None] = []
         self._accumulated_gradients: list[Variable | None] = []
+        self._algorithm_slots = AlgorithmSlots([], [])
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(
             np.zeros((), np.int64), "iteration", aggregation="only_first_replica"
         )
-        self._learning_rate: Any = None
+        self._learning_rate = LearningRate()
         self.learning_rate = learning_rate
 
-    # ----------------------------------------------------------------- variables
-    def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
-        var = Variable._owned(value, name, f"{self.name}/{name}", aggregation)
-        self._variables.append(var)
-        return var
+    # ------------------------------------------------------ hooks of subclasses
+    def state_per_row(self, variable: Variable) -> bool:
+        """Whether the algorithm keeps one state value per row of `variable` (default: no)."""
+        return False
 
-    def add_variable(
-        self,
-        shape: Sequence[int],
-        initializer: Any = "zeros",
-        dtype: Any = None,
-        aggregation: str = "mean",
-        name: str | None = None,
-    ) -> Variable:
-        """Creates and tracks an optimizer variable.
+    def build_slots(self, variables: list[Variable]) -> AlgorithmSlots:
+        """Creates the algorithm's slots for the stepped variables; subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement build_slots.")
 
-        Args:
-            shape: The variable's shape.
-            initializer: `"zeros"`, `"ones"`, a number, or a callable(shape, dtype).
-            dtype: The dtype (default float32).
-            aggregation: Kept for Keras compatibility.
-            name: The variable's name (its path is `optimizer_name/name`).
+    def make_step_engine(self) -> StepEngine:
+        """The engine of this optimizer's steps: the native step of one process."""
+        return NativeStep()
 
-        Returns:
-            The new `Variable`.
-        """
-        template = Variable(
-            initializer
-            if not isinstance(initializer, numbers.Real) or isinstance(initializer, bool)
-            else float(initializer),
-            shape=tuple(shape),
-            dtype=dtype,
-            name=name or "var",
-        )
-        return self._track(template.value, template.name, aggregation)
+    # ------------------------------------------------------------------ surface
+    def settings_changed(self) -> None:
+        """A setting that shapes the step changed: the engine re-reads the plan."""
+        engine = self.__dict__.get("_engine")
+        if engine is not None:
+            engine.settings_changed()
 
-    def add_variable_from_reference(
-        self,
-        reference_variable: Any,
-        name: str | None = None,
-        initializer: Any = "zeros",
-        dtype: Any = None,
-    ) -> Variable:
-        """Creates a variable with the shape (and dtype) of `reference_variable`.
-
-        Its name is the reference's path with `/` replaced by `_`, then `_name`.
-        `dtype` (not in Keras) overrides the reference's dtype.
-        """
-        ref_path = getattr(reference_variable, "path", None) or str(
-            getattr(reference_variable, "name", "variable")
-        )
-        full_name = ref_path.replace("/", "_").replace(":", "_") + "_" + (name or "var")
-        if dtype is None:
-            dtype = np.asarray(reference_variable).dtype
-        return self.add_variable(
-            np.shape(reference_variable), initializer, dtype, "mean", full_name
-        )
-
-    def add_optimizer_variables(
-        self, trainable_variables: Sequence[Variable], name: str, initializer: Any = "zeros"
-    ) -> list[Variable | None]:
-        """One slot per variable; None for `overwrite_with_gradient` variables (as Keras)."""
-        return [
-            None
-            if v.overwrite_with_gradient
-            else self.add_variable_from_reference(v, name, initializer)
-            for v in trainable_variables
-        ]
-
-    @property
-    def variables(self) -> list[Variable]:
-        """Optimizer variables in Keras' order (iteration, learning_rate, slots by kind)."""
-        return list(self._variables)
-
-    @contextlib.contextmanager
-    def _state_lock(self) -> Iterator[None]:
+    def state_lock(self) -> AbstractContextManager[None]:
         """Held by every step and by every reader and writer of the state as a whole.
 
         So a checkpoint never sees half a step, and a load never lands in the
-        middle of one. Re-entrant.
+        middle of one. Re-entrant; a fork waits for it (`_locks.py`).
         """
-        with self._lock:
-            yield
+        return self._lock
+
+    @property
+    def trainable_variables(self) -> list[Variable]:
+        """The trainable variables the optimizer was built with, in build order."""
+        return list(self._trainable_variables)
+
+    def slots(self) -> list[SlotInfo]:
+        """Every per-variable slot, with the build index of its variable and its layout."""
+        found = []
+        per_row = self._algorithm_slots.rowwise
+        for kind in (
+            self._model_variables_moving_average,
+            self._accumulated_gradients,
+            self._algorithm_slots.accumulators,
+        ):
+            for t, slot in enumerate(kind):
+                if slot is not None:
+                    row = per_row[t] if kind is self._algorithm_slots.accumulators else False
+                    found.append(SlotInfo(slot, t, row))
+        return found
 
     @property
     def iterations(self) -> Variable:
@@ -350,137 +195,18 @@ class Optimizer:
             return Variable._owned(self._iterations.value // k, "iterations", "iterations")
         return self._iterations
 
-    # -------------------------------------------------------------- learning rate
+    # ------------------------------------------------------------ learning rate
     @property
     def learning_rate(self) -> Any:
         """The current learning rate (the float32 variable when it is a number)."""
-        lr = self._learning_rate
-        if isinstance(lr, Variable):
-            return lr
-        if isinstance(lr, schedules.LearningRateSchedule):
-            return lr(int(self._iterations.value))
-        return lr()
+        return self._learning_rate.current(int(self._iterations.value))
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
-        # A number is written into the learning-rate variable, which the native
-        # fast step reads on every call; a new schedule or callable replaces it.
-        current = self._learning_rate
-        if isinstance(learning_rate, schedules.LearningRateSchedule) or callable(learning_rate):
-            if isinstance(current, Variable):
-                self._variables.remove(current)
-            self._learning_rate = learning_rate
-            self._native.invalidate()
-            return
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
-            raise ValueError(
-                "Argument `learning_rate` should be a number, or an instance of "
-                "LearningRateSchedule, or a callable that takes no arguments and returns the "
-                f"learning rate. Received instead: learning_rate={learning_rate!r}"
-            )
-        _checks.real(learning_rate, "learning_rate", minimum=0, float32=True)
-        if isinstance(current, Variable):
-            current.value[...] = learning_rate
-        elif current is None:
-            self._learning_rate = self._track(
-                np.array(learning_rate, np.float32), "learning_rate", "only_first_replica"
-            )
-        else:
-            raise TypeError(
-                f"This optimizer was created with a {type(current).__name__} as its "
-                "`learning_rate`, hence its learning rate is not settable to a number. If you "
-                "need a settable learning rate, create the optimizer with a float "
-                f"`learning_rate`. Received: learning_rate={learning_rate!r}"
-            )
+        if self._learning_rate.set(learning_rate, self._track, self._variables.remove):
+            self.settings_changed()
 
-    def _current_learning_rate(self) -> float:
-        if type(self._learning_rate) is Variable:  # the common case, read directly
-            return float(self._learning_rate.value)
-        lr = self.learning_rate
-        try:
-            return float(lr.value if isinstance(lr, Variable) else lr)
-        except (TypeError, ValueError) as err:
-            raise TypeError(
-                f"The learning rate must evaluate to a number; received {lr!r} from "
-                f"{self._learning_rate!r}."
-            ) from err
-
-    # --------------------------------------------------------------------- build
-    def exclude_from_weight_decay(
-        self, var_list: Iterable[Any] | None = None, var_names: Iterable[str] | None = None
-    ) -> None:
-        """Excludes variables from weight decay; must be called before `build`.
-
-        Args:
-            var_list: Variables (or arrays) to exclude.
-            var_names: Strings; a variable whose name matches any of them (as a
-                regular expression searched in the name, like Keras) is excluded.
-
-        Raises:
-            ValueError: When the optimizer is already built (Keras' documented
-                rule, which its own guard never enforces).
-        """
-        if self.built:
-            raise ValueError(
-                "`exclude_from_weight_decay()` can only be configured before the optimizer is "
-                "built."
-            )
-        self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
-        names = list(var_names or ())
-        self._exclude_from_weight_decay_pattern = (
-            re.compile("|".join(set(names))) if names else None
-        )
-
-    def _use_weight_decay(self, user_variable: Any, variable: Variable) -> bool:
-        if id(user_variable) in self._exclude_from_weight_decay:
-            return False
-        pattern = self._exclude_from_weight_decay_pattern
-        return pattern is None or pattern.search(variable.name) is None
-
-    # Pickling and copying: everything but the lock and the native step, which
-    # are made anew (and bound again when the optimizer was built).
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        for transient in ("_lock", "_native", "_call_order"):
-            state.pop(transient, None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)  # the settings were checked when they were set
-        self._lock = threading.RLock()
-        self._native = self._make_native_step()
-        self._call_order = None
-        # Only an optimizer that steps natively itself was bound (a LossScaleOptimizer
-        # steps through its inner optimizer, which restores its own).
-        if self.built and self._stepped_variables:
-            self._call_order = CallOrder(self._user_variables, self._trainable_variables)
-            self._native.bind()
-
-    def _as_variables(self, var_list: Sequence[Any], names: list[str] | None) -> list[Variable]:
-        """Validates every trainable variable, wrapping numpy arrays without copying.
-
-        A plain array is named by `names` (a mapping's keys), else by its position.
-        """
-        variables, seen = [], set()
-        for i, v in enumerate(var_list):
-            if id(v) in seen:
-                raise ValueError(
-                    f"Trainable variable {i} ({describe(v)}) appears twice in the variable list."
-                )
-            seen.add(id(v))
-            if isinstance(v, Variable):
-                check_updatable(v.value, f"Trainable variable {i} ('{v.path}')")
-                variables.append(v)
-            elif isinstance(v, np.ndarray):
-                check_updatable(v, f"Trainable variable {i} (a numpy array of shape {v.shape})")
-                variables.append(Variable._wrap(v, names[i] if names else f"param_{i}"))
-            else:
-                raise TypeError(
-                    f"Trainable variable {i} must be an adagrad_native.Variable or a "
-                    f"numpy.ndarray; received {type(v).__name__}."
-                )
-        return variables
-
+    # -------------------------------------------------------------------- build
     def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
         """Creates the optimizer variables for `var_list` (once; later calls do nothing).
 
@@ -493,106 +219,64 @@ class Optimizer:
         with self._lock:
             if self.built:
                 return
-            var_list, names = split_named(var_list)
-            variables = self._as_variables(var_list, names)
-            stepped = self._native_variables(variables)
-            if self.use_ema:
-                self._model_variables_moving_average = self.add_optimizer_variables(
-                    stepped, "average"
-                )
-            else:
-                self._model_variables_moving_average = [None] * len(variables)
-            self._accumulated_gradients = [
-                self.add_variable_from_reference(v, "gradient_accumulator")
-                if self.gradient_accumulation_steps
-                else None
-                for v in stepped
-            ]
-            self._build_slots(stepped)
-            self._stepped_variables = stepped
-            self._user_variables = var_list
-            self._variable_keys = names
-            self._trainable_variables = variables
-            self._call_order = CallOrder(var_list, variables)
-            self._weight_decay_flags = [
-                self._use_weight_decay(u, v) for u, v in zip(var_list, variables)
-            ]
-            self._overwrite = tuple(v.overwrite_with_gradient for v in variables)
-            self._has_overwrite = any(self._overwrite)
-            self._native.bind()
-            self.built = True
+            user_variables, names = _calls.split_named(var_list)
+            variables = _calls.as_variables(user_variables, names)
+            rollback = (dict(self.__dict__), len(self._variables))
+            try:
+                self._build(user_variables, names, variables)
+            except BaseException:  # nothing of a refused build stays behind
+                del self._variables[rollback[1] :]
+                self.__dict__.clear()
+                self.__dict__.update(rollback[0])
+                raise
 
-    def _make_native_step(self) -> NativeStep:
-        """The engine of this optimizer's steps (made once, bound at build)."""
-        return NativeStep(self._native_slots)
+    def _build(
+        self, user_variables: list[Any], names: list[str] | None, variables: list[Variable]
+    ) -> None:
+        """Places the variables, makes their slots in Keras' order and binds the engine."""
+        self._engine.configure(self.static_plan())
+        stepped = self._engine.place(variables, [self.state_per_row(v) for v in variables])
+        self._model_variables_moving_average = (
+            self.add_optimizer_variables(stepped, "average")
+            if self.use_ema
+            else [None] * len(variables)
+        )
+        self._accumulated_gradients = [
+            self.add_variable_from_reference(v, "gradient_accumulator")
+            if self.gradient_accumulation_steps
+            else None
+            for v in stepped
+        ]
+        self._algorithm_slots = self.build_slots(stepped)
+        self._stepped_variables = stepped
+        self._trainable_variables = variables
+        self._call_order = _calls.CallOrder(user_variables, variables, names)
+        self._weight_decay_flags = [
+            self._use_weight_decay(u, v) for u, v in zip(user_variables, variables)
+        ]
+        self._overwrite = tuple(v.overwrite_with_gradient for v in variables)
+        self._has_overwrite = any(self._overwrite)
+        self._engine.bind(self._slots(lambda v: v.value))
+        self.built = True
 
-    def _native_variables(self, variables: list[Variable]) -> list[Variable]:
-        """What the native step updates, and what slots are shaped like, per variable.
+    def _slots(self, buffer: Any) -> Slots:
+        """The buffers of every stepped variable and its slots, as `buffer(variable)` gives them."""
 
-        The variables themselves; a sharded optimizer returns this rank's pieces.
-        """
-        return variables
+        def arrays(slots: Sequence[Variable | None]) -> list[np.ndarray | None]:
+            return [None if s is None else buffer(s) for s in slots]
 
-    # Hooks of the concrete optimizer (Adagrad): its slots and its plan inputs.
-    def _build_slots(self, variables: list[Variable]) -> None:
-        """Creates the algorithm's own slots (the Adagrad accumulators)."""
-        raise NotImplementedError
-
-    def _algorithm_slots(self) -> tuple[list[np.ndarray | None], list[bool]]:
-        """The algorithm's state buffer of each variable, and whether it is row-wise.
-
-        Both lists are in build order; the buffer is None for
-        `overwrite_with_gradient` variables.
-        """
-        raise NotImplementedError
-
-    def _plan_inputs(self) -> tuple[float, bool]:
-        """The algorithm's inputs to the native plan: `(epsilon, sparse_lazy)`."""
-        raise NotImplementedError
-
-    def _native_slots(self) -> Slots:
-        """The current buffers of every trainable variable and its slots, for NativeStep."""
-
-        def arrays(slots: list[Variable | None]) -> list[np.ndarray | None]:
-            return [None if s is None else s.value for s in slots]
-
-        accumulators, rowwise = self._algorithm_slots()
-        variables = self._trainable_variables
         return Slots(
-            params=[v.value for v in self._stepped_variables],
-            accumulators=accumulators,
+            params=[buffer(v) for v in self._stepped_variables],
+            accumulators=arrays(self._algorithm_slots.accumulators),
             averages=arrays(self._model_variables_moving_average),
             grad_accumulators=arrays(self._accumulated_gradients),
             weight_decay=self._weight_decay_flags,
             overwrite=list(self._overwrite),
-            names=[v.path for v in variables],
-            rowwise=rowwise,
+            names=[v.path for v in self._trainable_variables],
+            rowwise=self._algorithm_slots.rowwise,
         )
 
-    def _static_plan(self) -> StaticPlan:
-        """The plan settings derived from the hyperparameters."""
-        epsilon, sparse_lazy = self._plan_inputs()
-        clip, clip_value = None, 0.0
-        # Keras' precedence when several are set after construction.
-        for mode, arg in (
-            ("norm", self.clipnorm),
-            ("global_norm", self.global_clipnorm),
-            ("value", self.clipvalue),
-        ):
-            if arg and arg > 0:
-                clip, clip_value = mode, float(arg)
-                break
-        return StaticPlan(
-            epsilon=float(epsilon),
-            weight_decay=float(self.weight_decay or 0.0),
-            clip=clip,
-            clip_value=clip_value,
-            accumulation_steps=self.gradient_accumulation_steps or 1,
-            use_ema=bool(self.use_ema),
-            sparse_lazy=sparse_lazy,
-        )
-
-    # --------------------------------------------------------------------- apply
+    # -------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
         """Applies `(gradient, variable)` pairs; returns the raw iteration counter."""
         pairs = list(grads_and_vars)
@@ -624,62 +308,89 @@ class Optimizer:
                 dtype family, or a mapping paired with a sequence.
         """
         with self._lock:
-            bad = self._native.try_fast(grads, trainable_variables)  # lists and tuples only
+            bad = self._engine.try_fast(grads, trainable_variables)  # lists and tuples only
             if bad is None:
-                paired = self._as_sequences(grads, trainable_variables)
-                if paired[0] is not grads:  # mappings, now lists: maybe the fast step's
-                    grads, trainable_variables = paired
-                    bad = self._native.try_fast(grads, trainable_variables)
-            if bad is None:
-                _check_sequence(
-                    grads, "grads", "gradients, one per variable (arrays, SparseGradients or None)"
-                )
-                if trainable_variables is not None:
-                    _check_sequence(trainable_variables, "trainable_variables", "variables")
-            if bad is not None:
-                if bad >= 0 and self.on_nonfinite == "raise":
-                    raise self._nonfinite_error(bad)
-                return
-            grads = list(grads)
-            if not grads:
-                return
-            if trainable_variables is not None:
-                trainable_variables = list(trainable_variables)  # may be an iterator
-            ordered, missing = self._ordered_gradients(grads, trainable_variables)
-            if self._step(ordered, missing) and ordered is grads and not missing:
-                self._keep_fast_step(trainable_variables)
+                self._apply(grads, trainable_variables, None)
+            elif bad >= 0 and self.on_nonfinite == "raise":
+                raise self._nonfinite_error(bad)
 
-    def _as_sequences(self, grads: Any, trainable_variables: Any) -> tuple[Any, Any]:
-        """Mappings of gradients and variables as lists in one order (builds on a first call)."""
-        if not isinstance(grads, Mapping) and not isinstance(trainable_variables, Mapping):
-            return grads, trainable_variables
-        paired = pair_by_key(grads, trainable_variables, self._variable_keys)  # checks first
-        if isinstance(trainable_variables, Mapping) and not self.built:
-            self.build(trainable_variables)  # the keys name the arrays
-        return paired
-
-    def _scaled_apply(
+    def step_with(
         self,
-        grads: list[Any],
-        trainable_variables: Sequence[Any] | None,
-        loss_scale: float,
-        settle: Sequence[Settle],
+        grads: Any,
+        trainable_variables: Any = None,
+        *,
+        loss_scale: float | None = None,
+        settle: Sequence[Settle] = (),
+        stateless: StatelessValues | None = None,
     ) -> bool:
-        """One step on gradients divided by `loss_scale`; skipped if any is not finite.
+        """One step as `apply`, for wrappers and `stateless_apply`; whether it was applied.
 
-        The one entry point for wrapping optimizers (LossScaleOptimizer). A
-        skipped step changes nothing but the wrapper's records in `settle`,
-        which are written in the same native call as the step (see
-        `NativeStep.run`).
-
-        Returns:
-            Whether the step was applied (also in the wrapper's records).
+        Args:
+            grads: As for `apply`.
+            trainable_variables: As for `apply`.
+            loss_scale: Gradients are divided by this instead of `loss_scale_factor`,
+                and a step with a non-finite gradient is skipped (`LossScaleOptimizer`).
+            settle: A wrapper's records of the step's outcome, written in the same
+                native call as the step (see `Settle`).
+            stateless: Copies of `variables` and of the trainable variables (both
+                in build order) that the step reads and writes instead.
         """
         with self._lock:
-            ordered, missing = self._ordered_gradients(grads, trainable_variables)
-            return self._step(
-                ordered, missing, loss_scale=loss_scale, check_finite=True, settle=settle
-            )
+            return self._apply(grads, trainable_variables, stateless, loss_scale, settle)
+
+    def _apply(
+        self,
+        grads: Any,
+        trainable_variables: Any,
+        stateless: StatelessValues | None,
+        loss_scale: float | None = None,
+        settle: Sequence[Settle] = (),
+    ) -> bool:
+        """The general path of a call: its arguments in build order, then one step."""
+        keys = self._call_order.keys if self._call_order is not None else None
+        call = _calls.as_lists(grads, trainable_variables, keys)
+        if not call.grads:
+            return False
+        if not self.built:
+            if call.build_from is None:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
+                    "first."
+                )
+            self.build(call.build_from)
+        assert self._call_order is not None
+        ordered, missing = self._call_order.arrange(call)
+        target = self._own_target() if stateless is None else self._scratch_target(stateless)
+        applied = self._step(target, ordered, missing, loss_scale, settle)
+        if applied and stateless is None and ordered is call.grads and not missing:
+            self._keep_fast_step(call.variables)
+        return applied
+
+    def _own_target(self) -> _Target:
+        lr = self._learning_rate.variable
+        return _Target(
+            self._engine,
+            self._iterations.value,
+            None if lr is None else lr.value,
+            self._trainable_variables,
+        )
+
+    def _scratch_target(self, stateless: StatelessValues) -> _Target:
+        """A target over copies, with an engine of its own bound to them."""
+        optimizer_values, trainable_values = stateless
+        copies = dict(zip(map(id, self._variables), optimizer_values))
+        copies.update(zip(map(id, self._stepped_variables), trainable_values))
+        engine = self.make_step_engine()
+        engine.place(self._stepped_variables, self._algorithm_slots.rowwise)
+        engine.bind(self._slots(lambda v: copies[id(v)]))
+        lr = self._learning_rate.variable
+        return _Target(
+            engine,
+            copies[id(self._iterations)],
+            None if lr is None else copies[id(lr)],
+            [Variable._wrap(copies[id(v)], v.name) for v in self._stepped_variables],
+        )
 
     def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         """After a step in build order with every gradient present, makes it repeatable natively.
@@ -688,124 +399,70 @@ class Optimizer:
         learning rate, gradient accumulation, EMA) and constrained variables
         always take the general path.
         """
-        native = self._native
-        if native.keeps(trainable_variables):
+        engine = self._engine
+        if engine.keeps(trainable_variables):
             return
-        if (
-            type(self._learning_rate) is not Variable
-            or self.gradient_accumulation_steps
-            or self.use_ema
-            or self._constrained()
-        ):
+        lr = self._learning_rate.variable
+        if lr is None or self.gradient_accumulation_steps or self.use_ema or self._constrained():
             return
-        variables = self._user_variables if trainable_variables is None else trainable_variables
-        native.keep_fast(variables, self._iterations.value, self._learning_rate.value)
-
-    def _ordered_gradients(
-        self, grads: list[Any], trainable_variables: Sequence[Any] | None
-    ) -> tuple[list[Any], list[int]]:
-        """Checks the call and builds on first use.
-
-        Returns:
-            The gradients in build order (None where a variable has none) and the
-            indices of the variables of this call whose gradient is None.
-        """
-        if trainable_variables is None:
-            if not self.built:
-                raise ValueError(
-                    "When passing `grads` without `variables`, the optimizer must already be "
-                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
-                    "first."
-                )
-            n = len(self._trainable_variables)
-            if len(grads) != n:
-                raise ValueError(
-                    "When passing `grads` as a list of gradient tensors, the gradients must "
-                    f"match `optimizer.variables` one-to-one. Received a list of {len(grads)} "
-                    f"gradients, but the optimizer is tracking {n} trainable variables."
-                )
-            return grads, _none_positions(grads)
-        trainable_variables = list(trainable_variables)
-        if len(grads) != len(trainable_variables):
-            raise ValueError(
-                f"Received {len(grads)} gradients for {len(trainable_variables)} "
-                "variables; pass exactly one gradient per variable."
-            )
-        if not self.built:
-            self.build(trainable_variables)
         assert self._call_order is not None
-        order = self._call_order.order(trainable_variables)
-        if order is None:
-            return grads, _none_positions(grads)
-        ordered: list[Any] = [None] * len(self._trainable_variables)
-        missing = []
-        for i, g in zip(order, grads):
-            ordered[i] = g
-            if g is None:
-                missing.append(i)
-        return ordered, missing
-
-    def _index_of(self, variable: Any, position: int) -> int:
-        """The build index of `variable` (named at `position` of a call)."""
-        if self._call_order is None:
-            raise ValueError(
-                f"Unknown variable at position {position}: {describe(variable)}. "
-                "The optimizer is not built yet."
-            )
-        return self._call_order.index_of(variable, position)
+        variables = (
+            self._call_order.user_variables if trainable_variables is None else trainable_variables
+        )
+        engine.keep_fast(variables, self._iterations.value, lr.value)
 
     def _step(
         self,
+        target: _Target,
         grads: list[Any],
         missing: list[int],
-        loss_scale: float | None = None,
-        check_finite: bool = False,
-        settle: Sequence[Settle] = (),
+        loss_scale: float | None,
+        settle: Sequence[Settle],
     ) -> bool:
-        """One step over gradients in build order (None: no gradient).
+        """One step over gradients in build order (None: no gradient); whether it applied.
 
         `missing` lists the variables of the call with a None gradient (for the
-        warning). `loss_scale` replaces `loss_scale_factor` for this call and
-        `check_finite` skips the whole step when a gradient is not finite and
-        `settle` records the outcome (all three for LossScaleOptimizer).
-        Returns whether the step was applied.
+        warning); `loss_scale` and `settle` are `step_with`'s.
         """
-        if self._has_overwrite or _NONE_ID in map(id, grads):
+        overwrite = self._overwrite
+        if self._has_overwrite or _calls.has_none(grads):
             if all(g is None for g in grads):
                 raise ValueError("No gradients provided for any variable.")
-            overwrite = self._overwrite
             any_update = any(g is not None and not overwrite[i] for i, g in enumerate(grads))
         else:
             any_update = True
-        raw = int(self._iterations.value)
-        if loss_scale is None:
-            loss_scale = self.loss_scale_factor
+        raw = int(target.counter)
         k = self.gradient_accumulation_steps
         is_update = not k or (raw + 1) % k == 0
-        # Keras evaluates the learning rate only on update steps.
-        learning_rate = self._current_learning_rate() if is_update and any_update else None
         ema_momentum, ema_overwrite = 0.0, False
         if self.use_ema:
             iterations = raw // k if k else raw
             freq = self.ema_overwrite_frequency
             ema_momentum = float(self.ema_momentum) if iterations else 0.0
             ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
-        native = self._native
-        if native.needs_configuration:
-            native.configure(self._static_plan())
-        # The core validates every gradient before it writes anything.
+        engine = target.engine
+        if engine.needs_configuration:
+            engine.configure(self.static_plan())
+        check_finite = loss_scale is not None  # a dynamic loss scale skips non-finite steps
+        scale = self.loss_scale_factor if loss_scale is None else loss_scale
         call = CallPlan(
             update=is_update,
-            learning_rate=learning_rate,
-            loss_scale=float(loss_scale or 0.0),
+            # Keras evaluates the learning rate only on update steps.
+            learning_rate=(
+                self._learning_rate.at(raw, target.learning_rate)
+                if is_update and any_update
+                else None
+            ),
+            loss_scale=float(scale or 0.0),
             check_finite=check_finite or self.on_nonfinite != "propagate",
             any_update=any_update,
             ema_momentum=ema_momentum,
             ema_overwrite=ema_overwrite,
         )
-        # The counter is bumped in the same native call as the step.
-        counter = self._iterations.value
-        bad = native.run(grads, call, [(counter, np.array(counter + 1), None), *settle])
+        # The engine checks every gradient before it writes anything, and bumps
+        # the counter in the same native call as the step.
+        counter = target.counter
+        bad = engine.run(grads, call, [(counter, np.array(counter + 1), None), *settle])
         if bad >= 0:
             if self.on_nonfinite == "raise" and not check_finite:
                 raise self._nonfinite_error(bad)
@@ -818,9 +475,10 @@ class Optimizer:
                 stacklevel=4,
             )
         for i in self._constrained():
-            v = self._trainable_variables[i]
-            if grads[i] is not None and not self._overwrite[i] and v.constraint is not None:
-                v.assign(v.constraint(v))
+            constraint = self._trainable_variables[i].constraint
+            if grads[i] is not None and not overwrite[i] and constraint is not None:
+                variable = target.variables[i]
+                variable.assign(constraint(variable))
         return True
 
     def _nonfinite_error(self, index: int) -> ValueError:
@@ -838,144 +496,48 @@ class Optimizer:
             self._constrained_cache = (Variable.layout_version, indices)
         return self._constrained_cache[1]
 
-    # --------------------------------------------------------------------- state
-    def _state_arrays(
-        self, values: Sequence[Any], variables: Sequence[Variable], what: str
-    ) -> list[np.ndarray]:
-        """Fresh C-contiguous copies of `values`, checked against `variables`."""
-        values = list(values)
-        if len(values) != len(variables):
-            raise ValueError(
-                f"Argument `{what}` must have one entry per variable: expected "
-                f"{len(variables)} ({[v.path for v in variables]}), received {len(values)}."
-            )
-        arrays = []
-        for i, (value, var) in enumerate(zip(values, variables)):
-            array = np.asarray(value)
-            if array.shape != var.shape:
-                raise ValueError(
-                    f"`{what}[{i}]` is for '{var.path}' of shape {var.shape}; received shape "
-                    f"{array.shape}."
-                )
-            arrays.append(np.array(array, dtype=var.value.dtype, order="C", copy=True))
-        return arrays
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        """Applies only the algorithm's update to one built variable, as Keras does.
 
-    @contextlib.contextmanager
-    def _swapped_state(
-        self, optimizer_values: list[np.ndarray], trainable_values: list[np.ndarray]
-    ) -> Iterator[None]:
-        """Temporarily points every variable at other buffers.
-
-        The native step follows: a rebound variable changes the layout version,
-        so it rebinds (and drops its fast step) before its next step.
-        """
-        variables = self.variables + self._trainable_variables
-        saved = [v._rebind(a) for v, a in zip(variables, optimizer_values + trainable_values)]
-        try:
-            yield
-        finally:
-            for v, a in zip(variables, saved):
-                v._rebind(a)
-
-    def stateless_apply(
-        self,
-        optimizer_variables: Sequence[Any],
-        grads: Sequence[Any],
-        trainable_variables: Sequence[Any],
-    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """One step computed on copies: neither the inputs nor the optimizer change.
+        No clipping, weight decay, EMA or counter increment.
 
         Args:
-            optimizer_variables: Values for `self.variables`, in that order.
-            grads: Gradients in build order (None to skip a variable).
-            trainable_variables: Values for the built trainable variables, in order.
-
-        Returns:
-            `(new_trainable_variables, new_optimizer_variables)`: new numpy arrays
-            with the same results `apply` would give from that state.
+            gradient: The gradient, of the variable's shape and dtype.
+            variable: A variable the optimizer was built with.
+            learning_rate: The learning rate to use.
         """
-        if not self.built:
-            raise ValueError(
-                f"To call `stateless_apply`, {type(self).__name__} must be built (i.e. its "
-                "variables must have been created). You can build it via "
-                "`optimizer.build(trainable_variables)`."
-            )
+        if not self.built or self._call_order is None:
+            raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
+        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0, float32=True))
         with self._lock:
-            new_optimizer = self._state_arrays(
-                optimizer_variables, self.variables, "optimizer_variables"
-            )
-            new_trainable = self._state_arrays(
-                trainable_variables, self._trainable_variables, "trainable_variables"
-            )
-            with self._swapped_state(new_optimizer, new_trainable):
-                self.apply(list(grads))
-        return new_trainable, new_optimizer
+            index = self._call_order.index_of(variable, 0)
+            self._engine.update_one(index, gradient, lr, float(self.plan_inputs().epsilon))
 
-    def save_own_variables(self, store: Any) -> None:
-        """Writes `self.variables` to `store` (a dict or h5py group) under "0", "1", ...
+    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
+        """With `use_ema`, overwrites each variable with its moving average.
 
-        The keys and order are Keras', so a real Keras optimizer built on the
-        same variables can load the store, and the reverse.
-        """
-        with self._state_lock():  # a consistent snapshot, also while another thread steps
-            values = [variable.numpy() for variable in self.variables]
-        for i, value in enumerate(values):
-            store[str(i)] = value
-
-    def load_own_variables(self, store: Any) -> None:
-        """Reads `self.variables` from a store written by `save_own_variables` or Keras.
+        Args:
+            var_list: The trainable variables, in build order.
 
         Raises:
-            ValueError: When the store's entries do not match the variables (Keras
-                warns and loads nothing); the message lists what was expected and
-                what was stored. Nothing changes when it raises.
+            ValueError: When `var_list` does not match the built variables.
         """
-        with self._state_lock():
-            variables = self.variables
-            keys = sorted(store.keys(), key=lambda k: (len(str(k)), str(k)))
-            stored = [np.asarray(store[k]) for k in keys]
-            expected_keys = [str(i) for i in range(len(variables))]
-            shapes_ok = len(stored) == len(variables) and all(
-                a.shape == v.shape for a, v in zip(stored, variables)
-            )
-            if [str(k) for k in keys] != expected_keys or not shapes_ok:
+        if not self.use_ema:
+            return
+        with self._lock:
+            var_list = list(var_list)
+            averages = self._model_variables_moving_average
+            if len(var_list) != len(averages) or self._call_order is None:
                 raise ValueError(
-                    f"Cannot load the state of optimizer '{self.name}': expected "
-                    f"{len(variables)} entries "
-                    f"{[(k, v.path, v.shape) for k, v in zip(expected_keys, variables)]}; "
-                    f"the store has {len(stored)} "
-                    f"{[(str(k), a.shape) for k, a in zip(keys, stored)]}."
-                    + (
-                        " The optimizer is not built yet: call build(variables) first."
-                        if not self.built
-                        else ""
-                    )
+                    f"`finalize_variable_values` expects the {len(averages)} variables the "
+                    f"optimizer was built with; received {len(var_list)}."
                 )
-            converted = []
-            for key, variable, value in zip(keys, variables, stored):
-                try:  # every value converts before any is assigned
-                    converted.append(np.asarray(value, dtype=variable.value.dtype))
-                except (TypeError, ValueError) as err:
-                    raise ValueError(
-                        f"Cannot load the state of optimizer '{self.name}': entry {str(key)!r} "
-                        f"({variable.path}) does not convert to {variable.dtype}: {err}. Nothing "
-                        "was loaded."
-                    ) from err
-            for variable, value in zip(variables, converted):
-                variable.assign(value)
-
-    def set_weights(self, weights: Sequence[Any]) -> None:
-        """Assigns `weights` to `self.variables`, after checking count and shapes."""
-        if not self.built:
-            raise ValueError(
-                f"You are calling `set_weights()` on an optimizer that has not yet been built. "
-                f"Please call `optimizer.build(trainable_variables)` to create the optimizer "
-                f"weights before calling `set_weights()`. Optimizer: '{self.name}'."
-            )
-        with self._state_lock():
-            arrays = self._state_arrays(weights, self.variables, "weights")
-            for variable, value in zip(self.variables, arrays):
-                variable.assign(value)
+            indices = [self._call_order.index_of(v, i) for i, v in enumerate(var_list)]
+            for i in indices:
+                average = averages[i]
+                if average is not None:  # the variable's buffer, as the engine steps it
+                    self._stepped_variables[i].assign(average.value)
+            self._engine.publish()
 
     # ------------------------------------------------------------ other methods
     def assign(self, variable: Any, value: Any) -> None:
@@ -996,90 +558,35 @@ class Optimizer:
             return loss * self.loss_scale_factor
         return loss
 
-    def finalize_variable_values(self, var_list: Sequence[Any]) -> None:
-        """With `use_ema`, overwrites each variable with its moving average.
+    # Pickling and copying: everything but the lock and the engine, which are
+    # made anew (and bound again when the optimizer was built). The values are
+    # copied under the lock, so a copy holds one step's state even while another
+    # thread steps; the copy writes them back into its own variables.
+    def __getstate__(self) -> dict[str, Any]:
+        with self.state_lock():
+            snapshot = [v.value.copy() for v in self.variables + self.trainable_variables]
+            state = {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_engine")}
+        state["_snapshot"] = snapshot
+        return state
 
-        Args:
-            var_list: The trainable variables, in build order.
-
-        Raises:
-            ValueError: When `var_list` does not match the built variables.
-        """
-        if not self.use_ema:
-            return
-        with self._state_lock():
-            var_list = list(var_list)
-            averages = self._model_variables_moving_average
-            if len(var_list) != len(averages):
-                raise ValueError(
-                    f"`finalize_variable_values` expects the {len(averages)} variables the "
-                    f"optimizer was built with; received {len(var_list)}."
-                )
-            indices = [self._index_of(v, i) for i, v in enumerate(var_list)]
-            for i in indices:
-                average = averages[i]
-                if average is not None:  # the variable's buffer, as the native step sees it
-                    self._stepped_variables[i].assign(average.value)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The optimizer's state in memory: copies of its variables, and its config.
-
-        Returns:
-            A plain dict keyed as `save_state` keys its file (paths relative to
-            the optimizer, e.g. "iteration", "dense_kernel_accumulator"), plus
-            "__config__": `get_config()` (None when it cannot be serialized).
-
-        Raises:
-            ValueError: When the optimizer is not built.
-        """
-        return checkpoint.state_dict(self)
-
-    def load_state_dict(
-        self,
-        state: Mapping[str, Any],
-        variables: Sequence[Any] | Mapping[Any, Any] | None = None,
-        *,
-        learning_rate: str = "checkpoint",
-    ) -> None:
-        """Assigns a `state_dict()` by key, after checking every key, shape and dtype.
-
-        Args:
-            state: What `state_dict()` returned (or `np.load` of a `save_state` file).
-            variables: The trainable variables, when the optimizer is not built
-                yet (it is built from them first).
-            learning_rate: "checkpoint" (the default, as Keras' `load_own_variables`)
-                takes the stored learning rate; "keep" keeps the optimizer's own.
-
-        Raises:
-            ValueError: Listing every missing, unexpected and mismatched entry;
-                nothing is assigned (or built) then.
-        """
-        checkpoint.load_state_dict(self, state, variables, learning_rate=learning_rate)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        snapshot = state.pop("_snapshot", [])
+        self.__dict__.update(state)  # the settings were checked when they were set
+        self._lock = StateLock()
+        self._engine = self.make_step_engine()
+        for variable, value in zip(self.variables + self.trainable_variables, snapshot):
+            np.copyto(variable.value, value)
+        # Only an optimizer that steps itself is bound (a LossScaleOptimizer steps
+        # through its inner optimizer, which restores its own).
+        if self.built and self._stepped_variables:
+            self._engine.place(self._stepped_variables, self._algorithm_slots.rowwise)
+            self._engine.bind(self._slots(lambda v: v.value))
 
     def __repr__(self) -> str:
         """The class, the learning rate and every setting that differs from its default."""
-        try:
-            config = self.get_config()
-        except TypeError:  # a plain callable learning rate
-            config = {"learning_rate": self._learning_rate}
-        lr = self._learning_rate
-        shown = {"learning_rate": float(lr.value) if isinstance(lr, Variable) else lr}
-        defaults = {
-            name: p.default
-            for name, p in inspect.signature(type(self).__init__).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
-        for key, value in config.items():
-            if key in defaults and key not in ("learning_rate", "name"):
-                if value != defaults[key]:
-                    shown[key] = value
-        # float32 settings shown to float32's precision: 0.1, not 0.10000000149011612.
-        args = ", ".join(
-            f"{k}={float(f'{v:.7g}')!r}" if isinstance(v, float) else f"{k}={v!r}"
-            for k, v in shown.items()
-        )
-        state = f"iterations={int(self._iterations.value)}" if self.built else "not built"
-        return f"<{type(self).__name__}({args}), {state}>"
+        shown = {"learning_rate": self._learning_rate.shown(), **self.changed_settings()}
+        state = f"iterations={int(self.iterations)}" if self.built else "not built"
+        return f"<{type(self).__name__}({format_settings(shown)}), {state}>"
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments, in Keras' format.
@@ -1088,60 +595,11 @@ class Optimizer:
             TypeError: For a learning-rate callable that cannot be serialized
                 (Keras would silently write 0.5).
         """
-        lr = self._learning_rate
-        if isinstance(lr, Variable):
-            learning_rate: Any = float(lr.value)
-        elif isinstance(lr, schedules.LearningRateSchedule):
-            learning_rate = schedules.serialize(lr)
-        else:
-            raise TypeError(
-                f"Cannot serialize the learning rate {lr!r}: a plain callable has no config. Use "
-                "a number or a LearningRateSchedule subclass to get a config."
-            )
         return {
             "name": self.name,
-            "learning_rate": learning_rate,
-            "weight_decay": self.weight_decay,
-            "clipnorm": self.clipnorm,
-            "global_clipnorm": self.global_clipnorm,
-            "clipvalue": self.clipvalue,
-            "use_ema": self.use_ema,
-            "ema_momentum": self.ema_momentum,
-            "ema_overwrite_frequency": self.ema_overwrite_frequency,
-            "loss_scale_factor": self.loss_scale_factor,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "learning_rate": self._learning_rate.config(),
+            **self.settings_config(),
         }
-
-    @classmethod
-    def from_config(
-        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
-    ) -> Any:
-        """Creates an optimizer from `get_config()` output (ours or Keras')."""
-        config = dict(config)
-        if isinstance(config.get("learning_rate"), dict):
-            config["learning_rate"] = schedules.deserialize(
-                config["learning_rate"], custom_objects=custom_objects
-            )
-        return cls(**config)
-
-
-def _check_sequence(value: Any, name: str, what: str) -> None:
-    """A list-like argument: not None, a string or a single array (which would iterate)."""
-    if (
-        value is None
-        or isinstance(value, str | bytes | np.ndarray)
-        or not hasattr(value, "__iter__")
-    ):
-        raise TypeError(
-            f"Argument `{name}` must be a list (or another iterable) of {what}. "
-            f"Received: {name}={value!r:.80}"
-        )
-
-
-def _none_positions(grads: list[Any]) -> list[int]:
-    if _NONE_ID not in map(id, grads):
-        return []
-    return [i for i, g in enumerate(grads) if g is None]
 
 
 def _as_variable(v: Any) -> Variable:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from adagrad_native._surface import AlgorithmSlots
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.serialization import register_optimizer
 from adagrad_native.variables import Variable
@@ -34,23 +35,29 @@ class RowWiseAdagrad(Adagrad):
     the pipeline and the API are those of `Adagrad`.
     """
 
-    def _rowwise(self, variable: Variable) -> bool:
+    def state_per_row(self, variable: Variable) -> bool:
+        """One accumulator value per row for variables of 2+ dimensions."""
         return variable.ndim >= 2 and not variable.overwrite_with_gradient
 
-    def _build_slots(self, variables: list[Variable]) -> None:
+    def build_slots(self, variables: list[Variable]) -> AlgorithmSlots:
+        """A `(rows,)` accumulator for each 2+-d variable, an element-wise one otherwise."""
         init = float(self.initial_accumulator_value)
         slots: list[Variable | None] = []
+        rowwise = []
         for v in variables:
+            per_row = self.state_per_row(v)
+            rowwise.append(per_row)
             if v.overwrite_with_gradient:
                 slots.append(None)
                 continue
-            dtype = self._accumulator_dtype_for(v)
-            if self._rowwise(v):
+            dtype = self.accumulator_dtype_for(v)
+            if per_row:
                 name = v.path.replace("/", "_").replace(":", "_") + "_accumulator"
                 slots.append(self.add_variable((v.shape[0],), init, dtype, "mean", name))
             else:
                 slots.append(self.add_variable_from_reference(v, "accumulator", init, dtype=dtype))
         self._accumulators = slots
+        return AlgorithmSlots(slots, rowwise)
 
     def get_config(self) -> dict[str, Any]:
         """Adagrad's config (RowWiseAdagrad takes the same arguments)."""

@@ -151,9 +151,9 @@ class Variable:
         var._path = path
         return var
 
-    # Bumped whenever any variable's constraint or buffer changes, so optimizers
-    # can cache which of their variables have a constraint, and their native
-    # step the buffers, instead of checking all of them on every step.
+    # Bumped whenever any variable's constraint changes, so optimizers can cache
+    # which of their variables have one (and drop a native fast step, which
+    # applies no constraint) instead of checking all of them on every step.
     layout_version = 0
 
     @property
@@ -178,12 +178,6 @@ class Variable:
         if not isinstance(value, bool):
             raise TypeError(f"`overwrite_with_gradient` must be a boolean. Received: {value!r}")
         self._overwrite_with_gradient = value
-
-    def _rebind(self, buffer: np.ndarray) -> np.ndarray:
-        """Points the variable at another buffer (`stateless_apply`); returns the old one."""
-        old, self._value = self._value, buffer
-        Variable.layout_version += 1
-        return old
 
     @property
     def path(self) -> str:

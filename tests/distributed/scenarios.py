@@ -143,15 +143,15 @@ def _compare_slots(ours, ref) -> list[str]:
     """This rank's shard of every slot equals the same elements of the reference's slot."""
     problems = []
     ref_slots = _slot_arrays(ref)
-    pieces = ours._layout.pieces(ours.comm.Get_rank())
-    paths = [v.path + "_" for v in ref._trainable_variables]
+    pieces = ours.shard_layout.pieces(ours.comm.Get_rank())
+    paths = [v.path + "_" for v in ref.trainable_variables]
     for key, mine in _slot_arrays(ours).items():
         full = ref_slots[key].reshape(-1)
         if key in ("iteration", "learning_rate"):
             expected = full
         else:
             t = next(i for i, path in enumerate(paths) if key.startswith(path))
-            size = ref._trainable_variables[t].size
+            size = ref.trainable_variables[t].size
             per = size // full.size if full.size else 1  # a row-wise slot: one value a row
             expected = full[pieces[t].begin // per : pieces[t].end // per]
         if mine.reshape(-1).tobytes() != expected.tobytes():

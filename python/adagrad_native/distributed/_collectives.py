@@ -151,38 +151,3 @@ class Exchange:
             ]
             for pieces in self.pieces
         ]
-
-
-def fold_norms(
-    partials: Sequence[float],
-    tensors: Sequence[int],
-    n_tensors: int,
-    counted: Sequence[bool],
-    global_norm: bool,
-) -> list[float]:
-    """Norms from per-item sums of squares, folded exactly as the core folds them.
-
-    Args:
-        partials: Sums of squares of every work item, in global item order.
-        tensors: The tensor of each item.
-        n_tensors: The number of tensors.
-        counted: Whether a tensor's sum counts (it has a gradient and is not
-            `overwrite_with_gradient`).
-        global_norm: One norm over all counted tensors (`global_clipnorm`).
-
-    Returns:
-        The norm of each tensor (the global norm for every tensor when `global_norm`).
-    """
-    sums = [0.0] * n_tensors
-    for t, s in zip(tensors, partials):
-        sums[t] += s
-    total = 0.0
-    norms = []
-    for t in range(n_tensors):
-        if counted[t]:
-            total += sums[t]
-        # Keras: sqrt only of a positive sum (a NaN sum stays NaN).
-        norms.append(float(np.sqrt(sums[t])) if sums[t] > 0.0 else sums[t])
-    if global_norm:
-        return [float(np.sqrt(total))] * n_tensors
-    return norms

@@ -65,10 +65,6 @@ class ShardLayout:
             out.append(Piece(t, begin, max(begin, end)))
         return out
 
-    def shard_size(self, rank: int) -> int:
-        """The number of elements rank `rank` owns."""
-        return self.starts[rank + 1] - self.starts[rank]
-
 
 def _cut_points(sizes: list[int], row_lengths: list[int], chunk: int) -> list[int]:
     """Flat offsets where a shard may start: item boundaries (and row boundaries), ascending."""

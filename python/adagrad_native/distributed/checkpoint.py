@@ -22,18 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from adagrad_native._surface import ShardedState
 from adagrad_native.checkpoint import CONFIG_KEY, read_npz, write_atomically
-from adagrad_native.variables import Variable
-
-# Where a rank's state sits in the whole state, by checkpoint key: the whole
-# variable's shape, the rank's flat [lo, hi) of it, and the rank's Variable.
-Places = dict[str, tuple[tuple[int, ...], int, int, Variable]]
 
 _MANIFEST = "manifest.json"
 _FORMAT = 1
 
 
-def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
+def save_state(optimizer: ShardedState, path: str | os.PathLike[str]) -> None:
     """Writes a sharded optimizer's (or table's) state as a checkpoint folder (a collective).
 
     Args:
@@ -41,8 +37,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
             `ShardedEmbedding` (its rows and its optimizer's state).
         path: The checkpoint folder (created if needed).
     """
-    if not optimizer.built:
-        raise ValueError("save_state needs a built optimizer: call build(variables) first.")
+    places = optimizer.checkpoint_places()  # raises on every rank when not built
     comm = optimizer.comm
     rank, size = comm.Get_rank(), comm.Get_size()
     path = os.fspath(path)
@@ -55,8 +50,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
         shutil.rmtree(folder, ignore_errors=True)  # left by a crashed save
         os.makedirs(folder)
     comm.Barrier()
-    places = optimizer._checkpoint_places()
-    with optimizer._state_lock():  # a consistent snapshot, also while another thread steps
+    with optimizer.state_lock():  # a consistent snapshot, also while another thread steps
         arrays = {key: var.value.reshape(-1).copy() for key, (_, _, _, var) in places.items()}
     layout = {key: [list(shape), lo, hi] for key, (shape, lo, hi, _) in places.items()}
     arrays["__places__"] = np.array(json.dumps(layout))
@@ -72,11 +66,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
                 f"{path!r}: {other}. The previous checkpoint is unchanged."
             )
     if rank == 0:
-        try:
-            config: Any = optimizer.get_config()
-            json.dumps(config)
-        except (TypeError, AttributeError):  # a callable learning rate; a table
-            config = None
+        config = optimizer.checkpoint_config()
         manifest = {"format": _FORMAT, "generation": generation, "ranks": size, "config": config}
         _write_manifest(path, manifest)
         for name in os.listdir(path):
@@ -85,7 +75,7 @@ def save_state(optimizer: Any, path: str | os.PathLike[str]) -> None:
     comm.Barrier()
 
 
-def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def load_state(optimizer: ShardedState, path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """Loads a checkpoint folder (any rank count) or a one-process `save_state` file.
 
     A collective. Every entry is checked on every rank before anything is
@@ -94,11 +84,9 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
     Returns:
         The config stored with the state (None when it could not be saved).
     """
-    if not optimizer.built:
-        raise ValueError("load_state needs a built optimizer: call build(variables) first.")
+    places = optimizer.checkpoint_places()  # raises on every rank when not built
     comm = optimizer.comm
     path = os.fspath(path)
-    places = optimizer._checkpoint_places()
     problem, config, chosen = None, None, {}
     try:
         whole, config = _read_whole(path)
@@ -120,7 +108,7 @@ def load_state(optimizer: Any, path: str | os.PathLike[str]) -> dict[str, Any] |
                 f"The checkpoint {path!r} does not match '{optimizer.name}' "
                 f"(rank {rank}): {other}. Nothing was loaded."
             )
-    with optimizer._state_lock():
+    with optimizer.state_lock():
         for key, (_, _, _, var) in places.items():
             var.assign(chosen[key])
     return config

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 
 from adagrad_native import _checks
 from adagrad_native._dtypes import resolve_dtype
+from adagrad_native._state import state_key
+from adagrad_native._surface import Place
 from adagrad_native.adagrad import Adagrad
-from adagrad_native.checkpoint import state_key
 from adagrad_native.distributed._mpi import as_bytes, world
-from adagrad_native.distributed.checkpoint import Places
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.sparse import SparseGradient
 from adagrad_native.variables import Variable
@@ -85,32 +86,32 @@ class ShardedEmbedding:
         self.optimizer = _OPTIMIZERS[optimizer](**optimizer_kwargs)
         self.optimizer.build([self.table])
 
-    built = True  # for checkpoints: a table is built when it is made
-
-    def _state_lock(self) -> Any:
+    def state_lock(self) -> AbstractContextManager[None]:
         """The lock of the table's optimizer (it guards the rows too)."""
-        return self.optimizer._state_lock()
+        return self.optimizer.state_lock()
 
     @property
     def name(self) -> str:
         """The table variable's name."""
         return self.table.name
 
-    def _checkpoint_places(self) -> Places:
+    def checkpoint_places(self) -> dict[str, Place]:
         """Where this rank's rows and their state sit in the whole table's state."""
         lo, hi = self.starts[self.comm.Get_rank()], self.starts[self.comm.Get_rank() + 1]
-        places: Places = {
-            self.name: ((self.rows, self.dim), lo * self.dim, hi * self.dim, self.table)
-        }
+        whole = (self.rows, self.dim)
+        places = {self.name: Place(whole, lo * self.dim, hi * self.dim, self.table)}
         for variable in self.optimizer.variables:
             if variable.ndim == 0:  # iteration, learning_rate: the same on every rank
-                places[state_key(variable)] = ((), 0, 1, variable)
+                places[state_key(variable)] = Place((), 0, 1, variable)
             elif variable.ndim == 1:  # a row-wise accumulator: one value a row
-                places[state_key(variable)] = ((self.rows,), lo, hi, variable)
+                places[state_key(variable)] = Place((self.rows,), lo, hi, variable)
             else:
-                whole = (self.rows, self.dim)
-                places[state_key(variable)] = (whole, lo * self.dim, hi * self.dim, variable)
+                places[state_key(variable)] = Place(whole, lo * self.dim, hi * self.dim, variable)
         return places
+
+    def checkpoint_config(self) -> dict[str, Any] | None:
+        """No config: a table is made by its constructor, not from a config."""
+        return None
 
     # ------------------------------------------------------------------ routing
     def _route(self, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-#include "fast_step.hpp"
+#include "py_fast_step.hpp"
 
 #include <stdexcept>
 #include <string>

@@ -1,0 +1,100 @@
+"""Optimizer variables: created, named and tracked in Keras' order."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from adagrad_native.variables import Variable
+
+
+class VariableTracker:
+    """The optimizer-variable API of Keras' optimizers (`add_variable`, `variables`, ...).
+
+    A variable's path is `optimizer_name/variable_name`; `variables` lists them
+    in the order they were made, which is Keras' order when the optimizer makes
+    them as Keras does (iteration, learning rate, then each kind of slot).
+    """
+
+    name: str
+    _variables: list[Variable]
+
+    def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
+        var = Variable._owned(value, name, f"{self.name}/{name}", aggregation)
+        self._variables.append(var)
+        return var
+
+    def add_variable(
+        self,
+        shape: Sequence[int],
+        initializer: Any = "zeros",
+        dtype: Any = None,
+        aggregation: str = "mean",
+        name: str | None = None,
+    ) -> Variable:
+        """Creates and tracks an optimizer variable.
+
+        Args:
+            shape: The variable's shape.
+            initializer: `"zeros"`, `"ones"`, a number, or a callable(shape, dtype).
+            dtype: The dtype (default float32).
+            aggregation: Kept for Keras compatibility.
+            name: The variable's name (its path is `optimizer_name/name`).
+
+        Returns:
+            The new `Variable`.
+        """
+        template = Variable(
+            initializer
+            if not isinstance(initializer, numbers.Real) or isinstance(initializer, bool)
+            else float(initializer),
+            shape=tuple(shape),
+            dtype=dtype,
+            name=name or "var",
+        )
+        return self._track(template.value, template.name, aggregation)
+
+    def add_variable_from_reference(
+        self,
+        reference_variable: Any,
+        name: str | None = None,
+        initializer: Any = "zeros",
+        dtype: Any = None,
+    ) -> Variable:
+        """Creates a variable with the shape (and dtype) of `reference_variable`.
+
+        Its name is the reference's path with `/` replaced by `_`, then `_name`.
+        `dtype` (not in Keras) overrides the reference's dtype.
+        """
+        ref_path = getattr(reference_variable, "path", None) or str(
+            getattr(reference_variable, "name", "variable")
+        )
+        full_name = ref_path.replace("/", "_").replace(":", "_") + "_" + (name or "var")
+        if dtype is None:
+            dtype = np.asarray(reference_variable).dtype
+        return self.add_variable(
+            np.shape(reference_variable), initializer, dtype, "mean", full_name
+        )
+
+    def add_optimizer_variables(
+        self, trainable_variables: Sequence[Variable], name: str, initializer: Any = "zeros"
+    ) -> list[Variable | None]:
+        """One slot per variable; None for `overwrite_with_gradient` variables (as Keras)."""
+        return [
+            None
+            if v.overwrite_with_gradient
+            else self.add_variable_from_reference(v, name, initializer)
+            for v in trainable_variables
+        ]
+
+    @property
+    def variables(self) -> list[Variable]:
+        """Optimizer variables in Keras' order (iteration, learning_rate, slots by kind).
+
+        They are live views of the state: a read while another thread steps may
+        mix two steps; `state_dict()` is a snapshot of one.
+        """
+        return list(self._variables)
