@@ -1,7 +1,7 @@
 """adagrad_native: Keras 3's Adagrad optimizer for numpy, with a fused C++ core.
 
 Public names: `Adagrad`, `RowWiseAdagrad`, `SparseGradient`, `LossScaleOptimizer`,
-`Variable`, `schedules`,
+`Optimizer` (their base), `Variable`, `schedules`,
 `serialize` / `deserialize` / `get`, `save_state` / `load_state`,
 `build_info`, `set_num_threads`, `get_num_threads`.
 """
@@ -15,6 +15,7 @@ from adagrad_native import _checks, _core, schedules
 from adagrad_native.adagrad import Adagrad
 from adagrad_native.checkpoint import load_state, save_state
 from adagrad_native.loss_scale import LossScaleOptimizer
+from adagrad_native.optimizer import Optimizer
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import deserialize, get, serialize
 from adagrad_native.sparse import SparseGradient
@@ -53,6 +54,7 @@ def build_info() -> dict[str, Any]:
 __all__ = [
     "Adagrad",
     "LossScaleOptimizer",
+    "Optimizer",
     "RowWiseAdagrad",
     "SparseGradient",
     "Variable",

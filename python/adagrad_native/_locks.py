@@ -27,11 +27,11 @@ class StateLock:
     """A re-entrant lock that the at-fork handlers of this module know of."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._rlock = threading.RLock()
         _live[next(_serials)] = self
 
     def __enter__(self) -> None:
-        self._lock.acquire()
+        self._rlock.acquire()
 
     def __exit__(
         self,
@@ -39,26 +39,26 @@ class StateLock:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._lock.release()
+        self._rlock.release()
 
 
 def _before_fork() -> None:
     for serial in sorted(_live.keys(), reverse=True):
         lock = _live.get(serial)
         if lock is not None:
-            lock._lock.acquire()
+            lock._rlock.acquire()
             _held_for_fork.append(lock)
 
 
 def _after_fork_in_parent() -> None:
     while _held_for_fork:
-        _held_for_fork.pop()._lock.release()
+        _held_for_fork.pop()._rlock.release()
 
 
 def _after_fork_in_child() -> None:
     _held_for_fork.clear()
     for lock in list(_live.values()):
-        lock._lock = threading.RLock()
+        lock._rlock = threading.RLock()
 
 
 os.register_at_fork(

@@ -259,6 +259,12 @@ class OptimizerSettings:
             sparse_lazy=sparse_lazy,
         )
 
+    def scale_loss(self, loss: Any) -> Any:
+        """Multiplies `loss` by `loss_scale_factor` when it is set."""
+        if self.loss_scale_factor is not None:
+            return loss * self.loss_scale_factor
+        return loss
+
     def settings_config(self) -> dict[str, Any]:
         """The base optimizer's settings as Keras' `get_config` writes them."""
         return {

@@ -98,3 +98,23 @@ class VariableTracker:
         mix two steps; `state_dict()` is a snapshot of one.
         """
         return list(self._variables)
+
+    def assign(self, variable: Any, value: Any) -> None:
+        """Assigns `value` to a variable (a `Variable` or a numpy array) in place."""
+        _as_variable(variable).assign(value)
+
+    def assign_add(self, variable: Any, value: Any) -> None:
+        """Adds `value` to a variable in place."""
+        _as_variable(variable).assign_add(value)
+
+    def assign_sub(self, variable: Any, value: Any) -> None:
+        """Subtracts `value` from a variable in place."""
+        _as_variable(variable).assign_sub(value)
+
+
+def _as_variable(v: Any) -> Variable:
+    if isinstance(v, Variable):
+        return v
+    if isinstance(v, np.ndarray):
+        return Variable._wrap(v, "array")
+    raise TypeError(f"Expected a Variable or a numpy array; received {type(v).__name__}.")

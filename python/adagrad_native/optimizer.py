@@ -155,16 +155,10 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     # ------------------------------------------------------------------ surface
     def settings_changed(self) -> None:
         """A setting that shapes the step changed: the engine re-reads the plan."""
-        engine = self.__dict__.get("_engine")
-        if engine is not None:
-            engine.settings_changed()
+        self._engine.settings_changed()
 
     def state_lock(self) -> AbstractContextManager[None]:
-        """Held by every step and by every reader and writer of the state as a whole.
-
-        So a checkpoint never sees half a step, and a load never lands in the
-        middle of one. Re-entrant; a fork waits for it (`_locks.py`).
-        """
+        """Held by every step and every whole-state reader or writer (re-entrant, fork-safe)."""
         return self._lock
 
     @property
@@ -310,7 +304,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         with self._lock:
             bad = self._engine.try_fast(grads, trainable_variables)  # lists and tuples only
             if bad is None:
-                self._apply(grads, trainable_variables, None)
+                self.step_with(grads, trainable_variables)
             elif bad >= 0 and self.on_nonfinite == "raise":
                 raise self._nonfinite_error(bad)
 
@@ -323,7 +317,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         settle: Sequence[Settle] = (),
         stateless: StatelessValues | None = None,
     ) -> bool:
-        """One step as `apply`, for wrappers and `stateless_apply`; whether it was applied.
+        """One step as `apply` (its general path), for wrappers; whether it was applied.
 
         Args:
             grads: As for `apply`.
@@ -336,55 +330,37 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                 in build order) that the step reads and writes instead.
         """
         with self._lock:
-            return self._apply(grads, trainable_variables, stateless, loss_scale, settle)
+            keys = self._call_order.keys if self._call_order is not None else None
+            call = _calls.as_lists(grads, trainable_variables, keys)
+            if not call.grads:
+                return False
+            if not self.built:
+                if call.build_from is None:
+                    raise ValueError(
+                        "When passing `grads` without `variables`, the optimizer must already "
+                        "be built on a list of variables. Call "
+                        "`optimizer.build(trainable_variables)` first."
+                    )
+                self.build(call.build_from)
+            assert self._call_order is not None
+            ordered, missing = self._call_order.arrange(call)
+            applied = self._step(self._target(stateless), ordered, missing, loss_scale, settle)
+            if applied and stateless is None and ordered is call.grads and not missing:
+                self._keep_fast_step(call.variables)
+            return applied
 
-    def _apply(
-        self,
-        grads: Any,
-        trainable_variables: Any,
-        stateless: StatelessValues | None,
-        loss_scale: float | None = None,
-        settle: Sequence[Settle] = (),
-    ) -> bool:
-        """The general path of a call: its arguments in build order, then one step."""
-        keys = self._call_order.keys if self._call_order is not None else None
-        call = _calls.as_lists(grads, trainable_variables, keys)
-        if not call.grads:
-            return False
-        if not self.built:
-            if call.build_from is None:
-                raise ValueError(
-                    "When passing `grads` without `variables`, the optimizer must already be "
-                    "built on a list of variables. Call `optimizer.build(trainable_variables)` "
-                    "first."
-                )
-            self.build(call.build_from)
-        assert self._call_order is not None
-        ordered, missing = self._call_order.arrange(call)
-        target = self._own_target() if stateless is None else self._scratch_target(stateless)
-        applied = self._step(target, ordered, missing, loss_scale, settle)
-        if applied and stateless is None and ordered is call.grads and not missing:
-            self._keep_fast_step(call.variables)
-        return applied
-
-    def _own_target(self) -> _Target:
+    def _target(self, stateless: StatelessValues | None) -> _Target:
+        """The optimizer's own state, or copies of it with an engine of their own."""
         lr = self._learning_rate.variable
-        return _Target(
-            self._engine,
-            self._iterations.value,
-            None if lr is None else lr.value,
-            self._trainable_variables,
-        )
-
-    def _scratch_target(self, stateless: StatelessValues) -> _Target:
-        """A target over copies, with an engine of its own bound to them."""
+        if stateless is None:
+            buffer = None if lr is None else lr.value
+            return _Target(self._engine, self._iterations.value, buffer, self._trainable_variables)
         optimizer_values, trainable_values = stateless
         copies = dict(zip(map(id, self._variables), optimizer_values))
         copies.update(zip(map(id, self._stepped_variables), trainable_values))
         engine = self.make_step_engine()
         engine.place(self._stepped_variables, self._algorithm_slots.rowwise)
         engine.bind(self._slots(lambda v: copies[id(v)]))
-        lr = self._learning_rate.variable
         return _Target(
             engine,
             copies[id(self._iterations)],
@@ -395,9 +371,8 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     def _keep_fast_step(self, trainable_variables: list[Any] | None) -> None:
         """After a step in build order with every gradient present, makes it repeatable natively.
 
-        Steps whose plan changes from step to step (a schedule or callable
-        learning rate, gradient accumulation, EMA) and constrained variables
-        always take the general path.
+        Not when the plan changes from step to step (a schedule or callable learning
+        rate, accumulation, EMA) or a variable has a constraint.
         """
         engine = self._engine
         if engine.keeps(trainable_variables):
@@ -539,25 +514,6 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                     self._stepped_variables[i].assign(average.value)
             self._engine.publish()
 
-    # ------------------------------------------------------------ other methods
-    def assign(self, variable: Any, value: Any) -> None:
-        """Assigns `value` to a variable (a `Variable` or a numpy array) in place."""
-        _as_variable(variable).assign(value)
-
-    def assign_add(self, variable: Any, value: Any) -> None:
-        """Adds `value` to a variable in place."""
-        _as_variable(variable).assign_add(value)
-
-    def assign_sub(self, variable: Any, value: Any) -> None:
-        """Subtracts `value` from a variable in place."""
-        _as_variable(variable).assign_sub(value)
-
-    def scale_loss(self, loss: Any) -> Any:
-        """Multiplies `loss` by `loss_scale_factor` when it is set."""
-        if self.loss_scale_factor is not None:
-            return loss * self.loss_scale_factor
-        return loss
-
     # Pickling and copying: everything but the lock and the engine, which are
     # made anew (and bound again when the optimizer was built). The values are
     # copied under the lock, so a copy holds one step's state even while another
@@ -600,11 +556,3 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             "learning_rate": self._learning_rate.config(),
             **self.settings_config(),
         }
-
-
-def _as_variable(v: Any) -> Variable:
-    if isinstance(v, Variable):
-        return v
-    if isinstance(v, np.ndarray):
-        return Variable._wrap(v, "array")
-    raise TypeError(f"Expected a Variable or a numpy array; received {type(v).__name__}.")
