@@ -169,3 +169,13 @@ def test_a_loop_inside_a_task_runs_on_its_thread(restore_threads):
         return tables
 
     assert_identical(run(2), run(1))
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1-thread", "2-threads"])
+def test_the_team_self_test_reaches_its_rare_paths(threads, restore_threads):
+    # A task that throws (the caller gets its exception, the team recovers) and a
+    # loop inside a task (it stays on the task's thread), inside the core itself.
+    an.set_num_threads(threads)
+    from adagrad_native import _core
+
+    assert _core.team_self_test() == []
