@@ -227,7 +227,7 @@ def test_constructor_rejects(case):
 )
 def test_constructor_accepts(kwargs):
     # Keras validates ema_* only with use_ema and gradient_accumulation_steps only when
-    # truthy; §8 accepts any real learning rate.
+    # truthy; docs/keras-pipeline.md: any real learning rate is accepted.
     opt = an.Adagrad(**kwargs)
     v = an.Variable(np.ones(2, F32))
     opt.apply([np.ones(2, F32)], [v])

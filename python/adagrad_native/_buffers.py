@@ -6,7 +6,7 @@ array of a power-of-two size a mapping of exactly that size plus a page, so arra
 allocated one after the other sit a near power-of-two distance apart. Against a user's
 plain numpy parameter and gradient, a 16M-element float32 step with the accumulator placed
 as below ran 1.01-1.19x faster (median 1.07, six fresh processes) than with an
-`np.full_like` accumulator (`benchmarks/placement.py`).
+`np.full_like` accumulator (`benchmarks/studies/placement.py`).
 
 So buffers of at least `LARGE_BYTES` start on a 2 MiB boundary inside a mapping 2 MiB
 larger than they need. That breaks the power-of-two spacing, and lets every page of the

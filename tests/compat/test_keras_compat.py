@@ -217,7 +217,8 @@ def test_accumulation_none_scenarios_against_keras_base_optimizer(sc):
     ],
 )
 def test_negative_hyperparameters_raise_here_keras_accepts(arg):
-    """Deviation (§8): Keras never checks these signs; this package raises ValueError."""
+    """Deviation (docs/keras-pipeline.md):
+    Keras never checks these signs; this package raises ValueError."""
     value = -0.1
     keras.optimizers.Adagrad(**{arg: value})  # Keras: accepted silently
     with pytest.raises(ValueError, match=arg):
@@ -228,7 +229,8 @@ def test_negative_hyperparameters_raise_here_keras_accepts(arg):
 # behaviour this test contrasts with, not something to check here.
 @pytest.mark.filterwarnings("ignore:The object being serialized includes a `lambda`:UserWarning")
 def test_callable_learning_rate_get_config_raises_here():
-    """Deviation (§8): Keras serializes a lambda's bytecode (or writes 0.5 for unknown
+    """Deviation (docs/keras-pipeline.md):
+    Keras serializes a lambda's bytecode (or writes 0.5 for unknown
     types); this package refuses a plain callable with a TypeError."""
     config = keras.optimizers.Adagrad(learning_rate=lambda: 0.1).get_config()
     assert isinstance(config["learning_rate"], dict)  # Keras' opaque lambda dump
@@ -237,7 +239,8 @@ def test_callable_learning_rate_get_config_raises_here():
 
 
 def test_float16_math_is_float32_here():
-    """Deviation (§8): Keras computes float16 steps in float16 (several roundings); this
+    """Deviation (docs/keras-pipeline.md):
+    Keras computes float16 steps in float16 (several roundings); this
     package computes in float32 and rounds once on store."""
     rng = np.random.default_rng(16)
     x = np.asarray(rng.normal(size=2048), np.float16)
@@ -266,14 +269,15 @@ def test_float16_math_is_float32_here():
 
 
 def test_integer_learning_rate_accepted_here():
-    """Deviation (§8): Keras insists on a Python float; any real number works here."""
+    """Deviation (docs/keras-pipeline.md):
+    Keras insists on a Python float; any real number works here."""
     with pytest.raises(ValueError):
         keras.optimizers.Adagrad(learning_rate=1)
     assert an.Adagrad(learning_rate=1).get_config()["learning_rate"] == 1.0
 
 
 def test_exclude_from_weight_decay_after_build_raises_here():
-    """Deviation (§8): Keras documents the rule but its guard never fires."""
+    """Deviation (docs/keras-pipeline.md) -- Keras documents the rule but its guard never fires."""
     kv = keras.Variable(np.ones(3, np.float32), name="w")
     ko = keras.optimizers.Adagrad(weight_decay=0.1)
     ko.build([kv])
@@ -285,7 +289,8 @@ def test_exclude_from_weight_decay_after_build_raises_here():
 
 
 def test_load_own_variables_count_mismatch_raises_here():
-    """Deviation (§8): Keras warns and loads nothing; this package raises, naming both."""
+    """Deviation (docs/keras-pipeline.md):
+    Keras warns and loads nothing; this package raises, naming both."""
     kv = keras.Variable(np.ones(3, np.float32), name="w")
     ko = keras.optimizers.Adagrad()
     ko.build([kv])
