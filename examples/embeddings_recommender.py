@@ -26,7 +26,7 @@ def make_ratings(rng: np.random.Generator, n: int = 100_000):
     return u, i, r.astype(np.float32)
 
 
-def train(optimizer: an.optimizer.Optimizer, data, rng: np.random.Generator) -> float:
+def train(optimizer: an.Optimizer, data, rng: np.random.Generator) -> float:
     """Five epochs of batches of 512 ratings; returns the final RMSE on all ratings."""
     u, i, r = data
     users = (rng.normal(size=(USERS, DIM)) * 0.1).astype(np.float32)
