@@ -8,6 +8,28 @@ import pytest
 
 from tests.helpers import LOW_PRECISION, SLOT_LISTS, assert_identical, dtype_params
 
+# Tests by what they need beyond the package: "mpi" launches mpiexec, "peer" loads a
+# peer framework (keras, jax, torch). The sanitizer job (.ci/sanitize) runs every
+# test that is neither, so a new test file runs under it by default.
+_MARKED_FOLDERS = {"compat": "peer", "distributed": "mpi"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = item.path.parent.name
+        if folder in _MARKED_FOLDERS:
+            item.add_marker(_MARKED_FOLDERS[folder])
+
+
+def marks_for(code: str) -> list[pytest.MarkDecorator]:
+    """The markers of a test that runs `code` (an example, a docs page's blocks)."""
+    marks = []
+    if any(f"import {name}" in code for name in ("torch", "jax", "keras", "tensorflow")):
+        marks.append(pytest.mark.peer)
+    if "adagrad_native.distributed" in code or "mpi4py" in code:
+        marks.append(pytest.mark.mpi)
+    return marks
+
 
 @pytest.fixture
 def rng():

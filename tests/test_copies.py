@@ -56,6 +56,7 @@ def test_a_copy_of_an_unbuilt_optimizer_builds(how):
     assert opt.get_config()["clipnorm"] == 1.0 and int(opt.iterations) == 1
 
 
+@pytest.mark.peer
 def test_a_variable_reads_as_an_array_for_numpy_and_jax():
     v = an.Variable(np.ones(3, F32), name="w")
     assert v.dtype == "float32" and str(v.dtype) == "float32"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import marks_for
+
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -20,7 +22,9 @@ def _blocks(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "path", [f for f in FILES if _blocks(f)], ids=lambda p: str(p.relative_to(ROOT))
+    "path",
+    [pytest.param(f, marks=marks_for("\n".join(_blocks(f)))) for f in FILES if _blocks(f)],
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_code_blocks_run(path, tmp_path):
     script = tmp_path / "blocks.py"
