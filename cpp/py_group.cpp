@@ -48,26 +48,13 @@ bool PyGroup::overlaps_written(const void* data, size_t bytes) const {
 
 namespace {
 
-// A piece of a whole tensor: no larger than it, and with a given chunk (the
-// whole tensors' items must be the pieces' items too).
-void check_piece(int64_t size, int64_t whole, int64_t chunk, const std::string& var) {
-  if (chunk < 1) {
-    throw py::value_error("SlotGroup: whole_sizes needs the whole tensors' chunk.");
-  }
-  if (whole < size) {
-    throw py::value_error("SlotGroup: " + var + " has " + std::to_string(size) +
-                          " elements, more than its whole tensor (" + std::to_string(whole) + ").");
-  }
-}
-
 std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accumulators,
                                     const py::list& averages, const py::list& grad_accumulators,
                                     const std::vector<bool>& weight_decay,
                                     const std::vector<bool>& overwrite,
                                     const std::vector<std::string>& names,
                                     const std::optional<std::vector<bool>>& rowwise,
-                                    const std::optional<int64_t>& chunk,
-                                    const std::optional<std::vector<int64_t>>& whole_sizes) {
+                                    const std::optional<int64_t>& chunk) {
   const size_t n = params.size();
   if (chunk && *chunk < 1) {
     throw py::value_error("SlotGroup: chunk must be >= 1; received " + std::to_string(*chunk) +
@@ -79,9 +66,6 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
   if (accumulators.size() != n || averages.size() != n || grad_accumulators.size() != n ||
       weight_decay.size() != n || overwrite.size() != n || names.size() != n) {
     throw py::value_error("SlotGroup: every list must have one entry per parameter.");
-  }
-  if (whole_sizes && whole_sizes->size() != n) {
-    throw py::value_error("SlotGroup: whole_sizes must have one entry per parameter.");
   }
   std::vector<py::array> keep;
   std::vector<py::array> param_arrays;
@@ -113,15 +97,14 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
     if (!s.overwrite && s.accumulator == nullptr) {
       throw py::value_error(var + " needs an accumulator.");
     }
-    if (whole_sizes) check_piece(s.size, (*whole_sizes)[i], chunk.value_or(0), var);
     keep.push_back(p);
     owners.resize(keep.size(), i);
     param_arrays.push_back(p);
     nums.push_back(p.dtype().num());
   }
-  auto group = std::make_unique<PyGroup>(
-      std::move(slots), std::move(keep), names, std::move(param_arrays), std::move(nums),
-      chunk.value_or(0), whole_sizes.value_or(std::vector<int64_t>{}));
+  auto group =
+      std::make_unique<PyGroup>(std::move(slots), std::move(keep), names, std::move(param_arrays),
+                                std::move(nums), chunk.value_or(0));
   group->index_written(owners);
   return group;
 }
@@ -132,8 +115,7 @@ void register_group(py::module_& m) {
   py::class_<PyGroup>(m, "SlotGroup")
       .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"), py::arg("averages"),
            py::arg("grad_accumulators"), py::arg("weight_decay"), py::arg("overwrite"),
-           py::arg("names"), py::arg("rowwise") = py::none(), py::arg("chunk") = py::none(),
-           py::arg("whole_sizes") = py::none());
+           py::arg("names"), py::arg("rowwise") = py::none(), py::arg("chunk") = py::none());
   m.def("work_chunk", &adagrad::work_chunk, py::arg("sizes"),
         "The work-item size the core chooses for tensors of these element counts.");
 }

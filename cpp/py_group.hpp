@@ -15,9 +15,9 @@
 struct PyGroup {
   PyGroup(std::vector<adagrad::TensorSlots> slots, std::vector<pybind11::array> keep,
           std::vector<std::string> names_, std::vector<pybind11::array> params_,
-          std::vector<int> nums, int64_t chunk, const std::vector<int64_t>& whole_sizes)
-      : group(std::move(slots), chunk, whole_sizes), keep_alive(std::move(keep)),
-        names(std::move(names_)), params(std::move(params_)), dtype_nums(std::move(nums)) {}
+          std::vector<int> nums, int64_t chunk = 0)
+      : group(std::move(slots), chunk), keep_alive(std::move(keep)), names(std::move(names_)),
+        params(std::move(params_)), dtype_nums(std::move(nums)) {}
   adagrad::SlotGroup group;
   std::vector<pybind11::array> keep_alive;  // the core holds raw pointers into these
   std::vector<std::string> names;

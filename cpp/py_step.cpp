@@ -126,57 +126,49 @@ void settle(std::vector<Settle>& writes, bool applied) {
   }
 }
 
-// Given partials (sums, finite): one per item of the group's whole tensors.
-struct GivenPartials {
-  py::array_t<double> sums;
-  py::array_t<uint8_t> finite;
-  adagrad::Partials view;
-};
-
-GivenPartials given_partials(const PyGroup& g, const py::tuple& partials) {
-  const size_t n = g.group.whole_items().size();
-  if (partials.size() != 2) {
-    throw py::value_error("`partials` must be a pair (sums, finite); received " +
-                          std::to_string(partials.size()) + " items.");
-  }
-  GivenPartials p{
-      py::array_t<double, py::array::c_style | py::array::forcecast>::ensure(partials[0]),
-      py::array_t<uint8_t, py::array::c_style | py::array::forcecast>::ensure(partials[1]),
-      {}};
-  if (!p.sums || !p.finite) {
-    PyErr_Clear();
-    throw py::type_error("`partials` must hold a float64 and a uint8 array.");
-  }
-  if (p.sums.ndim() != 1 || p.finite.ndim() != 1 || static_cast<size_t>(p.sums.size()) != n ||
-      static_cast<size_t>(p.finite.size()) != n) {
-    throw py::value_error(
-        "`partials` must hold one sum and one finite flag per work item of "
-        "the whole tensors (" +
-        std::to_string(n) + "); received shapes " + shape_str(p.sums) + " and " +
-        shape_str(p.finite) + ".");
-  }
-  p.view = {p.sums.data(), p.finite.data(), static_cast<int64_t>(n)};
-  return p;
-}
-
 int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan,
-             const std::optional<py::tuple>& partials, const py::sequence& settle_with) {
+             const std::optional<std::vector<double>>& norms, const py::sequence& settle_with) {
   std::vector<Settle> writes = settle_writes(settle_with);
+  if (norms && norms->size() != g.group.tensors().size()) {
+    throw py::value_error("Expected one norm per tensor (" +
+                          std::to_string(g.group.tensors().size()) + "); received " +
+                          std::to_string(norms->size()) + ".");
+  }
   check_plan(g, plan);
-  std::optional<GivenPartials> given;
-  if (partials) given = given_partials(g, *partials);
   std::vector<py::array> held;
-  // Given partials are sums over dense gradients only.
-  std::vector<adagrad::TensorStep> steps = gradients(g, grads, !given, held);
+  std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
   adagrad::StepResult r;
   {
     py::gil_scoped_release release;
-    r = adagrad::run_step(g.group, steps, plan, given ? &given->view : nullptr);
+    r = adagrad::run_step(g.group, steps, plan, norms ? &*norms : nullptr);
   }
   // In the same call as the step, so the outcome's records (the iteration
   // counter, a loss scale) never fall behind or run ahead of the state.
   settle(writes, r.applied);
   return r.applied ? -1 : r.first_nonfinite;
+}
+
+// The one norm fold (step.hpp) over partial sums gathered from several ranks.
+py::tuple fold_norms(const std::vector<int32_t>& tensor_of,
+                     const py::array_t<double, py::array::c_style | py::array::forcecast>& sums,
+                     const py::array_t<uint8_t, py::array::c_style | py::array::forcecast>& finite,
+                     const std::vector<bool>& counted, bool global) {
+  const size_t n = tensor_of.size();
+  if (static_cast<size_t>(sums.size()) != n || static_cast<size_t>(finite.size()) != n) {
+    throw py::value_error("fold_norms: one sum and one finite flag per entry (" +
+                          std::to_string(n) + "); received " + std::to_string(sums.size()) +
+                          " and " + std::to_string(finite.size()) + ".");
+  }
+  for (int32_t t : tensor_of) {
+    if (t < 0 || static_cast<size_t>(t) >= counted.size()) {
+      throw py::value_error("fold_norms: tensor index " + std::to_string(t) + " out of [0, " +
+                            std::to_string(counted.size()) + ").");
+    }
+  }
+  const std::vector<unsigned char> counted_bytes(counted.begin(), counted.end());
+  const adagrad::Folded folded =
+      adagrad::fold_norms(tensor_of, sums.data(), finite.data(), counted_bytes, global);
+  return py::make_tuple(folded.norms, folded.first_nonfinite);
 }
 
 py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
@@ -198,12 +190,12 @@ py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::Ste
 
 void register_step(py::module_& m) {
   m.def("step", &step, py::arg("group"), py::arg("grads"), py::arg("plan"),
-        py::arg("partials") = py::none(), py::arg("settle") = py::tuple(),
+        py::arg("norms") = py::none(), py::arg("settle") = py::tuple(),
         "Runs one optimizer step over every tensor of the group (GIL released). Returns -1, or "
         "the index of the first tensor with a non-finite gradient when plan.check_finite "
-        "stopped the step before anything was written. `partials`: (float64 sums, uint8 "
-        "finite) of every work item of the whole tensors, gathered elsewhere; they replace "
-        "the norm and finiteness pass and are folded as its own would be. `settle`: "
+        "stopped the step before anything was written. `norms`: each tensor's clip norm, "
+        "from fold_norms over partial sums gathered elsewhere; then the norm and finiteness "
+        "pass is skipped. `settle`: "
         "(target, if_applied, if_skipped) triples of 0-d arrays written after the step in the "
         "same call (None: unchanged).");
   m.def(
@@ -214,6 +206,11 @@ void register_step(py::module_& m) {
       },
       py::arg("writes"), py::arg("applied"),
       "The writes of `step`'s `settle` for one outcome, all in one call.");
+  m.def("fold_norms", &fold_norms, py::arg("tensor_of"), py::arg("sums"), py::arg("finite"),
+        py::arg("counted"), py::arg("global_norm"),
+        "The one norm fold of pass 1 over given entries (each a sum of squares and a finite "
+        "flag, tagged with its tensor), in order: (norm per tensor, the smallest tensor with "
+        "a non-finite entry or -1).");
   m.def("partial_sums", &partial_sums, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "Pass 1 alone over dense gradients: (float64 sum of squares, uint8 finite) per work "
         "item of the group, in item order. Writes nothing.");

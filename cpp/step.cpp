@@ -200,65 +200,48 @@ RowPartials compute_partials(const StepRun& run, SlotGroup& group, const StepTas
   return row_partial;
 }
 
-// The one fold of pass 1: per-item sums (for `items`, in item order), then the
-// distinct rows of row-mode tensors (in row order), added per tensor in that
-// order -- the same sums for any thread count, and for any split of the items
-// over ranks. Sets each step's clip norm; the result says whether the step
-// goes on (check_finite stops it at a non-finite gradient).
-StepResult fold_partials(StepRun& run, const std::vector<WorkItem>& items, const Partials& p,
-                         const StepTasks& tasks, const RowPartials& row_partial) {
-  const std::vector<TensorSlots>& tensors = run.tensors;
-  std::vector<TensorStep>& steps = run.steps;
-  const StepPlan& plan = run.plan;
-  const std::vector<Mode>& mode = tasks.mode;
-  const size_t n_tensors = tensors.size();
-  StepResult result;
-  std::vector<double> tensor_sums(n_tensors, 0.0);
+// Pass 1 over this group's items and distinct rows, then the one fold: entries in
+// item order, then each row-mode tensor's rows in row order (the same sums for
+// any thread count). Sets each step's clip norm; the result says whether the
+// step goes on (check_finite stops it at a non-finite gradient).
+StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
+  const RowPartials row_partial = compute_partials(run, group, tasks);
+  const std::vector<WorkItem>& items = run.work.items;
+  std::vector<int32_t> tensor_of;
+  std::vector<double> sums;
+  std::vector<unsigned char> finite;
   for (size_t i = 0; i < items.size(); ++i) {
     const int32_t t = items[i].tensor;
-    if (mode[t] == Mode::rows) continue;  // its rows are folded below
-    tensor_sums[t] += p.sums[i];
-    if (p.finite[i] == 0 && result.finite) {
-      result.finite = false;
-      result.first_nonfinite = t;
-    }
+    if (tasks.mode[t] == Mode::rows) continue;  // not visited: its rows follow
+    tensor_of.push_back(t);
+    sums.push_back(group.partial_sums()[i]);
+    finite.push_back(group.partial_finite()[i]);
   }
   for (int32_t t : tasks.sparse_ids) {
-    if (mode[t] != Mode::rows) continue;
+    if (tasks.mode[t] != Mode::rows) continue;
     for (const ReduceResult& r : row_partial[t]) {
-      tensor_sums[t] += r.sum_squares;
-      if (!r.finite && (result.finite || t < result.first_nonfinite)) {
-        result.finite = false;
-        result.first_nonfinite = t;
-      }
+      tensor_of.push_back(t);
+      sums.push_back(r.sum_squares);
+      finite.push_back(r.finite ? 1 : 0);
     }
   }
-  if (plan.check_finite && !result.finite) {
+  std::vector<unsigned char> counted(run.tensors.size());
+  for (size_t t = 0; t < counted.size(); ++t) {
+    counted[t] = run.steps[t].grad != nullptr && !run.tensors[t].overwrite ? 1 : 0;
+  }
+  const Folded folded = fold_norms(tensor_of, sums.data(), finite.data(), counted,
+                                   run.plan.clip == Clip::global_norm);
+  StepResult result;
+  result.finite = folded.first_nonfinite < 0;
+  result.first_nonfinite = folded.first_nonfinite;
+  if (run.plan.check_finite && !result.finite) {
     result.applied = false;
     return result;
   }
-  if (needs_norm(plan)) {
-    double total = 0.0;
-    for (size_t t = 0; t < n_tensors; ++t) {
-      if (steps[t].grad == nullptr || tensors[t].overwrite) continue;
-      total += tensor_sums[t];
-      // Keras: sqrt only of a positive sum (a NaN sum stays NaN).
-      steps[t].norm = tensor_sums[t] > 0.0 ? std::sqrt(tensor_sums[t]) : tensor_sums[t];
-    }
-    if (plan.clip == Clip::global_norm) {
-      const double global_norm = std::sqrt(total);
-      for (TensorStep& ts : steps) ts.norm = global_norm;
-    }
+  if (needs_norm(run.plan)) {
+    for (size_t t = 0; t < run.steps.size(); ++t) run.steps[t].norm = folded.norms[t];
   }
   return result;
-}
-
-// Pass 1 over this group's own items and rows, then the fold.
-StepResult reduce_pass(StepRun& run, SlotGroup& group, const StepTasks& tasks) {
-  const RowPartials row_partial = compute_partials(run, group, tasks);
-  const Partials own{group.partial_sums().data(), group.partial_finite().data(),
-                     static_cast<int64_t>(group.partial_sums().size())};
-  return fold_partials(run, run.work.items, own, tasks, row_partial);
 }
 
 // Pass 2: the fused update of every dense work item, full-pass range and
@@ -306,26 +289,45 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
 
 }  // namespace
 
-SlotGroup::SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk,
-                     const std::vector<int64_t>& whole_sizes)
+SlotGroup::SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk)
     : tensors_(std::move(tensors)), work_(make_work_list(sizes_of(tensors_), chunk)),
       partial_sums_(work_.items.size()), partial_finite_(work_.items.size()),
-      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {
-  if (!whole_sizes.empty()) {
-    whole_ = std::make_shared<const WorkList>(make_work_list(whole_sizes, work_.chunk));
+      sparse_rows_(std::make_shared<std::vector<SparseRows>>()) {}
+
+Folded fold_norms(const std::vector<int32_t>& tensor_of, const double* sums,
+                  const unsigned char* finite, const std::vector<unsigned char>& counted,
+                  bool global) {
+  const size_t n_tensors = counted.size();
+  Folded out;
+  std::vector<double> tensor_sums(n_tensors, 0.0);
+  for (size_t i = 0; i < tensor_of.size(); ++i) {
+    const int32_t t = tensor_of[i];
+    tensor_sums[t] += sums[i];
+    if (finite[i] == 0 && (out.first_nonfinite < 0 || t < out.first_nonfinite)) {
+      out.first_nonfinite = t;
+    }
   }
+  double total = 0.0;
+  out.norms.resize(n_tensors, 0.0);
+  for (size_t t = 0; t < n_tensors; ++t) {
+    if (counted[t] == 0) continue;
+    total += tensor_sums[t];
+    // Keras: sqrt only of a positive sum (a NaN sum stays NaN).
+    out.norms[t] = tensor_sums[t] > 0.0 ? std::sqrt(tensor_sums[t]) : tensor_sums[t];
+  }
+  if (global) std::fill(out.norms.begin(), out.norms.end(), std::sqrt(total));
+  return out;
 }
 
 std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
 
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
-                    const Partials* partials) {
+                    const std::vector<double>* norms) {
   StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
   const StepTasks tasks = plan_sparse(run);
   StepResult result;
-  if (partials != nullptr) {
-    result = fold_partials(run, group.whole_items(), *partials, tasks, RowPartials{});
-    if (!result.applied) return result;
+  if (norms != nullptr) {
+    for (size_t t = 0; t < steps.size(); ++t) steps[t].norm = (*norms)[t];
   } else if (needs_norm(plan) || plan.check_finite) {
     result = reduce_pass(run, group, tasks);
     if (!result.applied) return result;

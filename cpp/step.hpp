@@ -85,27 +85,13 @@ struct StepResult {
   bool applied = true;           // false when check_finite stopped the step
 };
 
-// Every work item's float64 sum of squares and finiteness (1: finite), in item
-// order: computed by pass 1, or given (a distributed step gathers every rank's).
-struct Partials {
-  const double* sums = nullptr;
-  const unsigned char* finite = nullptr;
-  int64_t n = 0;
-};
-
 // All trainable variables of one optimizer, with the work list cut once.
 class SlotGroup {
  public:
   // `chunk`: the work-item size (0: the core's choice for these tensors).
-  // `whole_sizes`: when the tensors are pieces of larger ones (one rank's shard,
-  // each piece starting on an item boundary), the whole tensors' sizes; given
-  // partials then follow the whole tensors' items. Empty: the tensors are whole.
-  explicit SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk = 0,
-                     const std::vector<int64_t>& whole_sizes = {});
+  explicit SlotGroup(std::vector<TensorSlots> tensors, int64_t chunk = 0);
   const std::vector<TensorSlots>& tensors() const { return tensors_; }
   const WorkList& work() const { return work_; }
-  // The items that given partials follow (the whole tensors', or work()'s).
-  const std::vector<WorkItem>& whole_items() const { return whole_ ? whole_->items : work_.items; }
   // Per-item partial sums of squares; scratch reused by every step.
   std::vector<double>& partial_sums() { return partial_sums_; }
   std::vector<unsigned char>& partial_finite() { return partial_finite_; }
@@ -115,21 +101,32 @@ class SlotGroup {
  private:
   std::vector<TensorSlots> tensors_;
   WorkList work_;
-  std::shared_ptr<const WorkList> whole_;  // null: the tensors are whole
   std::vector<double> partial_sums_;
   std::vector<unsigned char> partial_finite_;
   std::shared_ptr<std::vector<SparseRows>> sparse_rows_;
 };
 
+// The one norm fold: the partial sums of squares and finiteness of every work item
+// (or distinct row) of a step, each tagged with its tensor, added per tensor in the
+// order given, in float64. Norms follow Keras (the square root of a positive sum; a
+// NaN sum stays NaN); `global` gives every tensor the norm of all counted tensors.
+// A distributed step folds every rank's partial sums with it, in one process's
+// item order, so its norms and finiteness verdict are one process's.
+struct Folded {
+  std::vector<double> norms;     // per tensor
+  int64_t first_nonfinite = -1;  // the smallest tensor with a non-finite entry
+};
+Folded fold_norms(const std::vector<int32_t>& tensor_of, const double* sums,
+                  const unsigned char* finite, const std::vector<unsigned char>& counted,
+                  bool global);
+
 // Runs one whole step over every tensor. `steps` is aligned with the group's
 // tensors. Thread-safe for distinct groups; one group is used by one caller
 // at a time (the Python optimizer holds a lock).
-// `partials`, when given, replace pass 1: one per item of group.whole_items()
-// (a distributed step gathers every rank's); they are folded exactly as the
-// group's own would be, so the norms and the finiteness verdict are those of
-// one process stepping the whole tensors. Only for dense gradients.
+// `norms`, when given, are each tensor's clip norm from fold_norms over partial
+// sums gathered elsewhere (a distributed step): pass 1 is skipped.
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
-                    const Partials* partials = nullptr);
+                    const std::vector<double>* norms = nullptr);
 
 // Pass 1 alone, over dense gradients: each work item's sum of squares and
 // finiteness, into group.partial_sums() and group.partial_finite(). Nothing

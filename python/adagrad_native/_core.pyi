@@ -49,7 +49,6 @@ class SlotGroup:
         names: list[str],
         rowwise: list[bool] | None = None,
         chunk: int | None = None,
-        whole_sizes: list[int] | None = None,
     ) -> None: ...
 
 class FastStep:
@@ -68,12 +67,19 @@ def step(
     group: SlotGroup,
     grads: Sequence[Any],
     plan: StepPlan,
-    partials: tuple[np.ndarray, np.ndarray] | None = None,
+    norms: Sequence[float] | None = None,
     settle: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = (),
 ) -> int: ...
 def settle(
     writes: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], applied: bool
 ) -> None: ...
+def fold_norms(
+    tensor_of: Sequence[int],
+    sums: np.ndarray,
+    finite: np.ndarray,
+    counted: Sequence[bool],
+    global_norm: bool,
+) -> tuple[list[float], int]: ...
 def partial_sums(
     group: SlotGroup, grads: Sequence[Any], plan: StepPlan
 ) -> tuple[np.ndarray, np.ndarray]: ...

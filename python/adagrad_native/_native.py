@@ -15,14 +15,16 @@ module that imports `_core`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from adagrad_native import _core
 from adagrad_native._surface import CallPlan, Settle, Slots, StaticPlan
 from adagrad_native.variables import Variable
+
+T = TypeVar("T")
 
 _CLIP_MODES = {
     None: _core.Clip.none,
@@ -32,13 +34,14 @@ _CLIP_MODES = {
 }
 
 
-def settle_skipped(writes: Sequence[Settle]) -> None:
-    """Writes the records of a step skipped before it reached the core, in one call.
+def settle(writes: Sequence[Settle], applied: bool) -> None:
+    """Writes the records of a step decided outside the core, all in one native call.
 
     Args:
-        writes: The step's records (see `Settle`); each takes its skipped value.
+        writes: The step's records (see `Settle`).
+        applied: Whether the step was applied (else each takes its skipped value).
     """
-    _core.settle(writes, False)
+    _core.settle(writes, applied)
 
 
 class NativeStep:
@@ -48,15 +51,13 @@ class NativeStep:
     under the optimizer's lock.
 
     Args:
-        chunk: The work-item size; None: the core's choice for the tensors.
-        whole_sizes: When the bound tensors are pieces of larger ones (a rank's
-            shard), the whole tensors' sizes: given partial sums then follow the
-            whole tensors' work items.
+        chunk: The work-item size; None: the core's choice for the tensors (a
+            sharded step gives the whole model's, so its pieces' items are the
+            whole tensors' items).
     """
 
-    def __init__(self, chunk: int | None = None, whole_sizes: list[int] | None = None) -> None:
+    def __init__(self, chunk: int | None = None) -> None:
         self._chunk = chunk
-        self._whole_sizes = whole_sizes
         self._slots: Slots | None = None
         self._group: Any = None
         self._plan = _core.StepPlan()
@@ -66,6 +67,10 @@ class NativeStep:
         self._fast: Any = None
         self._fast_layout = -1
         self._single_groups: dict[int, Any] = {}
+
+    def collective(self, op: str, fn: Callable[[], T]) -> T:
+        """One process has no other rank to agree with: runs `fn`."""
+        return fn()
 
     # ------------------------------------------------------------------ binding
     def place(self, variables: list[Variable], rowwise: list[bool]) -> list[Variable]:
@@ -77,7 +82,6 @@ class NativeStep:
         self._slots = slots
         self._group = _core.SlotGroup(
             chunk=self._chunk,
-            whole_sizes=self._whole_sizes,
             params=slots.params,
             accumulators=slots.accumulators,
             averages=slots.averages,
@@ -180,23 +184,22 @@ class NativeStep:
     def step(
         self,
         grads: Sequence[Any],
-        partials: tuple[np.ndarray, np.ndarray] | None = None,
+        norms: Sequence[float] | None = None,
         settle: Sequence[Settle] = (),
     ) -> int:
         """The prepared step in the core.
 
         Args:
             grads: As for `run`.
-            partials: The float64 sums of squares and uint8 finite flags of every
-                work item of the whole tensors (a sharded step gathers every
-                rank's `partial_sums`); the core folds them instead of its own
-                pass 1, exactly as it folds its own.
+            norms: Each tensor's clip norm, from `fold_norms` over partial sums
+                gathered elsewhere (a sharded step); then the core's own norm
+                and finiteness pass is skipped.
             settle: As for `run`.
 
         Returns:
             As `run`.
         """
-        bad: int = _core.step(self._group, grads, self._plan, partials, settle)
+        bad: int = _core.step(self._group, grads, self._plan, norms, settle)
         return bad
 
     def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -271,6 +274,31 @@ class NativeStep:
         plan = _core.StepPlan()
         plan.learning_rate, plan.epsilon = learning_rate, epsilon
         _core.step(group, [gradient], plan)
+
+
+def fold_norms(
+    tensor_of: np.ndarray,
+    sums: np.ndarray,
+    finite: np.ndarray,
+    counted: list[bool],
+    global_norm: bool,
+) -> tuple[list[float], int]:
+    """The core's one norm fold over given partial sums (see `_core.fold_norms`).
+
+    Args:
+        tensor_of: The tensor of each entry.
+        sums: Each entry's float64 sum of squares, in one process's item order.
+        finite: Each entry's finiteness (uint8).
+        counted: Per tensor: whether its sum counts (a gradient, not `overwrite_with_gradient`).
+        global_norm: One norm over all counted tensors (`global_clipnorm`).
+
+    Returns:
+        Each tensor's norm, and the smallest tensor with a non-finite entry (-1: none).
+    """
+    norms, first_nonfinite = _core.fold_norms(
+        tensor_of.tolist(), sums, finite, counted, global_norm
+    )
+    return norms, first_nonfinite
 
 
 def work_chunk(sizes: Sequence[int]) -> int:

@@ -21,13 +21,15 @@ from the optimizer to its engine. docs/architecture.md draws the flow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 
 from adagrad_native.variables import Variable
+
+T = TypeVar("T")
 
 
 class AlgorithmSlots(NamedTuple):
@@ -110,6 +112,14 @@ class StepEngine(Protocol):
 
     Every method is called under the optimizer's state lock.
     """
+
+    def collective(self, op: str, fn: Callable[[], T]) -> T:
+        """Runs one call of the optimizer (`fn`) as the engine runs calls.
+
+        One process just calls it; over several ranks, an exception on any rank
+        becomes the same exception on every rank (the call's agreements).
+        """
+        ...
 
     def place(self, variables: list[Variable], rowwise: list[bool]) -> list[Variable]:
         """The variables this engine steps, which the slots are shaped like.
@@ -227,6 +237,10 @@ class Wrappable(Protocol):
 
     def state_lock(self) -> AbstractContextManager[None]:
         """Held by every step and by every whole-state reader or writer (re-entrant)."""
+        ...
+
+    def collective(self, op: str, fn: Callable[[], T]) -> T:
+        """Runs `fn` as one call of the optimizer (see `StepEngine.collective`)."""
         ...
 
     def step_with(

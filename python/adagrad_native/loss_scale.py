@@ -146,22 +146,27 @@ class LossScaleOptimizer(Optimizer):
             trainable_variables: As for `Optimizer.apply`.
         """
         with self.state_lock():
-            if not self.built:
-                call = as_lists(grads, trainable_variables, None)
-                if call.build_from is None:
-                    raise ValueError(
-                        "When passing `grads` without `variables`, the optimizer must already "
-                        "be built. Call `optimizer.build(trainable_variables)` first."
-                    )
-                self.build(call.build_from)
-                grads, trainable_variables = call.grads, call.variables
-            counter, scale = self.step_counter.value, self.dynamic_scale.value
-            self.inner_optimizer.step_with(
-                grads,
-                trainable_variables,
-                loss_scale=float(scale),
-                settle=self._settle(counter, scale),
+            self.inner_optimizer.collective(
+                "apply", lambda: self._apply(grads, trainable_variables)
             )
+
+    def _apply(self, grads: Any, trainable_variables: Any) -> None:
+        if not self.built:
+            call = as_lists(grads, trainable_variables, None)
+            if call.build_from is None:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already "
+                    "be built. Call `optimizer.build(trainable_variables)` first."
+                )
+            self.build(call.build_from)
+            grads, trainable_variables = call.grads, call.variables
+        counter, scale = self.step_counter.value, self.dynamic_scale.value
+        self.inner_optimizer.step_with(
+            grads,
+            trainable_variables,
+            loss_scale=float(scale),
+            settle=self._settle(counter, scale),
+        )
 
     def _settle(self, counter: np.ndarray, scale: np.ndarray) -> list[Settle]:
         """Both outcomes' records of a step, written by the step itself (never torn by a signal)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,8 @@ from adagrad_native._surface import (
 )
 from adagrad_native._tracking import VariableTracker
 from adagrad_native.variables import Variable, auto_name
+
+T = TypeVar("T")
 
 
 class _Target(NamedTuple):
@@ -157,6 +159,11 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """A setting that shapes the step changed: the engine re-reads the plan."""
         self._engine.settings_changed()
 
+    def collective(self, op: str, fn: Callable[[], T]) -> T:
+        """Runs `fn` as one call of the optimizer: sharded, a failure on any rank fails all."""
+        with self._lock:
+            return self._engine.collective(op, fn)
+
     def state_lock(self) -> AbstractContextManager[None]:
         """Held by every step and every whole-state reader or writer (re-entrant, fork-safe)."""
         return self._lock
@@ -211,18 +218,20 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                 by name, not position, and `apply` takes mappings of the same keys).
         """
         with self._lock:
-            if self.built:
-                return
+            if not self.built:
+                self.collective("build", lambda: self._build_or_roll_back(var_list))
+
+    def _build_or_roll_back(self, var_list: Any) -> None:
+        rollback = (dict(self.__dict__), len(self._variables))
+        try:
             user_variables, names = _calls.split_named(var_list)
             variables = _calls.as_variables(user_variables, names)
-            rollback = (dict(self.__dict__), len(self._variables))
-            try:
-                self._build(user_variables, names, variables)
-            except BaseException:  # nothing of a refused build stays behind
-                del self._variables[rollback[1] :]
-                self.__dict__.clear()
-                self.__dict__.update(rollback[0])
-                raise
+            self._build(user_variables, names, variables)
+        except BaseException:  # nothing of a refused build stays behind
+            del self._variables[rollback[1] :]
+            self.__dict__.clear()
+            self.__dict__.update(rollback[0])
+            raise
 
     def _build(
         self, user_variables: list[Any], names: list[str] | None, variables: list[Variable]
@@ -330,24 +339,38 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                 in build order) that the step reads and writes instead.
         """
         with self._lock:
-            keys = self._call_order.keys if self._call_order is not None else None
-            call = _calls.as_lists(grads, trainable_variables, keys)
-            if not call.grads:
-                return False
-            if not self.built:
-                if call.build_from is None:
-                    raise ValueError(
-                        "When passing `grads` without `variables`, the optimizer must already "
-                        "be built on a list of variables. Call "
-                        "`optimizer.build(trainable_variables)` first."
-                    )
-                self.build(call.build_from)
-            assert self._call_order is not None
-            ordered, missing = self._call_order.arrange(call)
-            applied = self._step(self._target(stateless), ordered, missing, loss_scale, settle)
-            if applied and stateless is None and ordered is call.grads and not missing:
-                self._keep_fast_step(call.variables)
-            return applied
+            return self._engine.collective(
+                "apply",
+                lambda: self._step_call(grads, trainable_variables, loss_scale, settle, stateless),
+            )
+
+    def _step_call(
+        self,
+        grads: Any,
+        trainable_variables: Any,
+        loss_scale: float | None,
+        settle: Sequence[Settle],
+        stateless: StatelessValues | None,
+    ) -> bool:
+        """The general path of a call: its arguments in build order, then one step."""
+        keys = self._call_order.keys if self._call_order is not None else None
+        call = _calls.as_lists(grads, trainable_variables, keys)
+        if not call.grads:
+            return False
+        if not self.built:
+            if call.build_from is None:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already "
+                    "be built on a list of variables. Call "
+                    "`optimizer.build(trainable_variables)` first."
+                )
+            self.build(call.build_from)
+        assert self._call_order is not None
+        ordered, missing = self._call_order.arrange(call)
+        applied = self._step(self._target(stateless), ordered, missing, loss_scale, settle)
+        if applied and stateless is None and ordered is call.grads and not missing:
+            self._keep_fast_step(call.variables)
+        return applied
 
     def _target(self, stateless: StatelessValues | None) -> _Target:
         """The optimizer's own state, or copies of it with an engine of their own."""
@@ -508,11 +531,15 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                     f"optimizer was built with; received {len(var_list)}."
                 )
             indices = [self._call_order.index_of(v, i) for i, v in enumerate(var_list)]
-            for i in indices:
-                average = averages[i]
-                if average is not None:  # the variable's buffer, as the engine steps it
-                    self._stepped_variables[i].assign(average.value)
-            self._engine.publish()
+
+            def finalize() -> None:
+                for i in indices:
+                    average = averages[i]
+                    if average is not None:  # the variable's buffer, as the engine steps it
+                        self._stepped_variables[i].assign(average.value)
+                self._engine.publish()
+
+            self._engine.collective("finalize_variable_values", finalize)
 
     # Pickling and copying: everything but the lock and the engine, which are
     # made anew (and bound again when the optimizer was built). The values are

@@ -37,9 +37,12 @@ BIG_SHAPES = [(300, 257), (70_000,), (5,)]  # several work items per tensor
 
 
 def _gradients(shapes, dtype, step: int, rank: int, none: set[int]) -> list[Any]:
+    """Rank `rank`'s gradients at `step`: `dtype` is one dtype or one per shape."""
     rng = np.random.default_rng(1000 * step + rank)
+    dtypes = dtype if isinstance(dtype, list) else [dtype] * len(shapes)
     return [
-        None if i in none else rng.standard_normal(s).astype(dtype) for i, s in enumerate(shapes)
+        None if i in none else rng.standard_normal(s).astype(dt)
+        for i, (s, dt) in enumerate(zip(shapes, dtypes))
     ]
 
 
@@ -77,19 +80,28 @@ def dense(
     exclude=None,
     finalize=False,
     lr=None,
+    bucket_bytes=None,
 ) -> dict[str, Any]:
     """Trains `steps` steps sharded and in one process; compares everything."""
     rank, size = comm.Get_rank(), comm.Get_size()
-    dt = FLOAT_DTYPES[dtype]
+    dts = [FLOAT_DTYPES[d] for d in (dtype if isinstance(dtype, list) else [dtype] * len(shapes))]
     kwargs = dict(kwargs or {})
+    sharding = {} if bucket_bytes is None else {"bucket_bytes": bucket_bytes}
     rng = np.random.default_rng(7)
-    init = [rng.standard_normal(s).astype(dt) for s in shapes]
+    init = [rng.standard_normal(s).astype(dt) for s, dt in zip(shapes, dts)]
     none_at = none_at or {}
 
     def make(sharded: bool):
         learning_rate = lr() if lr else 0.05
         if sharded:
-            opt = cls(learning_rate, comm=comm, reduction=reduction, average=average, **kwargs)
+            opt = cls(
+                learning_rate,
+                comm=comm,
+                reduction=reduction,
+                average=average,
+                **sharding,
+                **kwargs,
+            )
         else:
             base = an.RowWiseAdagrad if cls is ShardedRowWiseAdagrad else an.Adagrad
             opt = base(learning_rate, **kwargs)
@@ -108,7 +120,7 @@ def dense(
     error_ours = error_ref = None
     for step in range(steps):
         none = set(none_at.get(step, ()))
-        by_rank = [_gradients(shapes, dt, step, r, none) for r in range(size)]
+        by_rank = [_gradients(shapes, dts, step, r, none) for r in range(size)]
         if inject_inf_at == step:
             for grads in by_rank[-1:]:
                 grads[0] = grads[0].copy()
@@ -252,8 +264,41 @@ for _dtype in FLOAT_DTYPES:
     SCENARIOS[f"rowwise-{_dtype}"] = functools.partial(
         dense, cls=ShardedRowWiseAdagrad, dtype=_dtype, kwargs=dict(global_clipnorm=2.0)
     )
+# Buckets of about 1 KiB over all ranks: many slices, cut inside tensors and across them.
+_SMALL_BUCKETS = 1024
 SCENARIOS.update(
     {
+        "buckets-plain": functools.partial(dense, bucket_bytes=_SMALL_BUCKETS),
+        "buckets-all-features": functools.partial(
+            dense,
+            bucket_bytes=_SMALL_BUCKETS,
+            steps=5,
+            kwargs=dict(
+                global_clipnorm=1.0, weight_decay=0.01, use_ema=True, ema_overwrite_frequency=2
+            ),
+        ),
+        "buckets-rowwise-big": functools.partial(
+            dense,
+            cls=ShardedRowWiseAdagrad,
+            shapes=BIG_SHAPES,
+            bucket_bytes=64 << 10,
+            kwargs=dict(clipnorm=3.0),
+        ),
+        "buckets-mixed-dtypes": functools.partial(
+            dense,
+            dtype=["float32", "float16", "float64", "bfloat16", "float32"],
+            bucket_bytes=_SMALL_BUCKETS,
+            kwargs=dict(clipnorm=1.0, use_ema=True),
+        ),
+        "buckets-accumulation": functools.partial(
+            dense,
+            steps=7,
+            bucket_bytes=_SMALL_BUCKETS,
+            kwargs=dict(gradient_accumulation_steps=3, use_ema=True, ema_overwrite_frequency=1),
+        ),
+        "buckets-nonfinite-skip": functools.partial(
+            dense, inject_inf_at=2, bucket_bytes=_SMALL_BUCKETS, kwargs=dict(on_nonfinite="skip")
+        ),
         "big-global-clipnorm": functools.partial(
             dense, shapes=BIG_SHAPES, kwargs=dict(global_clipnorm=5.0)
         ),

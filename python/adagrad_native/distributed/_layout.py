@@ -42,6 +42,7 @@ class ShardLayout:
 
     def __init__(self, sizes: list[int], row_lengths: list[int], chunk: int, n_ranks: int) -> None:
         self.sizes = list(sizes)
+        self.chunk = chunk
         self.n_ranks = n_ranks
         self.offsets = [0]
         for size in sizes:

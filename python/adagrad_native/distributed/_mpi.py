@@ -36,6 +36,16 @@ def as_bytes(array: np.ndarray) -> np.ndarray:
     return array.reshape(-1).view(np.uint8)
 
 
+def vector(array: np.ndarray, counts: Any, displacements: Any) -> list[Any]:
+    """A v-collective's buffer as bytes: `counts` and `displacements` in elements of `array`."""
+    item = array.dtype.itemsize
+    return [
+        as_bytes(array),
+        ([int(c) * item for c in counts], [int(d) * item for d in displacements]),
+        mpi().BYTE,
+    ]
+
+
 def agree(comm: Any, description: Any, what: str) -> None:
     """Raises the same error on every rank unless all ranks pass equal `description`s.
 

@@ -1,29 +1,39 @@
-"""The step engine of a sharded optimizer: a native step over this rank's shard, in collectives.
+"""The step engine of a sharded optimizer: native steps over this rank's shard, in buckets.
 
 `ShardedStep` is the `StepEngine` (`_surface.py`) that a sharded optimizer plugs
 in instead of the one-process `NativeStep`. At build it cuts every variable into
-one piece per rank (`_layout.py`) and steps only this rank's pieces through a
-`NativeStep` of its own; each step reduce-scatters the ranks' gradients, lets
-the core fold every rank's per-item partial sums exactly as one process folds
-its own (norms, finiteness), runs the shard's fused step and all-gathers the
-updated parameters.
+one piece per rank (`_layout.py`) and this rank's pieces into bucket slices
+(`_buckets.py`), each stepped by a `NativeStep` of its own. A step agrees with
+every rank on what it does (`_coordinator.py`), then, bucket by bucket, reduces
+the ranks' gradients to their owner, steps the slice and gathers the updated
+parameters back. When a norm or a finiteness verdict is needed, the core folds
+every rank's per-item partial sums in one process's order first (`fold_norms`),
+so every rank steps with one process's norms and verdict.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from adagrad_native._dtypes import FLOAT_DTYPE_NAMES
-from adagrad_native._native import NativeStep, work_chunk
+from adagrad_native._native import NativeStep, fold_norms, settle, work_chunk
 from adagrad_native._surface import CallPlan, Settle, Slots, StaticPlan
-from adagrad_native.distributed._collectives import Exchange
+from adagrad_native.distributed._buckets import GlobalItems, Slice, plan_buckets
+from adagrad_native.distributed._coordinator import Coordinator, Fingerprint
+from adagrad_native.distributed._exchange import Exchange
 from adagrad_native.distributed._layout import ShardLayout
-from adagrad_native.distributed._mpi import agree
+from adagrad_native.distributed._mpi import as_bytes, vector
 from adagrad_native.sparse import is_sparse_gradient
 from adagrad_native.variables import Variable
+
+DEFAULT_BUCKET_BYTES = 32 << 20
+_BROADCAST_HINT = (
+    " Give every rank rank 0's values before build with "
+    "adagrad_native.distributed.broadcast_variables(variables)."
+)
 
 
 def _gradient_problem(grad: Any, variable: Variable, index: int) -> str | None:
@@ -48,36 +58,71 @@ def _shard(variable: Variable, begin: int, end: int, rowwise: bool) -> Variable:
     It keeps the variable's name and path, so its slots are named as one
     process names them; a row-wise piece keeps its rows (whole rows).
     """
-    flat = variable.value.reshape(-1)[begin:end]
-    view = flat
-    if rowwise:
-        row_length = int(np.prod(variable.shape[1:]))
-        rows = (end - begin) // row_length if row_length else 0
-        view = flat.reshape((rows, *variable.shape[1:]))
+    view = _rows(variable.value.reshape(-1)[begin:end], variable.shape, rowwise)
     shard = Variable._owned(view, variable.name, variable.path, trainable=True)
     shard.overwrite_with_gradient = variable.overwrite_with_gradient
     return shard
+
+
+def _rows(flat: np.ndarray, shape: tuple[int, ...], rowwise: bool) -> np.ndarray:
+    """A flat piece as whole rows of a tensor of `shape` (row-wise), else as it is."""
+    if not rowwise:
+        return flat
+    row_length = int(np.prod(shape[1:]))
+    return flat.reshape((flat.size // row_length if row_length else 0, *shape[1:]))
+
+
+def checksum(array: np.ndarray) -> str:
+    """A cheap digest of an array's bytes (two passes over 64-bit words)."""
+    raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    words = np.zeros(-(-raw.size // 8), np.uint64)
+    words.view(np.uint8)[: raw.size] = raw
+    total = int(np.add.reduce(words, dtype=np.uint64)) if words.size else 0
+    mixed = int(np.bitwise_xor.reduce(words)) if words.size else 0
+    return f"{total:016x}{mixed:016x}"
 
 
 class ShardedStep:
     """Steps this rank's shard of every variable; every call is a collective.
 
     Args:
-        comm: The mpi4py communicator.
-        reduction: "sum" or "ordered" (see `Exchange`).
+        coordinator: The optimizer's agreements and deadlines.
+        reduction: "ordered" or "sum" (see `Exchange`).
         average: Apply the mean of the ranks' gradients instead of their sum.
+        describe: The optimizer's settings as JSON-able fields (its config and
+            iteration), which every rank must have equal at every step.
+        bucket_bytes: About how many bytes a bucket of the exchange holds.
     """
 
-    def __init__(self, comm: Any, reduction: str, average: bool) -> None:
-        self.comm = comm
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        reduction: str,
+        average: bool,
+        describe: Callable[[], dict[str, Any]],
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    ) -> None:
+        self.coordinator = coordinator
         self.reduction = reduction
         self.average = average
+        self.bucket_bytes = bucket_bytes
         self.layout: ShardLayout | None = None
+        self._describe = describe
         self._variables: list[Variable] = []
         self._rowwise: list[bool] = []
+        self._pieces: list[Any] = []  # this rank's piece of each variable
         self._exchange: Exchange | None = None
-        self._local = NativeStep()
+        self._steps: list[NativeStep] = []  # one per bucket
         self._static: StaticPlan | None = None
+        self._items: GlobalItems | None = None
+        self._item_index: np.ndarray = np.zeros(0, np.int64)  # every rank's items, gathered order
+        self._counts: list[int] = []  # items per rank
+        self._reduced: list[np.ndarray] = []  # this rank's slice of each bucket's gradient
+
+    # ----------------------------------------------------------------- calls
+    def collective(self, op: str, fn: Callable[[], Any]) -> Any:
+        """Runs `fn` as a collective call: a failure on any rank fails every rank alike."""
+        return self.coordinator.collective(op, fn)
 
     # ------------------------------------------------------------------ binding
     def place(self, variables: list[Variable], rowwise: list[bool]) -> list[Variable]:
@@ -85,55 +130,103 @@ class ShardedStep:
         sizes = [v.size for v in variables]
         rows = [int(np.prod(v.shape[1:])) if r else 0 for v, r in zip(variables, rowwise)]
         chunk = work_chunk(sizes)
-        layout = ShardLayout(sizes, rows, chunk, self.comm.Get_size())
-        pieces = layout.pieces(self.comm.Get_rank())
-        self.layout = layout
-        self._variables = variables
-        self._rowwise = rowwise
-        self._exchange = Exchange(
-            self.comm, layout, [v.value.dtype for v in variables], self.reduction, self.average
-        )
-        # The shard's items are the whole tensors' items this rank owns, so its
-        # partial sums are exactly those one process computes for them.
-        self._local = NativeStep(chunk=chunk, whole_sizes=sizes)
-        if self._static is not None:
-            self._local.configure(self._static)
-        return [_shard(v, p.begin, p.end, r) for v, p, r in zip(variables, pieces, rowwise)]
+        self.layout = ShardLayout(sizes, rows, chunk, self.coordinator.size)
+        self._variables, self._rowwise = variables, rowwise
+        self._pieces = self.layout.pieces(self.coordinator.rank)
+        self._items = GlobalItems(sizes, chunk)
+        return [_shard(v, p.begin, p.end, r) for v, p, r in zip(variables, self._pieces, rowwise)]
 
     def bind(self, slots: Slots) -> None:
-        """Agrees with every rank on the variables and settings, then binds the shard.
+        """Agrees with every rank on the variables and settings, then binds each bucket.
 
         Raises:
-            ValueError: On every rank, when the ranks' variables or settings differ.
+            ValueError: On every rank, when the ranks' variables, settings or
+                initial values differ.
         """
-        agree(
-            self.comm,
-            {
-                "variables": [
-                    (v.shape, v.dtype, v.overwrite_with_gradient, r, wd)
-                    for v, r, wd in zip(self._variables, self._rowwise, slots.weight_decay)
-                ],
-                "settings": self._static,
-                "reduction": (self.reduction, self.average),
-            },
-            "the variables and optimizer settings at build",
+        assert self.layout is not None and self._items is not None, "place() runs first"
+        variables = self._variables
+        self.coordinator.agree(
+            Fingerprint(
+                "the variables and settings at build",
+                {
+                    "variables": [
+                        [v.path, list(v.shape), v.dtype.name, v.overwrite_with_gradient, r, wd]
+                        for v, r, wd in zip(variables, self._rowwise, slots.weight_decay)
+                    ],
+                    "settings": self._describe(),
+                    "reduction": [self.reduction, self.average],
+                    "initial values": {v.path: checksum(v.value) for v in variables},
+                },
+                hints={"initial values": _BROADCAST_HINT},
+            )
         )
-        self._local.bind(slots)
+        steps = [
+            int(np.lcm(self.layout.chunk, np.prod(v.shape[1:], dtype=np.int64)))
+            if r
+            else self.layout.chunk
+            for v, r in zip(variables, self._rowwise)
+        ]
+        buckets = plan_buckets(self.layout, [v.dtype for v in variables], steps, self.bucket_bytes)
+        self._exchange = Exchange(self.coordinator, buckets, self.reduction, self.average)
+        rank = self.coordinator.rank
+        self._steps = []
+        for bucket in buckets:
+            step = NativeStep(chunk=self.layout.chunk)
+            step.bind(self._bucket_slots(slots, bucket.slices[rank]))
+            if self._static is not None:
+                step.configure(self._static)
+            self._steps.append(step)
+        self._reduced = []
+        by_rank = (
+            [self._items.of([b.slices[r] for b in buckets]) for r in range(len(buckets[0].slices))]
+            if buckets
+            else []
+        )
+        self._counts = [len(i) for i in by_rank]
+        self._item_index = np.concatenate(by_rank) if by_rank else np.zeros(0, np.int64)
+
+    def _bucket_slots(self, slots: Slots, mine: Slice) -> Slots:
+        """Views of the shard's buffers for one slice: a tensor of its own per piece."""
+
+        def view(
+            buffers: Sequence[np.ndarray | None], t: int, lo: int, hi: int, per_row: bool
+        ) -> np.ndarray | None:
+            buffer = buffers[t]
+            if buffer is None:
+                return None
+            if per_row:  # one value a row
+                length = int(np.prod(self._variables[t].shape[1:]))
+                return buffer.reshape(-1)[lo // length : hi // length]
+            return _rows(buffer.reshape(-1)[lo:hi], self._variables[t].shape, self._rowwise[t])
+
+        fields: dict[str, list[Any]] = {name: [] for name in Slots._fields}
+        for p in mine.pieces:
+            t = p.tensor
+            lo, hi = p.begin - self._pieces[t].begin, p.end - self._pieces[t].begin
+            fields["params"].append(view(slots.params, t, lo, hi, False))
+            fields["accumulators"].append(view(slots.accumulators, t, lo, hi, slots.rowwise[t]))
+            fields["averages"].append(view(slots.averages, t, lo, hi, False))
+            fields["grad_accumulators"].append(view(slots.grad_accumulators, t, lo, hi, False))
+            for name in ("weight_decay", "overwrite", "names", "rowwise"):
+                fields[name].append(getattr(slots, name)[t])
+        return Slots(**fields)
 
     def settings_changed(self) -> None:
-        """A hyperparameter changed: the shard's plan is configured again."""
+        """A hyperparameter changed: every bucket's plan is configured again."""
         self._static = None
-        self._local.settings_changed()
+        for step in self._steps:
+            step.settings_changed()
 
     @property
     def needs_configuration(self) -> bool:
         """Whether `configure` must run before the next step."""
-        return self._local.needs_configuration
+        return self._static is None
 
     def configure(self, static: StaticPlan) -> None:
         """Takes the hyperparameter-derived plan fields."""
         self._static = static
-        self._local.configure(static)
+        for step in self._steps:
+            step.configure(static)
 
     # ------------------------------------------------------------------- steps
     def try_fast(self, grads: Any, variables: Any) -> int | None:
@@ -149,55 +242,144 @@ class ShardedStep:
         """A sharded step keeps no fast step."""
         return False
 
-    def run(self, grads: Sequence[Any], call: CallPlan, settle: Sequence[Settle]) -> int:
-        """A collective step: reduce-scatter, (partial sums), the shard's step, all-gather.
+    def run(self, grads: Sequence[Any], call: CallPlan, settle_with: Sequence[Settle]) -> int:
+        """A collective step: agreement, then bucket by bucket reduce, step, gather.
 
         Args:
             grads: This rank's full gradients, by build index (None: none).
             call: What this call does.
-            settle: As for `NativeStep.run`.
+            settle_with: As for `NativeStep.run`.
 
         Returns:
             As `NativeStep.run`; every rank returns the same.
         """
         exchange = self._exchange
-        assert exchange is not None, "place() must run before run()"
+        assert exchange is not None and self._static is not None, "bind() and configure() first"
         dense = self._checked(grads)
-        shapes = [p.shape for p in self._local.bound_slots.params]  # row-wise pieces keep rows
-        reduced = [
-            None if g is None else g.reshape(shape)
-            for g, shape in zip(exchange.reduce_scatter(dense), shapes)
-        ]
-        local = self._local
-        local.prepare(call)
-        static = local.static
-        partials = None
-        if call.check_finite or (call.update and static.clip in ("norm", "global_norm")):
-            sums, finite = local.partial_sums(reduced)
-            everything = self.comm.allgather((sums, finite))
-            partials = (
-                np.concatenate([s for s, _ in everything]),
-                np.concatenate([f for _, f in everything]),
+        self.coordinator.agree(
+            Fingerprint(
+                "the settings of this step",
+                {
+                    "settings": self._describe(),
+                    "call": call._asdict(),
+                    "gradients given": [g is not None for g in dense],
+                },
             )
-        bad = local.step(reduced, partials, settle)
-        if bad < 0:
-            exchange.all_gather([v.value for v in self._variables])
-        return bad
+        )
+        for step in self._steps:
+            step.prepare(call)
+        static = self._static
+        norms: list[float] | None = None
+        if call.check_finite or (call.update and static.clip in ("norm", "global_norm")):
+            norms, bad = self._folded_norms(dense, static.clip == "global_norm")
+            if bad >= 0 and call.check_finite:
+                settle(settle_with, False)
+                return bad
+        params_change = call.update or call.ema_overwrite
+        last = len(self._steps) - 1
+        for b, step in enumerate(self._steps):
+            if norms is None:  # streamed: one bucket's buffer at a time
+                reduced = self._reduced_buffer(b, keep=False)
+                exchange.reduce(b, dense, reduced)
+            else:
+                reduced = self._reduced_buffer(b, keep=True)
+            pieces = exchange.buckets[b].slices[self.coordinator.rank].pieces
+            bucket_norms = None if norms is None else [norms[p.tensor] for p in pieces]
+            step.step(
+                self._gradient_views(reduced, pieces, dense),
+                bucket_norms,
+                settle_with if b == last else (),
+            )
+            if params_change:
+                exchange.gather(b, [v.value for v in self._variables])
+        if not self._steps:
+            settle(settle_with, True)
+        return -1
+
+    def _reduced_buffer(self, b: int, keep: bool) -> np.ndarray:
+        """Where bucket `b`'s slice of the summed gradient goes.
+
+        Streamed steps reuse one buffer (a bucket's worth); a step that needs every
+        norm before any update keeps every bucket's slice (this rank's shard).
+        """
+        assert self._exchange is not None
+        bucket = self._exchange.buckets[b]
+        size = bucket.slices[self.coordinator.rank].size
+        if keep:
+            while len(self._reduced) < len(self._steps):
+                other = self._exchange.buckets[len(self._reduced)]
+                self._reduced.append(
+                    np.zeros(other.slices[self.coordinator.rank].size, other.dtype)
+                )
+            return self._reduced[b]
+        return self._exchange.scratch(bucket.dtype, size)
+
+    def _gradient_views(
+        self, reduced: np.ndarray, pieces: Sequence[Any], dense: Sequence[np.ndarray | None]
+    ) -> list[np.ndarray | None]:
+        """A slice's reduced gradient as one array per piece (None where none was given)."""
+        views: list[np.ndarray | None] = []
+        at = 0
+        for p in pieces:
+            flat = reduced[at : at + p.size]
+            at += p.size
+            shape = self._variables[p.tensor].shape
+            views.append(
+                None if dense[p.tensor] is None else _rows(flat, shape, self._rowwise[p.tensor])
+            )
+        return views
+
+    def _folded_norms(
+        self, dense: Sequence[np.ndarray | None], global_norm: bool
+    ) -> tuple[list[float], int]:
+        """Every bucket reduced and kept; every rank's item sums folded in one process's order."""
+        exchange = self._exchange
+        assert exchange is not None and self._items is not None
+        rank = self.coordinator.rank
+        sums, finite = [], []
+        for b, step in enumerate(self._steps):
+            reduced = self._reduced_buffer(b, keep=True)
+            exchange.reduce(b, dense, reduced)
+            pieces = exchange.buckets[b].slices[rank].pieces
+            s, f = step.partial_sums(self._gradient_views(reduced, pieces, dense))
+            sums.append(s)
+            finite.append(f)
+        mine_sums = np.concatenate(sums) if sums else np.zeros(0)
+        mine_finite = np.concatenate(finite) if finite else np.zeros(0, np.uint8)
+        all_sums, all_finite = self._gathered(mine_sums, mine_finite)
+        n_items = len(self._items.tensor_of)
+        global_sums = np.zeros(n_items)
+        global_finite = np.ones(n_items, np.uint8)
+        global_sums[self._item_index] = all_sums
+        global_finite[self._item_index] = all_finite
+        counted = [
+            g is not None and not v.overwrite_with_gradient for g, v in zip(dense, self._variables)
+        ]
+        return fold_norms(self._items.tensor_of, global_sums, global_finite, counted, global_norm)
+
+    def _gathered(self, sums: np.ndarray, finite: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every rank's item sums and flags, concatenated in rank order (one buffer collective)."""
+        comm = self.coordinator.private()
+        counts = self._counts
+        displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        record = np.zeros(len(sums), [("sum", "<f8"), ("finite", "u1")])
+        record["sum"], record["finite"] = sums, finite
+        out = np.zeros(sum(counts), record.dtype)
+        request = comm.Iallgatherv(as_bytes(record), vector(out, counts, displs))
+        self.coordinator.wait([request], "the all-gather of the partial sums")
+        return out["sum"], out["finite"]
 
     def _checked(self, grads: Sequence[Any]) -> list[np.ndarray | None]:
-        """The gradients as C-contiguous arrays, after every rank agreed they are usable."""
-        problem = None
+        """The gradients as C-contiguous arrays of their variables' dtypes.
+
+        Raises:
+            ValueError: For a gradient that is sparse or of the wrong shape or dtype.
+        """
         for i, (g, v) in enumerate(zip(grads, self._variables)):
             if g is not None:
                 problem = _gradient_problem(g, v, i)
                 if problem:
-                    break
-        mask = [g is None for g in grads]
-        everything = self.comm.allgather((mask, problem))
-        for rank, (_, other) in enumerate(everything):
-            if other is not None:
-                raise ValueError(f"Rank {rank}: {other} Nothing was updated on any rank.")
-        agree(self.comm, mask, "which gradients are None in this step")
+                    raise ValueError(problem + " Nothing was updated on any rank.")
         return [
             None if g is None else np.ascontiguousarray(g, dtype=v.value.dtype)
             for g, v in zip(grads, self._variables)
@@ -211,5 +393,7 @@ class ShardedStep:
 
     def publish(self) -> None:
         """Every rank's pieces were assigned: all-gathers them into every rank's variables."""
-        assert self._exchange is not None, "place() must run before publish()"
-        self._exchange.all_gather([v.value for v in self._variables])
+        assert self._exchange is not None, "bind() runs first"
+        self.coordinator.agree()
+        for b in range(len(self._exchange.buckets)):
+            self._exchange.gather(b, [v.value for v in self._variables])

@@ -25,10 +25,11 @@ from adagrad_native import _checks
 from adagrad_native._state import state_key
 from adagrad_native._surface import Place, StepEngine
 from adagrad_native.adagrad import Adagrad
-from adagrad_native.distributed._collectives import REDUCTIONS
+from adagrad_native.distributed._coordinator import DEFAULT_TIMEOUT, Coordinator, check_timeout
+from adagrad_native.distributed._exchange import REDUCTIONS
 from adagrad_native.distributed._layout import ShardLayout
 from adagrad_native.distributed._mpi import world
-from adagrad_native.distributed._sharded_step import ShardedStep
+from adagrad_native.distributed._sharded_step import DEFAULT_BUCKET_BYTES, ShardedStep
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import register_optimizer
 
@@ -43,8 +44,13 @@ class ShardedOptimizer:
     Args:
         learning_rate: As the algorithm's.
         comm: An mpi4py communicator; default `MPI.COMM_WORLD`.
-        reduction: "sum" (default) or "ordered"; see `ShardedAdagrad`.
+        reduction: "ordered" (default) or "sum"; see `ShardedAdagrad`.
         average: Apply the mean of the ranks' gradients instead of their sum.
+        timeout: Seconds a rank waits for the others in any call (build, apply,
+            checkpoints) before it ends the job with a message naming the call and
+            the ranks that did not arrive; None waits forever. Default 600.
+        bucket_bytes: About how many bytes one exchange of gradients or parameters
+            moves (over all ranks): the memory the exchange needs. Default 32 MiB.
         **kwargs: Every other argument of the algorithm.
     """
 
@@ -53,15 +59,32 @@ class ShardedOptimizer:
         learning_rate: Any = 0.001,
         *,
         comm: Any = None,
-        reduction: str = "sum",
+        reduction: str = "ordered",
         average: bool = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         **kwargs: Any,
     ) -> None:
         self.comm = world() if comm is None else comm
         self.reduction = _checks.one_of(reduction, "reduction", REDUCTIONS)
         self.average = _checks.flag(average, "average")
-        self._sharded_step = ShardedStep(self.comm, self.reduction, self.average)
+        self.timeout = check_timeout(timeout)
+        self.bucket_bytes = _checks.integer(bucket_bytes, "bucket_bytes", minimum=1024)
+        name = kwargs.get("name") or type(self).__name__
+        self.coordinator = Coordinator(self.comm, self.timeout, f"{type(self).__name__} '{name}'")
+        self._sharded_step = ShardedStep(
+            self.coordinator, self.reduction, self.average, self._fingerprint, self.bucket_bytes
+        )
         super().__init__(learning_rate, **kwargs)  # type: ignore[call-arg]
+
+    def _fingerprint(self: Any) -> dict[str, Any]:
+        """What every rank must have equal at every call: the config and the iteration."""
+        try:
+            config = self.get_config()
+        except TypeError:  # a plain callable learning rate: its value is in the step's plan
+            config = {"learning_rate": "a callable"}
+        config.pop("timeout", None)  # how long a rank waits does not shape the math
+        return {"config": config, "iterations": int(self.iterations)}
 
     def make_step_engine(self) -> StepEngine:
         """The sharded step (made once, before the algorithm's constructor runs)."""
@@ -122,9 +145,16 @@ class ShardedOptimizer:
         )
 
     def get_config(self) -> dict[str, Any]:
-        """The algorithm's config plus `reduction` and `average` (the communicator is not saved)."""
+        """The algorithm's config plus the sharding arguments (the communicator is not saved)."""
         config: dict[str, Any] = super().get_config()  # type: ignore[misc]
-        config.update({"reduction": self.reduction, "average": self.average})
+        config.update(
+            {
+                "reduction": self.reduction,
+                "average": self.average,
+                "timeout": self.timeout,
+                "bucket_bytes": self.bucket_bytes,
+            }
+        )
         return config
 
 
@@ -143,16 +173,23 @@ class ShardedAdagrad(ShardedOptimizer, Adagrad):
     with every feature of `Adagrad` (schedules, all clip modes, weight decay,
     EMA, gradient accumulation, loss scaling, `LossScaleOptimizer`, the
     non-finite policies, constraints, float16/bfloat16, None gradients). With
-    `reduction="sum"` MPI adds the gradients, which for more than two ranks
-    may round differently from adding them in rank order; `"ordered"` adds
-    them in rank order on every rank, so the result is the same bits for any
-    number of ranks. Sparse gradients are refused: see `ShardedEmbedding`.
+    `reduction="ordered"` (the default) the gradients are added in rank order
+    on every rank, so the result is the same bits for any number of ranks;
+    with `"sum"` MPI adds them, which for more than two ranks may round
+    differently. Sparse gradients are refused: see `ShardedEmbedding`.
+
+    Every call is collective and fails together: an error on any rank (a bad
+    gradient, a setting that differs, a `MemoryError`, an exception from a
+    learning-rate callable) is the same exception on every rank, and nothing
+    changes. A rank that does not arrive ends the job after `timeout` seconds.
 
     Args:
         learning_rate: As `Adagrad`.
         comm: An mpi4py communicator; default `MPI.COMM_WORLD`.
-        reduction: "sum" (default) or "ordered"; see above.
+        reduction: "ordered" (default) or "sum"; see above.
         average: Apply the mean of the ranks' gradients instead of their sum.
+        timeout: See `ShardedOptimizer`.
+        bucket_bytes: See `ShardedOptimizer`.
         **kwargs: Every other `Adagrad` argument.
     """
 
