@@ -73,6 +73,7 @@ def step(
 def settle(
     writes: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]], applied: bool
 ) -> None: ...
+def first_nonfinite(group: SlotGroup, grads: Sequence[Any], plan: StepPlan) -> int: ...
 def fold_norms(
     tensor_of: Sequence[int],
     sums: np.ndarray,

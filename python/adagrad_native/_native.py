@@ -202,6 +202,12 @@ class NativeStep:
         bad: int = _core.step(self._group, grads, self._plan, norms, settle)
         return bad
 
+    def first_nonfinite(self, grads: Sequence[Any], call: CallPlan) -> int:
+        """The step's finiteness check alone (nothing written): -1, or the first bad tensor."""
+        self.prepare(call)
+        bad: int = _core.first_nonfinite(self._group, grads, self._plan)
+        return bad
+
     def partial_sums(self, grads: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Pass 1 of the prepared step only: per work item, in item order.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from adagrad_native import _checks, schedules
-from adagrad_native._surface import PlanInputs, StaticPlan
+from adagrad_native._surface import CallPlan, PlanInputs, StaticPlan
 from adagrad_native.variables import Variable
 
 NONFINITE_POLICIES = ("propagate", "raise", "skip")
@@ -264,6 +264,43 @@ class OptimizerSettings:
         if self.loss_scale_factor is not None:
             return loss * self.loss_scale_factor
         return loss
+
+    def call_plan(
+        self,
+        raw_iterations: int,
+        any_update: bool,
+        learning_rate: Callable[[], float],
+        loss_scale: float | None,
+    ) -> CallPlan:
+        """What one call does, decided as Keras' base optimizer decides it.
+
+        Args:
+            raw_iterations: The calls made so far (Keras' raw iteration count).
+            any_update: Whether some variable gets an Adagrad update (a gradient,
+                not `overwrite_with_gradient`).
+            learning_rate: The call's learning rate (evaluated on update steps only,
+                as Keras does).
+            loss_scale: A dynamic loss scale replacing `loss_scale_factor`; with
+                one, a step with a non-finite gradient is skipped.
+        """
+        k = self.gradient_accumulation_steps
+        is_update = not k or (raw_iterations + 1) % k == 0
+        ema_momentum, ema_overwrite = 0.0, False
+        if self.use_ema:
+            iterations = raw_iterations // k if k else raw_iterations
+            freq = self.ema_overwrite_frequency
+            ema_momentum = float(self.ema_momentum) if iterations else 0.0
+            ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
+        scale = self.loss_scale_factor if loss_scale is None else loss_scale
+        return CallPlan(
+            update=is_update,
+            learning_rate=learning_rate() if is_update and any_update else None,
+            loss_scale=float(scale or 0.0),
+            check_finite=loss_scale is not None or self.on_nonfinite != "propagate",
+            any_update=any_update,
+            ema_momentum=ema_momentum,
+            ema_overwrite=ema_overwrite,
+        )
 
     def settings_config(self) -> dict[str, Any]:
         """The base optimizer's settings as Keras' `get_config` writes them."""

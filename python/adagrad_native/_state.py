@@ -53,6 +53,17 @@ def state_entries(variables: Sequence[Variable]) -> dict[str, Variable]:
     return entries
 
 
+def _one_process(optimizer: Wrappable, what: str) -> None:
+    """Refuses a sharded optimizer: this rank holds only its part of the state."""
+    if optimizer.sharded:
+        raise TypeError(
+            f"{what} reads or writes one process's whole state, but this optimizer's state is "
+            "spread over the ranks of a communicator. Use adagrad_native.distributed.save_state "
+            "and load_state (a folder with every rank's part, loadable at any rank count and "
+            "convertible to a one-process file with to_single_process)."
+        )
+
+
 def state_dict(optimizer: Wrappable) -> dict[str, Any]:
     """The optimizer's state in memory: a copy of every variable, and the config.
 
@@ -64,6 +75,7 @@ def state_dict(optimizer: Wrappable) -> dict[str, Any]:
     Raises:
         ValueError: When the optimizer is not built.
     """
+    _one_process(optimizer, "state_dict")
     if not optimizer.built:
         raise ValueError("The optimizer is not built: call build(variables) first.")
     with optimizer.state_lock():
@@ -103,6 +115,7 @@ def load_state_dict(
         ValueError: Listing the missing, unexpected and mismatched entries;
             nothing is assigned (or built) then.
     """
+    _one_process(optimizer, "load_state_dict")
     _checks.one_of(learning_rate, "learning_rate", LEARNING_RATES)
     stored = {k: np.asarray(v) for k, v in state.items() if k != CONFIG_KEY}
     if optimizer.built:
@@ -168,6 +181,7 @@ def save_own_variables(optimizer: Wrappable, store: Any) -> None:
     The keys and order are Keras', so a real Keras optimizer built on the same
     variables can load the store, and the reverse.
     """
+    _one_process(optimizer, "save_own_variables")
     with optimizer.state_lock():  # a consistent snapshot, also while another thread steps
         values = [variable.numpy() for variable in optimizer.variables]
     for i, value in enumerate(values):
@@ -182,6 +196,7 @@ def load_own_variables(optimizer: Wrappable, store: Any) -> None:
             warns and loads nothing); the message lists what was expected and
             what was stored. Nothing changes when it raises.
     """
+    _one_process(optimizer, "load_own_variables")
     with optimizer.state_lock():
         variables = optimizer.variables
         keys = sorted(store.keys(), key=lambda k: (len(str(k)), str(k)))
@@ -218,6 +233,7 @@ def load_own_variables(optimizer: Wrappable, store: Any) -> None:
 
 def set_weights(optimizer: Wrappable, weights: Sequence[Any]) -> None:
     """Assigns `weights` to the optimizer's variables, after checking count and shapes."""
+    _one_process(optimizer, "set_weights")
     if not optimizer.built:
         raise ValueError(
             f"You are calling `set_weights()` on an optimizer that has not yet been built. "

@@ -12,8 +12,6 @@ member (tests/test_package_layout.py checks it):
 - `StepEngine`: what runs a step once the optimizer decided it; `NativeStep`
   (`_native.py`) in one process, `ShardedStep` (`distributed/_sharded_step.py`)
   over the ranks of a communicator.
-- `ShardedState`: what the distributed checkpoint functions read and write
-  (sharded optimizers and `ShardedEmbedding`).
 
 The records below (`Slots`, `StaticPlan`, `CallPlan`, `Settle`) are what crosses
 from the optimizer to its engine. docs/architecture.md draws the flow.
@@ -165,6 +163,10 @@ class StepEngine(Protocol):
         """
         ...
 
+    def first_nonfinite(self, grads: Sequence[Any], call: CallPlan) -> int:
+        """The step's finiteness check alone: -1, or the first bad tensor (nothing written)."""
+        ...
+
     def keep_fast(
         self, variables: Sequence[Any], iterations: np.ndarray, learning_rate: np.ndarray
     ) -> None:
@@ -206,6 +208,11 @@ class AlgorithmHooks(Protocol):
 
 class Wrappable(Protocol):
     """What wrappers and the state functions may use of an optimizer they hold."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the state is spread over ranks (then the one-process state functions refuse)."""
+        ...
 
     @property
     def name(self) -> str:
@@ -253,39 +260,4 @@ class Wrappable(Protocol):
         stateless: StatelessValues | None = None,
     ) -> bool:
         """One step as `apply`, on a dynamic loss scale, with a wrapper's records, or on copies."""
-        ...
-
-
-class Place(NamedTuple):
-    """Where one rank's part of a state entry sits in the whole entry."""
-
-    shape: tuple[int, ...]  # the whole entry's shape
-    lo: int  # the rank's flat range [lo, hi) of the whole entry
-    hi: int
-    variable: Variable  # the rank's part
-
-
-class ShardedState(Protocol):
-    """What a distributed checkpoint reads and writes: this rank's places in the whole state."""
-
-    @property
-    def name(self) -> str:
-        """The name the checkpoint's messages use."""
-        ...
-
-    @property
-    def comm(self) -> Any:
-        """The mpi4py communicator whose ranks hold the state."""
-        ...
-
-    def state_lock(self) -> AbstractContextManager[None]:
-        """Held while the state is copied out or assigned."""
-        ...
-
-    def checkpoint_places(self) -> dict[str, Place]:
-        """Where this rank's state sits in the whole state, by checkpoint key."""
-        ...
-
-    def checkpoint_config(self) -> dict[str, Any] | None:
-        """The config stored with the checkpoint (None when there is none)."""
         ...

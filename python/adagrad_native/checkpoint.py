@@ -15,10 +15,12 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from adagrad_native._dtypes import resolve_dtype
 from adagrad_native._state import CONFIG_KEY, load_state_dict, state_dict
 from adagrad_native._surface import Wrappable
 
-__all__ = ["CONFIG_KEY", "load_state", "read_npz", "save_state", "write_atomically"]
+__all__ = ["CONFIG_KEY", "load_state", "read_npz", "save_state", "write_atomically", "write_npz"]
+DTYPES_KEY = "__dtypes__"
 
 
 def save_state(optimizer: Wrappable, file: str | os.PathLike[str] | BinaryIO) -> None:
@@ -39,9 +41,27 @@ def save_state(optimizer: Wrappable, file: str | os.PathLike[str] | BinaryIO) ->
     config = state.pop(CONFIG_KEY)
     state[CONFIG_KEY] = np.array(json.dumps(config))
     if hasattr(file, "write"):
-        np.savez(file, **state)
+        write_npz(file, state)
     else:
-        write_atomically(os.fspath(file), lambda f: np.savez(f, **state))
+        write_atomically(os.fspath(file), lambda f: write_npz(f, state))
+
+
+def write_npz(file: Any, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez` that keeps dtypes numpy cannot name (bfloat16) by their bits and name.
+
+    Such an array is stored as unsigned integers of its size, and its dtype's
+    name under "__dtypes__"; `read_npz` restores it.
+    """
+    stored, renamed = {}, {}
+    for key, array in arrays.items():
+        array = np.asarray(array)
+        if array.dtype.kind == "V" and array.dtype.names is None:  # e.g. ml_dtypes' bfloat16
+            renamed[key] = array.dtype.name
+            array = array.view(f"u{array.dtype.itemsize}")
+        stored[key] = array
+    if renamed:
+        stored[DTYPES_KEY] = np.array(json.dumps(renamed))
+    np.savez(file, **stored)  # type: ignore[arg-type]
 
 
 def read_npz(path: str | BinaryIO) -> dict[str, np.ndarray]:
@@ -57,7 +77,11 @@ def read_npz(path: str | BinaryIO) -> dict[str, np.ndarray]:
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single array (an .npy file), not a checkpoint")
         with data:
-            return {key: data[key] for key in data.files}
+            arrays = {key: data[key] for key in data.files}
+        renamed = json.loads(str(arrays.pop(DTYPES_KEY, "{}")))
+        for key, name in renamed.items():
+            arrays[key] = arrays[key].view(resolve_dtype(name))
+        return arrays
     except FileNotFoundError:
         raise
     except (OSError, EOFError, MemoryError, ValueError, zipfile.BadZipFile) as err:

@@ -101,6 +101,11 @@ class LossScaleOptimizer(Optimizer):
             self.built = True
 
     @property
+    def sharded(self) -> bool:
+        """Whether the inner optimizer's state is spread over ranks."""
+        return self.inner_optimizer.sharded
+
+    @property
     def trainable_variables(self) -> list[Variable]:
         """The inner optimizer's trainable variables."""
         return self.inner_optimizer.trainable_variables

@@ -169,6 +169,11 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         return self._lock
 
     @property
+    def sharded(self) -> bool:
+        """Whether the state is spread over the ranks of a communicator (`distributed`)."""
+        return False
+
+    @property
     def trainable_variables(self) -> list[Variable]:
         """The trainable variables the optimizer was built with, in build order."""
         return list(self._trainable_variables)
@@ -422,47 +427,13 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         `missing` lists the variables of the call with a None gradient (for the
         warning); `loss_scale` and `settle` are `step_with`'s.
         """
-        overwrite = self._overwrite
-        if self._has_overwrite or _calls.has_none(grads):
-            if all(g is None for g in grads):
-                raise ValueError("No gradients provided for any variable.")
-            any_update = any(g is not None and not overwrite[i] for i, g in enumerate(grads))
-        else:
-            any_update = True
-        raw = int(target.counter)
-        k = self.gradient_accumulation_steps
-        is_update = not k or (raw + 1) % k == 0
-        ema_momentum, ema_overwrite = 0.0, False
-        if self.use_ema:
-            iterations = raw // k if k else raw
-            freq = self.ema_overwrite_frequency
-            ema_momentum = float(self.ema_momentum) if iterations else 0.0
-            ema_overwrite = bool(freq and (iterations + 1) % freq == 0)
-        engine = target.engine
-        if engine.needs_configuration:
-            engine.configure(self.static_plan())
-        check_finite = loss_scale is not None  # a dynamic loss scale skips non-finite steps
-        scale = self.loss_scale_factor if loss_scale is None else loss_scale
-        call = CallPlan(
-            update=is_update,
-            # Keras evaluates the learning rate only on update steps.
-            learning_rate=(
-                self._learning_rate.at(raw, target.learning_rate)
-                if is_update and any_update
-                else None
-            ),
-            loss_scale=float(scale or 0.0),
-            check_finite=check_finite or self.on_nonfinite != "propagate",
-            any_update=any_update,
-            ema_momentum=ema_momentum,
-            ema_overwrite=ema_overwrite,
-        )
+        call = self._call_plan(target, grads, loss_scale)
         # The engine checks every gradient before it writes anything, and bumps
         # the counter in the same native call as the step.
         counter = target.counter
-        bad = engine.run(grads, call, [(counter, np.array(counter + 1), None), *settle])
+        bad = target.engine.run(grads, call, [(counter, np.array(counter + 1), None), *settle])
         if bad >= 0:
-            if self.on_nonfinite == "raise" and not check_finite:
+            if self.on_nonfinite == "raise" and loss_scale is None:
                 raise self._nonfinite_error(bad)
             return False
         if missing:
@@ -474,10 +445,42 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             )
         for i in self._constrained():
             constraint = self._trainable_variables[i].constraint
-            if grads[i] is not None and not overwrite[i] and constraint is not None:
+            if grads[i] is not None and not self._overwrite[i] and constraint is not None:
                 variable = target.variables[i]
                 variable.assign(constraint(variable))
         return True
+
+    def _call_plan(self, target: _Target, grads: list[Any], loss_scale: float | None) -> CallPlan:
+        """What this call does (see `OptimizerSettings.call_plan`); configures the engine."""
+        if self._has_overwrite or _calls.has_none(grads):
+            if all(g is None for g in grads):
+                raise ValueError("No gradients provided for any variable.")
+            overwrite = self._overwrite
+            any_update = any(g is not None and not overwrite[i] for i, g in enumerate(grads))
+        else:
+            any_update = True
+        if target.engine.needs_configuration:
+            target.engine.configure(self.static_plan())
+        raw = int(target.counter)
+        rate = self._learning_rate
+        return self.call_plan(
+            raw, any_update, lambda: rate.at(raw, target.learning_rate), loss_scale
+        )
+
+    def first_nonfinite(self, grads: Any, trainable_variables: Any = None) -> int:
+        """The step's finiteness verdict on `grads`, without stepping (nothing is written).
+
+        Returns:
+            -1, or the build index of the first variable whose gradient (as passed,
+            a sparse one with its duplicates summed) has inf or NaN.
+        """
+        with self._lock:
+            if not self.built or self._call_order is None:
+                raise ValueError("Call `build()` (or `apply()`) before `first_nonfinite()`.")
+            call = _calls.as_lists(grads, trainable_variables, self._call_order.keys)
+            ordered, _ = self._call_order.arrange(call)
+            target = self._target(None)
+            return self._engine.first_nonfinite(ordered, self._call_plan(target, ordered, None))
 
     def _nonfinite_error(self, index: int) -> ValueError:
         return ValueError(

@@ -210,39 +210,6 @@ def embedding(
     }
 
 
-def mismatched_shapes(comm) -> dict[str, Any]:
-    """Rank 1 builds with another shape: every rank must raise the same error."""
-    shape = (5,) if comm.Get_rank() != 1 else (6,)
-    opt = ShardedAdagrad(0.1, comm=comm)
-    try:
-        opt.build([np.zeros(shape, np.float32)])
-    except ValueError as err:
-        return {"problems": [], "error": str(err)}
-    return {"problems": ["no error"], "error": None}
-
-
-def mismatched_settings(comm) -> dict[str, Any]:
-    """Rank 1 sets another clipnorm: every rank must raise the same error at build."""
-    opt = ShardedAdagrad(0.1, comm=comm, clipnorm=1.0 if comm.Get_rank() != 1 else 2.0)
-    try:
-        opt.build([np.zeros(5, np.float32)])
-    except ValueError as err:
-        return {"problems": [], "error": str(err)}
-    return {"problems": ["no error"], "error": None}
-
-
-def mismatched_none(comm) -> dict[str, Any]:
-    """Rank 0 passes None where the others pass a gradient: the same error everywhere."""
-    params = [np.zeros(3, np.float32), np.zeros(2, np.float32)]
-    opt = ShardedAdagrad(0.1, comm=comm)
-    grads = [np.ones(3, np.float32), None if comm.Get_rank() == 0 else np.ones(2, np.float32)]
-    try:
-        opt.apply(grads, params)
-    except ValueError as err:
-        return {"problems": [] if not params[0].any() else ["changed"], "error": str(err)}
-    return {"problems": ["no error"], "error": None}
-
-
 def _clip_small(v):
     return np.clip(v, -0.5, 0.5)
 
@@ -340,9 +307,6 @@ SCENARIOS.update(
             for dtype in FLOAT_DTYPES
             if dtype != "float32"
         },
-        "mismatched-shapes": mismatched_shapes,
-        "mismatched-none": mismatched_none,
-        "mismatched-settings": mismatched_settings,
     }
 )
 

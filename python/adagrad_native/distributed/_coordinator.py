@@ -22,6 +22,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import pickle
 import sys
 import time
@@ -34,7 +35,8 @@ import numpy as np
 from adagrad_native import _checks
 
 DEFAULT_TIMEOUT = 600.0  # seconds a rank waits for the others; None waits forever
-_GRACE = 5.0  # ranks wait this much longer than rank 0, which decides what timed out
+# Ranks wait this much longer than rank 0, which decides what timed out and says so.
+_GRACE = 5.0
 _STATUS = np.dtype(
     [("call", "<i8"), ("agreement", "<i8"), ("op", "<u4"), ("ok", "u1"), ("digest", "V16")]
 )
@@ -50,6 +52,22 @@ def check_timeout(value: Any) -> float | None:
     if value is None:
         return None
     return float(_checks.real(value, "timeout", minimum=0, strict=True))
+
+
+def settings_of(optimizer: Any) -> dict[str, Any]:
+    """An optimizer's config as the ranks must agree on it: what shapes the math.
+
+    Its name (ranks may number their optimizers differently) and how long a rank
+    waits are left out; a plain callable learning rate, which has no config, is
+    agreed on by its value at each step.
+    """
+    try:
+        config: dict[str, Any] = dict(optimizer.get_config())
+    except TypeError:
+        return {"learning_rate": "a callable"}
+    for key in ("name", "timeout"):
+        config.pop(key, None)
+    return config
 
 
 class Fingerprint(NamedTuple):
@@ -68,6 +86,11 @@ class Fingerprint(NamedTuple):
 def _mark_agreed(error: BaseException) -> BaseException:
     error.__dict__["_adagrad_agreed"] = True
     return error
+
+
+def raise_agreed(error: BaseException) -> NoReturn:
+    """Raises an error that every rank raises alike (no agreement needed for it)."""
+    raise _mark_agreed(error)
 
 
 def is_agreed(error: BaseException) -> bool:
@@ -182,14 +205,22 @@ class Coordinator:
         """The current call, for messages: "apply (call 12)"."""
         return f"{self._op or 'a call'} (call {self._calls})"
 
-    def agree(self, fingerprint: Fingerprint | None = None) -> None:
+    def agree(
+        self, fingerprint: Fingerprint | None = None, error: BaseException | None = None
+    ) -> None:
         """Every rank learns that all are here, at the same call, with equal fingerprints.
+
+        Args:
+            fingerprint: What every rank must have equal (None: nothing).
+            error: This rank's failure, if its work since the last agreement failed.
 
         Raises:
             ValueError: On every rank, when the ranks are at different calls or
                 their fingerprints differ (naming each differing field).
+            Exception: The class of the first failed rank's error, on every rank,
+                naming every failed rank and its message.
         """
-        self._agree(True, fingerprint, None)
+        self._agree(error is None, fingerprint, error)
 
     def _agree(
         self, ok: bool, fingerprint: Fingerprint | None, error: BaseException | None
@@ -260,7 +291,7 @@ class Coordinator:
         send = comm.Isend(status.reshape(1).view(np.uint8), dest=0, tag=_TAG_STATUS)
         verdict = np.zeros(1, np.uint8)
         answer = comm.Irecv(verdict, source=0, tag=_TAG_VERDICT)
-        timeout = None if self.timeout is None else self.timeout + _GRACE
+        timeout = None if self.timeout is None else self.timeout + min(_GRACE, self.timeout)
         if self._wait_for([answer], timeout):
             self.abort(
                 f"{self.owner}: rank 0 did not answer at {self.where} within {timeout:g} s; "
@@ -284,6 +315,15 @@ class Coordinator:
                 self._send_object(comm, message, r, _TAG_FINAL, wait=False)
             return
         self.wait(answers, "the answer to an agreement")
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether `flag` is true on every rank (a one-byte all-reduce, with the deadline)."""
+        from mpi4py import MPI
+
+        mine, everyone = np.array([1 if flag else 0], np.uint8), np.zeros(1, np.uint8)
+        request = self.private().Iallreduce(mine, everyone, op=MPI.MIN)
+        self.wait([request], "an all-reduce of a decision")
+        return bool(everyone[0])
 
     # -------------------------------------------------------- waits and sends
     def private(self) -> Any:
@@ -349,9 +389,20 @@ class Coordinator:
 
     def abort(self, message: str) -> NoReturn:
         """Prints `message` and ends every rank of the job (MPI_Abort)."""
-        print(f"[rank {self.rank}] {message}", file=sys.stderr, flush=True)
+        report(f"[rank {self.rank}] {message}\n")
         self.comm.Abort(1)
         raise SystemExit(1)  # not reached: Abort ends the process
+
+
+def report(text: str) -> None:
+    """Writes `text` to stderr at once, before the job is aborted.
+
+    One write, then a moment for the launcher to pass it on: an abort ends the
+    processes, and output still on its way may be lost.
+    """
+    sys.stderr.flush()
+    os.write(2, text.encode(errors="replace"))
+    time.sleep(0.2)
 
 
 def _final(by_rank: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
@@ -360,7 +411,7 @@ def _final(by_rank: Sequence[dict[str, Any]]) -> tuple[str, str, str]:
     where = by_rank[0]["where"]
     if failed:
         first = failed[0][1]
-        parts = [f"rank {r}: {name}: {message}" for r, (_, name, message) in failed]
+        parts = [f"rank {r}: {name}: {message.rstrip('.')}" for r, (_, name, message) in failed]
         text = f"{where} failed on {'; '.join(parts)}. Nothing was changed on any rank."
         return first[0], first[1], text[:4000]
     places = [(d["where"], d["agreement"]) for d in by_rank]

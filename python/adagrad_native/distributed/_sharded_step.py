@@ -379,11 +379,15 @@ class ShardedStep:
             if g is not None:
                 problem = _gradient_problem(g, v, i)
                 if problem:
-                    raise ValueError(problem + " Nothing was updated on any rank.")
+                    raise ValueError(problem)
         return [
             None if g is None else np.ascontiguousarray(g, dtype=v.value.dtype)
             for g, v in zip(grads, self._variables)
         ]
+
+    def first_nonfinite(self, grads: Sequence[Any], call: CallPlan) -> int:
+        """Not available: a sharded step decides finiteness on the summed gradient."""
+        raise NotImplementedError("A sharded optimizer's finiteness is decided by its step.")
 
     def update_one(self, index: int, gradient: Any, learning_rate: float, epsilon: float) -> None:
         """Not available: a single-variable update would bypass the collectives."""

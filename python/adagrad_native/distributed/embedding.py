@@ -9,10 +9,19 @@ import numpy as np
 
 from adagrad_native import _checks
 from adagrad_native._dtypes import resolve_dtype
-from adagrad_native._state import state_key
-from adagrad_native._surface import Place
+from adagrad_native._state import state_entries
 from adagrad_native.adagrad import Adagrad
-from adagrad_native.distributed._mpi import as_bytes, world
+from adagrad_native.distributed._coordinator import (
+    DEFAULT_TIMEOUT,
+    Coordinator,
+    Fingerprint,
+    check_timeout,
+    raise_agreed,
+    settings_of,
+)
+from adagrad_native.distributed._mpi import vector, world
+from adagrad_native.distributed._places import Place
+from adagrad_native.distributed._sharded_step import checksum
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.sparse import SparseGradient
 from adagrad_native.variables import Variable
@@ -24,12 +33,15 @@ _NOT_LOCAL = ("clipnorm", "global_clipnorm")
 class ShardedEmbedding:
     """A `rows x dim` table, rank r owning rows `[starts[r], starts[r + 1])` and their state.
 
-    `lookup` and `apply` are collectives: every rank calls them with its own
-    batch of row ids. A step equals, bit for bit, one process applying a
-    `SparseGradient` of all ranks' ids and row gradients concatenated in rank
-    order to the whole table: each row gradient travels to the row's owner,
-    which receives them in (sender rank, sender order) -- the order of that
-    concatenation -- and runs the sparse step on its rows.
+    The constructor, `lookup` and `apply` are collectives: every rank calls them,
+    `lookup` and `apply` with its own batch of row ids. A step equals, bit for
+    bit, one process applying a `SparseGradient` of all ranks' ids and row
+    gradients concatenated in rank order to the whole table: each row gradient
+    travels to the row's owner, which receives them in (sender rank, sender
+    order) -- the order of that concatenation -- and runs the sparse step on its
+    rows. Every call fails together (an error on any rank is the same exception
+    on every rank, and nothing changes), and every rank must pass the same
+    settings; a rank that does not arrive ends the job after `timeout` seconds.
 
     Args:
         rows: The number of rows.
@@ -40,6 +52,7 @@ class ShardedEmbedding:
         initial_value: None (zeros), a number, or the whole `(rows, dim)`
             table (the same on every rank; each keeps its rows).
         name: The table variable's name.
+        timeout: Seconds a rank waits for the others in any call, or None.
         **optimizer_kwargs: Arguments of the optimizer. `clipnorm` and
             `global_clipnorm` are refused: the norm of a table split over
             ranks is not what one process would compute.
@@ -55,7 +68,27 @@ class ShardedEmbedding:
         dtype: Any = "float32",
         initial_value: Any = None,
         name: str = "embedding",
+        timeout: float | None = DEFAULT_TIMEOUT,
         **optimizer_kwargs: Any,
+    ) -> None:
+        self.comm = world() if comm is None else comm
+        self.coordinator = Coordinator(
+            self.comm, check_timeout(timeout), f"ShardedEmbedding '{name}'"
+        )
+        self.coordinator.collective(
+            "ShardedEmbedding",
+            lambda: self._make(rows, dim, optimizer, dtype, initial_value, name, optimizer_kwargs),
+        )
+
+    def _make(
+        self,
+        rows: int,
+        dim: int,
+        optimizer: str,
+        dtype: Any,
+        initial_value: Any,
+        name: str,
+        optimizer_kwargs: dict[str, Any],
     ) -> None:
         self.rows = _checks.integer(rows, "rows", minimum=1)
         self.dim = _checks.integer(dim, "dim", minimum=1)
@@ -67,13 +100,14 @@ class ShardedEmbedding:
                     f"table split over ranks is not the norm one process would compute. "
                     f"Received: {arg}={optimizer_kwargs[arg]!r}"
                 )
-        self.comm = world() if comm is None else comm
-        size, rank = self.comm.Get_size(), self.comm.Get_rank()
+        size, rank = self.coordinator.size, self.coordinator.rank
         self.starts = [r * self.rows // size for r in range(size + 1)]
         lo, hi = self.starts[rank], self.starts[rank + 1]
         np_dtype = resolve_dtype(dtype)
         if initial_value is None or np.ndim(initial_value) == 0:
-            local = np.full((hi - lo, self.dim), initial_value or 0, np_dtype)
+            fill = 0.0 if initial_value is None else _checks.real(initial_value, "initial_value")
+            local = np.full((hi - lo, self.dim), fill, np_dtype)
+            initial = repr(fill)
         else:
             full = np.asarray(initial_value)
             if full.shape != (self.rows, self.dim):
@@ -82,10 +116,25 @@ class ShardedEmbedding:
                     f"{(self.rows, self.dim)}. Received: an array of shape {full.shape}."
                 )
             local = np.array(full[lo:hi], np_dtype)
+            initial = checksum(np.asarray(full, np_dtype))
         self.table = Variable(local, name=name)
         self.optimizer = _OPTIMIZERS[optimizer](**optimizer_kwargs)
         self.optimizer.build([self.table])
+        self.coordinator.agree(
+            Fingerprint(
+                "the table at construction",
+                {
+                    "rows": self.rows,
+                    "dim": self.dim,
+                    "dtype": np_dtype.name,
+                    "optimizer": optimizer,
+                    "config": settings_of(self.optimizer),
+                    "initial value": initial,
+                },
+            )
+        )
 
+    # ------------------------------------------------------------- checkpoints
     def state_lock(self) -> AbstractContextManager[None]:
         """The lock of the table's optimizer (it guards the rows too)."""
         return self.optimizer.state_lock()
@@ -97,69 +146,83 @@ class ShardedEmbedding:
 
     def checkpoint_places(self) -> dict[str, Place]:
         """Where this rank's rows and their state sit in the whole table's state."""
-        lo, hi = self.starts[self.comm.Get_rank()], self.starts[self.comm.Get_rank() + 1]
+        lo, hi = self.starts[self.coordinator.rank], self.starts[self.coordinator.rank + 1]
         whole = (self.rows, self.dim)
-        places = {self.name: Place(whole, lo * self.dim, hi * self.dim, self.table)}
-        for variable in self.optimizer.variables:
+        places = {self.name: Place(whole, lo * self.dim, hi * self.dim, self.table, "parameter")}
+        for key, variable in state_entries(self.optimizer.variables).items():
             if variable.ndim == 0:  # iteration, learning_rate: the same on every rank
-                places[state_key(variable)] = Place((), 0, 1, variable)
+                places[key] = Place((), 0, 1, variable, "replicated")
             elif variable.ndim == 1:  # a row-wise accumulator: one value a row
-                places[state_key(variable)] = Place((self.rows,), lo, hi, variable)
+                places[key] = Place((self.rows,), lo, hi, variable)
             else:
-                places[state_key(variable)] = Place(whole, lo * self.dim, hi * self.dim, variable)
+                places[key] = Place(whole, lo * self.dim, hi * self.dim, variable)
         return places
 
     def checkpoint_config(self) -> dict[str, Any] | None:
-        """No config: a table is made by its constructor, not from a config."""
-        return None
+        """The config of the table's optimizer (a one-process optimizer of the table loads it)."""
+        try:
+            config: dict[str, Any] = self.optimizer.get_config()
+        except TypeError:  # a plain callable learning rate
+            return None
+        return config
 
     # ------------------------------------------------------------------ routing
     def _route(self, ids: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Checks a batch of ids on every rank; sorts it by owner, keeping its order.
+        """Checks a batch of ids; sorts it by owner, keeping its order.
 
         Returns:
             The ids as int64, the stable order that groups them by owner, and the
             number of ids for each owner.
+
+        Raises:
+            ValueError: For ids that are not a 1-D integer array in [0, rows).
         """
         ids = np.asarray(ids)
-        problem = None
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            problem = (
+            raise ValueError(
                 f"Row ids must be a 1-D integer array; received shape {ids.shape} and "
                 f"dtype {ids.dtype}."
             )
-        elif ids.size and (ids.min() < 0 or ids.max() >= self.rows):
+        if ids.size and (ids.min() < 0 or ids.max() >= self.rows):
             bad = int(ids[(ids < 0) | (ids >= self.rows)][0])
-            problem = f"Row ids must be in [0, {self.rows}); received {bad}."
-        problems = self.comm.allgather(problem)
-        for rank, other in enumerate(problems):
-            if other is not None:
-                raise ValueError(f"Rank {rank}: {other} Nothing was changed on any rank.")
+            raise ValueError(f"Row ids must be in [0, {self.rows}); received {bad}.")
         ids = ids.astype(np.int64)
         owners = np.searchsorted(self.starts, ids, side="right") - 1
         order = np.argsort(owners, kind="stable")
-        counts = np.bincount(owners, minlength=self.comm.Get_size())
+        counts = np.bincount(owners, minlength=self.coordinator.size).astype(np.int64)
         return ids, order, counts
 
-    def _exchange(
-        self, send: np.ndarray, counts: np.ndarray, width: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Alltoallv of rows of `width` items; returns what arrived and from whom (counts)."""
-        recv_counts = np.empty_like(counts)
-        self.comm.Alltoall(counts, recv_counts)
-        item = send.dtype.itemsize * width
-        received = np.empty((int(recv_counts.sum()), *send.shape[1:]), send.dtype)
-        self.comm.Alltoallv(
-            [as_bytes(send), counts * item], [as_bytes(received), recv_counts * item]
+    def _exchange(self, send: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All-to-all of rows (`counts[r]` rows for rank r); what arrived and from whom."""
+        comm = self.coordinator.private()
+        received_counts = np.empty_like(counts)
+        self.coordinator.wait([comm.Ialltoall(counts, received_counts)], "the row counts")
+        received = np.empty((int(received_counts.sum()), *send.shape[1:]), send.dtype)
+        width = int(np.prod(send.shape[1:], dtype=np.int64))
+        request = comm.Ialltoallv(
+            vector(send, counts * width, _displacements(counts) * width),
+            vector(received, received_counts * width, _displacements(received_counts) * width),
         )
-        return received, recv_counts
+        self.coordinator.wait([request], "the exchange of rows")
+        return received, received_counts
+
+    def _settings(self) -> Fingerprint:
+        """What every rank must have equal at a call: the optimizer's settings and iteration."""
+        return Fingerprint(
+            "the table's settings",
+            {"config": settings_of(self.optimizer), "iterations": int(self.optimizer.iterations)},
+        )
 
     def lookup(self, ids: Any) -> np.ndarray:
         """The rows of `ids` (a collective), as a new `(len(ids), dim)` array."""
+        return self.coordinator.collective("lookup", lambda: self._lookup(ids))
+
+    def _lookup(self, ids: Any) -> np.ndarray:
         ids, order, counts = self._route(ids)
-        asked, asked_counts = self._exchange(ids[order], counts, 1)
-        rows = self.table.value[asked - self.starts[self.comm.Get_rank()]]
-        answer, _ = self._exchange(rows, asked_counts, self.dim)
+        self.coordinator.agree()
+        asked, asked_counts = self._exchange(ids[order], counts)
+        rows = self.table.value[asked - self.starts[self.coordinator.rank]]
+        answer, _ = self._exchange(rows, asked_counts)
         out = np.empty((ids.size, self.dim), self.table.value.dtype)
         out[order] = answer
         return out
@@ -171,30 +234,38 @@ class ShardedEmbedding:
             ids: This rank's row ids (may repeat, also across ranks).
             row_gradients: One gradient row per id, of the table's dtype.
         """
+        self.coordinator.collective("apply", lambda: self._apply(ids, row_gradients))
+
+    def _apply(self, ids: Any, row_gradients: Any) -> None:
         grads = np.asarray(row_gradients)
         ids, order, counts = self._route(ids)
         dtype = self.table.value.dtype
         if grads.shape != (ids.size, self.dim) or grads.dtype != dtype:
-            problem = (
+            raise ValueError(
                 f"Row gradients must have shape {(ids.size, self.dim)} and dtype "
                 f"{dtype}; received shape {grads.shape} and dtype {grads.dtype}."
             )
-        else:
-            problem = None
-        for rank, other in enumerate(self.comm.allgather(problem)):
-            if other is not None:
-                raise ValueError(f"Rank {rank}: {other} Nothing was changed on any rank.")
-        got_ids, _ = self._exchange(ids[order], counts, 1)
-        got_rows, _ = self._exchange(np.ascontiguousarray(grads[order]), counts, self.dim)
-        local = got_ids - self.starts[self.comm.Get_rank()]
+        self.coordinator.agree(self._settings())
+        got_ids, _ = self._exchange(ids[order], counts)
+        got_rows, _ = self._exchange(np.ascontiguousarray(grads[order]), counts)
+        local = got_ids - self.starts[self.coordinator.rank]
         gradient = SparseGradient(local, got_rows, self.table.shape)
-        if self.optimizer.on_nonfinite != "propagate":
-            finite = bool(np.isfinite(got_rows).all())
-            if not all(self.comm.allgather(finite)):
-                if self.optimizer.on_nonfinite == "raise":
-                    raise ValueError(
-                        "A row gradient contains inf or NaN; nothing was updated "
-                        "on any rank (on_nonfinite='raise')."
+        policy = self.optimizer.on_nonfinite
+        if policy != "propagate":
+            # The owner's rows, summed as the step sums them: every rank decides alike.
+            finite = self.optimizer.first_nonfinite([gradient], [self.table]) < 0
+            if not self.coordinator.all_true(finite):
+                if policy == "raise":
+                    raise_agreed(
+                        ValueError(
+                            f"The gradient of table '{self.name}' contains inf or NaN (after "
+                            "adding the rows of repeated ids); nothing was updated on any "
+                            "rank (on_nonfinite='raise')."
+                        )
                     )
                 return
         self.optimizer.apply([gradient], [self.table])
+
+
+def _displacements(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)

@@ -22,13 +22,19 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
-from adagrad_native._state import state_key
-from adagrad_native._surface import Place, StepEngine
+from adagrad_native._state import state_entries
+from adagrad_native._surface import StepEngine
 from adagrad_native.adagrad import Adagrad
-from adagrad_native.distributed._coordinator import DEFAULT_TIMEOUT, Coordinator, check_timeout
+from adagrad_native.distributed._coordinator import (
+    DEFAULT_TIMEOUT,
+    Coordinator,
+    check_timeout,
+    settings_of,
+)
 from adagrad_native.distributed._exchange import REDUCTIONS
 from adagrad_native.distributed._layout import ShardLayout
 from adagrad_native.distributed._mpi import world
+from adagrad_native.distributed._places import Place
 from adagrad_native.distributed._sharded_step import DEFAULT_BUCKET_BYTES, ShardedStep
 from adagrad_native.rowwise import RowWiseAdagrad
 from adagrad_native.serialization import register_optimizer
@@ -70,25 +76,25 @@ class ShardedOptimizer:
         self.average = _checks.flag(average, "average")
         self.timeout = check_timeout(timeout)
         self.bucket_bytes = _checks.integer(bucket_bytes, "bucket_bytes", minimum=1024)
-        name = kwargs.get("name") or type(self).__name__
-        self.coordinator = Coordinator(self.comm, self.timeout, f"{type(self).__name__} '{name}'")
+        self.coordinator = Coordinator(self.comm, self.timeout, type(self).__name__)
         self._sharded_step = ShardedStep(
             self.coordinator, self.reduction, self.average, self._fingerprint, self.bucket_bytes
         )
         super().__init__(learning_rate, **kwargs)  # type: ignore[call-arg]
+        self.coordinator.owner = f"{type(self).__name__} '{self.name}'"  # type: ignore[attr-defined]
 
     def _fingerprint(self: Any) -> dict[str, Any]:
-        """What every rank must have equal at every call: the config and the iteration."""
-        try:
-            config = self.get_config()
-        except TypeError:  # a plain callable learning rate: its value is in the step's plan
-            config = {"learning_rate": "a callable"}
-        config.pop("timeout", None)  # how long a rank waits does not shape the math
-        return {"config": config, "iterations": int(self.iterations)}
+        """What every rank must have equal at every call: the settings and the iteration."""
+        return {"config": settings_of(self), "iterations": int(self.iterations)}
 
     def make_step_engine(self) -> StepEngine:
         """The sharded step (made once, before the algorithm's constructor runs)."""
         return self._sharded_step
+
+    @property
+    def sharded(self) -> bool:
+        """True: each rank holds its part of the state (see `checkpoint_places`)."""
+        return True
 
     @property
     def shard_layout(self) -> ShardLayout:
@@ -105,23 +111,25 @@ class ShardedOptimizer:
         )
 
     def checkpoint_places(self: Any) -> dict[str, Place]:
-        """Where this rank's shard of every optimizer variable sits in the whole state."""
+        """Where this rank's shard of every optimizer variable sits in the whole state.
+
+        Keyed as `adagrad_native.save_state` keys a one-process file, so the two
+        convert into each other (variables of the same name get "#1", "#2", ...).
+        """
         pieces = self.shard_layout.pieces(self.comm.Get_rank())
         trainable = self.trainable_variables
+        owners = {id(s.variable): s for s in self.slots()}
         places: dict[str, Place] = {}
-        for slot in self.slots():
-            variable = trainable[slot.owner]
-            piece = pieces[slot.owner]
-            per, whole = 1, variable.shape
+        for key, variable in state_entries(self.variables).items():
+            slot = owners.get(id(variable))
+            if slot is None:  # iteration, learning_rate: the same on every rank
+                places[key] = Place(variable.shape, 0, variable.size, variable, "replicated")
+                continue
+            whole, piece = trainable[slot.owner].shape, pieces[slot.owner]
+            per = 1
             if slot.per_row:  # one value a row
-                per, whole = max(int(np.prod(variable.shape[1:])), 1), (variable.shape[0],)
-            places[state_key(slot.variable)] = Place(
-                whole, piece.begin // per, piece.end // per, slot.variable
-            )
-        for variable in self.variables:  # iteration, learning_rate: the same on every rank
-            places.setdefault(
-                state_key(variable), Place(variable.shape, 0, variable.size, variable)
-            )
+                per, whole = max(int(np.prod(whole[1:])), 1), (whole[0],)
+            places[key] = Place(whole, piece.begin // per, piece.end // per, variable)
         return places
 
     def checkpoint_config(self: Any) -> dict[str, Any] | None:
