@@ -149,10 +149,18 @@ class ShardedStep:
             Fingerprint(
                 "the variables and settings at build",
                 {
-                    "variables": [
-                        [v.path, list(v.shape), v.dtype.name, v.overwrite_with_gradient, r, wd]
-                        for v, r, wd in zip(variables, self._rowwise, slots.weight_decay)
-                    ],
+                    "variables": {
+                        f"{i}:{v.path}": {
+                            "shape": list(v.shape),
+                            "dtype": v.dtype.name,
+                            "overwrite_with_gradient": v.overwrite_with_gradient,
+                            "row-wise": r,
+                            "weight decay": wd,
+                        }
+                        for i, (v, r, wd) in enumerate(
+                            zip(variables, self._rowwise, slots.weight_decay)
+                        )
+                    },
                     "settings": self._describe(),
                     "reduction": [self.reduction, self.average],
                     "initial values": {v.path: checksum(v.value) for v in variables},
