@@ -1,4 +1,4 @@
-"""Optimizer variables: created, named and tracked in Keras' order."""
+"""Optimizer variables and slots: created, named and tracked in Keras' order."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from adagrad_native._surface import AlgorithmSlots, SlotInfo, Slots
 from adagrad_native.variables import Variable
 
 
@@ -21,6 +22,28 @@ class VariableTracker:
 
     name: str
     _variables: list[Variable]
+    _stepped_variables: list[Variable]  # what the engine steps, in build order
+    _trainable_variables: list[Variable]
+    _weight_decay_flags: list[bool]
+    _overwrite: tuple[bool, ...]
+    _model_variables_moving_average: list[Variable | None]
+    _accumulated_gradients: list[Variable | None]
+    _algorithm_slots: AlgorithmSlots
+
+    def build_slots(self, variables: list[Variable]) -> AlgorithmSlots:
+        """Creates the algorithm's slots for the stepped variables; algorithms implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement build_slots.")
+
+    def _make_slots(self, stepped: list[Variable], ema: bool, accumulation: bool) -> None:
+        """Makes every per-variable slot in Keras' order: averages, accumulators, algorithm."""
+        self._model_variables_moving_average = (
+            self.add_optimizer_variables(stepped, "average") if ema else [None] * len(stepped)
+        )
+        self._accumulated_gradients = [
+            self.add_variable_from_reference(v, "gradient_accumulator") if accumulation else None
+            for v in stepped
+        ]
+        self._algorithm_slots = self.build_slots(stepped)
 
     def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
         var = Variable._owned(value, name, f"{self.name}/{name}", aggregation)
@@ -110,6 +133,38 @@ class VariableTracker:
     def assign_sub(self, variable: Any, value: Any) -> None:
         """Subtracts `value` from a variable in place."""
         _as_variable(variable).assign_sub(value)
+
+    def slots(self) -> list[SlotInfo]:
+        """Every per-variable slot, with the build index of its variable and its layout."""
+        found = []
+        per_row = self._algorithm_slots.rowwise
+        for kind in (
+            self._model_variables_moving_average,
+            self._accumulated_gradients,
+            self._algorithm_slots.accumulators,
+        ):
+            for t, slot in enumerate(kind):
+                if slot is not None:
+                    row = per_row[t] if kind is self._algorithm_slots.accumulators else False
+                    found.append(SlotInfo(slot, t, row))
+        return found
+
+    def _slots(self, buffer: Any) -> Slots:
+        """The buffers of every stepped variable and its slots, as `buffer(variable)` gives them."""
+
+        def arrays(slots: Sequence[Variable | None]) -> list[np.ndarray | None]:
+            return [None if s is None else buffer(s) for s in slots]
+
+        return Slots(
+            params=[buffer(v) for v in self._stepped_variables],
+            accumulators=arrays(self._algorithm_slots.accumulators),
+            averages=arrays(self._model_variables_moving_average),
+            grad_accumulators=arrays(self._accumulated_gradients),
+            weight_decay=self._weight_decay_flags,
+            overwrite=list(self._overwrite),
+            names=[v.path for v in self._trainable_variables],
+            rowwise=self._algorithm_slots.rowwise,
+        )
 
 
 def _as_variable(v: Any) -> Variable:

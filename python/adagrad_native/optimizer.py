@@ -28,8 +28,6 @@ from adagrad_native._surface import (
     AlgorithmSlots,
     CallPlan,
     Settle,
-    SlotInfo,
-    Slots,
     StatelessValues,
     StepEngine,
 )
@@ -146,10 +144,6 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """Whether the algorithm keeps one state value per row of `variable` (default: no)."""
         return False
 
-    def build_slots(self, variables: list[Variable]) -> AlgorithmSlots:
-        """Creates the algorithm's slots for the stepped variables; subclasses implement it."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement build_slots.")
-
     def make_step_engine(self) -> StepEngine:
         """The engine of this optimizer's steps: the native step of one process."""
         return NativeStep()
@@ -177,21 +171,6 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     def trainable_variables(self) -> list[Variable]:
         """The trainable variables the optimizer was built with, in build order."""
         return list(self._trainable_variables)
-
-    def slots(self) -> list[SlotInfo]:
-        """Every per-variable slot, with the build index of its variable and its layout."""
-        found = []
-        per_row = self._algorithm_slots.rowwise
-        for kind in (
-            self._model_variables_moving_average,
-            self._accumulated_gradients,
-            self._algorithm_slots.accumulators,
-        ):
-            for t, slot in enumerate(kind):
-                if slot is not None:
-                    row = per_row[t] if kind is self._algorithm_slots.accumulators else False
-                    found.append(SlotInfo(slot, t, row))
-        return found
 
     @property
     def iterations(self) -> Variable:
@@ -244,18 +223,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """Places the variables, makes their slots in Keras' order and binds the engine."""
         self._engine.configure(self.static_plan())
         stepped = self._engine.place(variables, [self.state_per_row(v) for v in variables])
-        self._model_variables_moving_average = (
-            self.add_optimizer_variables(stepped, "average")
-            if self.use_ema
-            else [None] * len(variables)
-        )
-        self._accumulated_gradients = [
-            self.add_variable_from_reference(v, "gradient_accumulator")
-            if self.gradient_accumulation_steps
-            else None
-            for v in stepped
-        ]
-        self._algorithm_slots = self.build_slots(stepped)
+        self._make_slots(stepped, self.use_ema, bool(self.gradient_accumulation_steps))
         self._stepped_variables = stepped
         self._trainable_variables = variables
         self._call_order = _calls.CallOrder(user_variables, variables, names)
@@ -266,23 +234,6 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         self._has_overwrite = any(self._overwrite)
         self._engine.bind(self._slots(lambda v: v.value))
         self.built = True
-
-    def _slots(self, buffer: Any) -> Slots:
-        """The buffers of every stepped variable and its slots, as `buffer(variable)` gives them."""
-
-        def arrays(slots: Sequence[Variable | None]) -> list[np.ndarray | None]:
-            return [None if s is None else buffer(s) for s in slots]
-
-        return Slots(
-            params=[buffer(v) for v in self._stepped_variables],
-            accumulators=arrays(self._algorithm_slots.accumulators),
-            averages=arrays(self._model_variables_moving_average),
-            grad_accumulators=arrays(self._accumulated_gradients),
-            weight_decay=self._weight_decay_flags,
-            overwrite=list(self._overwrite),
-            names=[v.path for v in self._trainable_variables],
-            rowwise=self._algorithm_slots.rowwise,
-        )
 
     # -------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
