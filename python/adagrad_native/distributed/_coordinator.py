@@ -43,6 +43,7 @@ _STATUS = np.dtype(
 _TAG_STATUS, _TAG_VERDICT, _TAG_DETAILS, _TAG_FINAL = 11, 12, 13, 14
 _OK, _DETAILS, _TIMED_OUT = 0, 1, 2
 _MAX_MESSAGE = 500  # characters of a disagreement message
+_SPIN = 0.2  # seconds a wait tests without pause after its last completed request
 
 T = TypeVar("T")
 
@@ -347,20 +348,27 @@ class Coordinator:
     def _wait_for(self, requests: Sequence[Any], timeout: float | None) -> list[int]:
         """Polls until every request is done or `timeout` passes; the undone ones' indices.
 
-        It tests without pause for a moment (a collective usually completes in
-        that time), then sleeps between tests, longer and longer up to 10 ms, so a
-        rank waiting for another costs no core.
+        MPI moves a message only while a rank is inside an MPI call, so a rank
+        tests without pause while its messages complete; once none has completed
+        for `_SPIN` seconds (a rank that does not come), it sleeps between tests,
+        longer and longer up to 10 ms, so waiting for another rank costs no core.
         """
         from mpi4py import MPI
 
         deadline = math.inf if timeout is None else time.monotonic() + timeout
-        start, pause = time.monotonic(), 0.0
         pending = list(requests)
-        while not MPI.Request.Testall(pending):
+        undone = len(pending)
+        last_progress, pause = time.monotonic(), 0.0
+        while undone:
+            completed = MPI.Request.Testsome(pending)
             now = time.monotonic()
+            if completed:
+                undone -= len(completed)
+                last_progress, pause = now, 0.0
+                continue
             if now > deadline:
-                return [i for i, r in enumerate(pending) if not r.Test()]
-            if now - start > 0.002:
+                return [i for i, r in enumerate(pending) if r != MPI.REQUEST_NULL]
+            if now - last_progress > _SPIN:
                 pause = min(max(pause * 2, 5e-5), 0.01)
                 time.sleep(pause)
         return []

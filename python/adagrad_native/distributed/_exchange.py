@@ -1,6 +1,10 @@
 """Moving a bucket between ranks: gradients reduced to their owner, parameters gathered back.
 
-Every call is a non-blocking MPI collective on bytes, waited for with the
+The ordered reduction and the gather send every piece straight from the arrays
+it lives in and receive straight into where it goes (non-blocking point-to-point
+messages, one per piece and rank): no packing, no unpacking, and a rank's own
+part of its slice is read where it is. Only MPI's own sum (`reduction="sum"`)
+packs the bucket, because a reduce-scatter takes one buffer. Every wait has the
 coordinator's deadline. Buffers are made once, at the size of the largest
 bucket, and touched then, so no step pays for first use.
 """
@@ -14,18 +18,19 @@ import numpy as np
 
 from adagrad_native.distributed._buckets import Bucket
 from adagrad_native.distributed._coordinator import Coordinator
-from adagrad_native.distributed._mpi import mpi, vector
+from adagrad_native.distributed._mpi import as_bytes, mpi
 
 REDUCTIONS = ("ordered", "sum")
 _MPI_SUMMABLE = ("float32", "float64")  # MPI has no float16/bfloat16 sum that rounds as numpy
+_GRADIENTS, _PARAMETERS = 21, 22  # message tags on the private communicator
 
 
-def _flat(array: np.ndarray) -> np.ndarray:
-    return array.reshape(-1)
+def _piece(array: np.ndarray, begin: int, end: int) -> np.ndarray:
+    return array.reshape(-1)[begin:end]
 
 
 class Exchange:
-    """The buffers and collectives of one sharded optimizer's buckets.
+    """The buffers and messages of one sharded optimizer's buckets.
 
     Args:
         coordinator: The calls' agreements and deadlines (and the communicator).
@@ -48,10 +53,11 @@ class Exchange:
         self.average = average
         self._buffers: dict[tuple[str, np.dtype], np.ndarray] = {}
         for bucket in self.buckets:  # made and touched now, at their largest
-            total = bucket.offsets()[-1]
             mine = bucket.slices[self.rank].size
-            self._buffer("send", bucket.dtype, total)
-            self._buffer("received", bucket.dtype, self.size * mine)
+            if self._mpi_sum(bucket):
+                self._buffer("send", bucket.dtype, bucket.offsets()[-1])
+            else:
+                self._buffer("received", bucket.dtype, self.size * mine)
             self._buffer("reduced", bucket.dtype, mine)
 
     def _buffer(self, role: str, dtype: np.dtype, size: int) -> np.ndarray:
@@ -61,6 +67,9 @@ class Exchange:
         if buf is None or buf.size < size:
             buf = self._buffers[key] = np.zeros(size, dtype)
         return buf[:size]
+
+    def _mpi_sum(self, bucket: Bucket) -> bool:
+        return self.reduction == "sum" and bucket.dtype.name in _MPI_SUMMABLE and self.size > 1
 
     def scratch(self, dtype: np.dtype, size: int) -> np.ndarray:
         """A reused buffer for one bucket's slice of the summed gradient."""
@@ -72,67 +81,93 @@ class Exchange:
         Args:
             b: The bucket.
             grads: This rank's full gradient of each tensor (C-contiguous, the
-                tensor's dtype); None where it has none, as on every rank (then
-                its elements are zeros).
+                tensor's dtype); None where it has none, as on every rank (its
+                elements of `out` are then left as they are).
             out: This rank's slice, flat, of the bucket's dtype.
         """
         bucket = self.buckets[b]
+        if self._mpi_sum(bucket):
+            self._mpi_reduce(bucket, grads, out)
+        else:
+            self._ordered_reduce(bucket, grads, out)
+        if self.average:
+            np.divide(out, bucket.dtype.type(self.size), out=out)
+
+    def _ordered_reduce(
+        self, bucket: Bucket, grads: Sequence[np.ndarray | None], out: np.ndarray
+    ) -> None:
+        mine = bucket.slices[self.rank].pieces
+        size = bucket.slices[self.rank].size
+        received = self._buffer("received", bucket.dtype, self.size * size).reshape(self.size, -1)
+        requests = []
+        for peer in range(self.size):
+            if peer == self.rank:
+                continue
+            for p in bucket.slices[peer].pieces:  # what the peer owns, from this rank
+                g = grads[p.tensor]
+                if g is not None and p.size:
+                    requests.append(self._send(_piece(g, p.begin, p.end), peer, _GRADIENTS))
+            at = 0
+            for p in mine:  # what this rank owns, from the peer
+                if grads[p.tensor] is not None and p.size:
+                    part = received[peer, at : at + p.size]
+                    requests.append(self._receive(part, peer, _GRADIENTS))
+                at += p.size
+        self.coordinator.wait(requests, "the exchange of the gradients")
+        at = 0
+        for p in mine:  # in rank order: the sum one process would take
+            g = grads[p.tensor]
+            if g is not None:
+                parts = [
+                    _piece(g, p.begin, p.end) if r == self.rank else received[r, at : at + p.size]
+                    for r in range(self.size)
+                ]
+                target = out[at : at + p.size]
+                if len(parts) == 1:  # one rank
+                    np.copyto(target, parts[0])
+                else:
+                    np.add(parts[0], parts[1], out=target)
+                    for part in parts[2:]:
+                        np.add(target, part, out=target)
+            at += p.size
+
+    def _mpi_reduce(
+        self, bucket: Bucket, grads: Sequence[np.ndarray | None], out: np.ndarray
+    ) -> None:
         offsets = bucket.offsets()
         send = self._buffer("send", bucket.dtype, offsets[-1])
         at = 0
         for s in bucket.slices:
             for p in s.pieces:
                 g = grads[p.tensor]
-                if g is None:
-                    send[at : at + p.size] = 0
-                else:
-                    send[at : at + p.size] = _flat(g)[p.begin : p.end]
+                send[at : at + p.size] = 0 if g is None else _piece(g, p.begin, p.end)
                 at += p.size
-        sizes = np.diff(offsets)
-        mine = int(sizes[self.rank])
-        if self.reduction == "sum" and bucket.dtype.name in _MPI_SUMMABLE:
-            kind = _mpi_type(bucket.dtype)
-            request = self.comm.Ireduce_scatter(
-                [send, kind], [out, kind], [int(s) for s in sizes], op=mpi().SUM
-            )
-            self.coordinator.wait([request], "the reduce-scatter of the gradients")
-        else:
-            received = self._buffer("received", bucket.dtype, self.size * mine)
-            request = self.comm.Ialltoallv(
-                vector(send, sizes, offsets[:-1]),
-                vector(received, [mine] * self.size, [r * mine for r in range(self.size)]),
-            )
-            self.coordinator.wait([request], "the exchange of the gradients")
-            parts = received.reshape(self.size, mine)
-            np.copyto(out, parts[0])
-            for r in range(1, self.size):  # in rank order: the sum one process would take
-                np.add(out, parts[r], out=out)
-        if self.average:
-            np.divide(out, bucket.dtype.type(self.size), out=out)
+        kind = mpi().FLOAT if bucket.dtype == np.float32 else mpi().DOUBLE
+        sizes = [int(n) for n in np.diff(offsets)]
+        request = self.comm.Ireduce_scatter([send, kind], [out, kind], sizes, op=mpi().SUM)
+        self.coordinator.wait([request], "the reduce-scatter of the gradients")
 
     def gather(self, b: int, tensors: Sequence[np.ndarray]) -> None:
         """Copies every rank's slice of bucket `b` into every rank's full tensors, in place."""
         bucket = self.buckets[b]
-        offsets = bucket.offsets()
-        buf = self._buffer("send", bucket.dtype, offsets[-1])
-        at = offsets[self.rank]
-        for p in bucket.slices[self.rank].pieces:
-            buf[at : at + p.size] = _flat(tensors[p.tensor])[p.begin : p.end]
-            at += p.size
-        sizes = np.diff(offsets)
-        request = self.comm.Iallgatherv(
-            mpi().IN_PLACE,
-            vector(buf, sizes, offsets[:-1]),
-        )
-        self.coordinator.wait([request], "the all-gather of the parameters")
-        for r, s in enumerate(bucket.slices):
-            if r == self.rank:
+        requests = []
+        for peer in range(self.size):
+            if peer == self.rank:
                 continue
-            at = offsets[r]
-            for p in s.pieces:
-                _flat(tensors[p.tensor])[p.begin : p.end] = buf[at : at + p.size]
-                at += p.size
+            for p in bucket.slices[self.rank].pieces:
+                if p.size:
+                    requests.append(
+                        self._send(_piece(tensors[p.tensor], p.begin, p.end), peer, _PARAMETERS)
+                    )
+            for p in bucket.slices[peer].pieces:
+                if p.size:
+                    requests.append(
+                        self._receive(_piece(tensors[p.tensor], p.begin, p.end), peer, _PARAMETERS)
+                    )
+        self.coordinator.wait(requests, "the all-gather of the parameters")
 
+    def _send(self, data: np.ndarray, peer: int, tag: int) -> Any:
+        return self.comm.Isend(as_bytes(data), dest=peer, tag=tag)
 
-def _mpi_type(dtype: np.dtype) -> Any:
-    return mpi().FLOAT if dtype == np.float32 else mpi().DOUBLE
+    def _receive(self, into: np.ndarray, peer: int, tag: int) -> Any:
+        return self.comm.Irecv(as_bytes(into), source=peer, tag=tag)
