@@ -1,6 +1,6 @@
 # A CMake toolchain file: build with zig's clang (the `ziglang` package on PyPI) against an old
 # glibc's symbol versions and a static libc++, so that the wheel runs on any Linux with at least
-# that glibc (.ci/wheel; README's "Wheels").
+# that glibc (packaging/build-wheel; README's "Wheels").
 #
 #   CMAKE_ARGS="-DCMAKE_TOOLCHAIN_FILE=$PWD/packaging/zig-toolchain.cmake -DZIG=/path/to/zig \
 #               -DZIG_TARGET=x86_64-linux-gnu.2.17" pip wheel .
