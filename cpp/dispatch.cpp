@@ -3,6 +3,10 @@
 #include <atomic>
 #include <cstdlib>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 namespace adagrad {
 
 // ADAGRAD_COMPILED_ISAS (CMakeLists.txt) lists the ISAs built into this
@@ -17,17 +21,40 @@ ADAGRAD_COMPILED_ISAS
 
 namespace {
 
+#if defined(__x86_64__) || defined(__i386__)
+struct X86Features {
+  bool avx2 = false;    // with FMA and F16C, and the OS saves the YMM registers
+  bool avx512 = false;  // F, VL, BW and DQ, and the OS saves the ZMM and opmask registers
+};
+
+// Read with cpuid and xgetbv, as GCC's __builtin_cpu_supports does: the compiler
+// runtime of zig, which builds the release wheels, answers false to every feature.
+X86Features read_x86_features() {
+  X86Features f;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return f;
+  const bool fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+  const bool f16c = (c >> 29) & 1;
+  if (!(osxsave && avx)) return f;
+  unsigned xcr0 = 0, xcr0_high = 0;
+  __asm__("xgetbv" : "=a"(xcr0), "=d"(xcr0_high) : "c"(0));
+  const bool ymm_state = (xcr0 & 0x06u) == 0x06u;  // SSE and AVX state
+  const bool zmm_state = (xcr0 & 0xE6u) == 0xE6u;  // and opmask, ZMM0-15 upper halves, ZMM16-31
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return f;
+  const bool avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512dq = (b >> 17) & 1;
+  const bool avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1;
+  f.avx2 = ymm_state && avx2 && fma && f16c;
+  f.avx512 = f.avx2 && zmm_state && avx512f && avx512vl && avx512bw && avx512dq;
+  return f;
+}
+#endif
+
 // Every flag an ISA's kernels are compiled with (ADAGRAD_FLAGS_* in CMakeLists.txt).
 bool cpu_has(const std::string& isa) {
 #if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                    __builtin_cpu_supports("f16c");
-  if (isa == "avx2") return avx2;
-  if (isa == "avx512") {
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
-  }
+  static const X86Features features = read_x86_features();
+  if (isa == "avx2") return features.avx2;
+  if (isa == "avx512") return features.avx512;
 #endif
   return isa == "baseline";
 }

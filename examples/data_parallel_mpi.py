@@ -1,6 +1,6 @@
 """Data-parallel training of a numpy softmax classifier with optimizer state sharded over ranks.
 
-    pip install "adagrad_native[mpi]"
+    pip install ".[mpi]"    # in a clone; or, beside an installed wheel: pip install mpi4py mpich
     mpiexec -n 2 python examples/data_parallel_mpi.py
 
 Every rank holds the whole model and trains on its own slice of every batch;

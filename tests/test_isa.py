@@ -1,5 +1,8 @@
 """Every compiled ISA path gives the same bits (-ffp-contract=off, fixed reductions)."""
 
+import platform
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +85,24 @@ def test_build_info_reports_the_active_path(restore_isa):
     assert _native.select_isa("baseline") and an.build_info()["isa"] == "baseline"
     assert not _native.select_isa("no-such-isa")
     assert an.build_info()["isa"] == "baseline"  # a refused selection changes nothing
+
+
+# The CPU flags (Linux's names) each x86-64 path is compiled for (ADAGRAD_FLAGS_* in
+# CMakeLists.txt), best first.
+X86_ISA_FLAGS = {
+    "avx512": {"avx512f", "avx512vl", "avx512bw", "avx512dq", "fma", "f16c", "avx2"},
+    "avx2": {"avx2", "fma", "f16c"},
+}
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the x86-64 paths")
+def test_every_path_the_cpu_can_run_is_offered():
+    # A build whose feature detection fails still runs, on the baseline path alone, and
+    # the bit-identity tests above skip: this catches it.
+    cpu_flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            cpu_flags = set(line.split(":", 1)[1].split())
+            break
+    expected = [isa for isa, flags in X86_ISA_FLAGS.items() if flags <= cpu_flags]
+    assert _native.available_isas() == [*expected, "baseline"]

@@ -1,6 +1,11 @@
-"""`python -m adagrad_native`: documented flags, refused bad values, a summary, the plot."""
+"""`python -m adagrad_native`: documented flags, the version, refused bad values, a summary,
+the plot."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from importlib import metadata
 
 import pytest
 
@@ -15,6 +20,7 @@ FLAGS = [
     "--threads",
     "--seed",
     "--plot",
+    "--version",
 ]
 
 
@@ -26,6 +32,17 @@ def test_help_documents_every_flag_with_its_default(capsys):
     for flag in FLAGS:
         assert flag in text
     assert "(default: 40)" in text and "(default: 0.1)" in text
+
+
+def test_version_prints_the_installed_version():
+    done = subprocess.run(
+        [sys.executable, "-m", "adagrad_native", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"adagrad_native {metadata.version('adagrad_native')}\n"
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m adagrad_native", description=__doc__, formatter_class=_Help
     )
     add = parser.add_argument
+    add("--version", action="version", version=f"adagrad_native {an.__version__}")
     add("--epochs", type=_at_least(1, int), default=40, help="passes over the training set")
     add("--batch-size", type=_at_least(1, int), default=64, help="examples per optimizer step")
     add("--hidden", type=_at_least(1, int), default=64, help="units in each of the 2 hidden layers")

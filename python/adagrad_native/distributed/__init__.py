@@ -1,4 +1,4 @@
-"""Scale-out on MPI (through mpi4py, imported on first use): `pip install "adagrad_native[mpi]"`.
+"""Scale-out on MPI (through mpi4py, imported on first use): `pip install mpi4py mpich`.
 
 - `ShardedAdagrad`, `ShardedRowWiseAdagrad`: data-parallel training with the
   optimizer state sharded over the ranks, equal bit for bit to one process

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-_INSTALL = 'pip install "adagrad_native[mpi]"'
+_INSTALL = "pip install mpi4py mpich"
 
 
 def mpi() -> Any:
@@ -21,7 +21,7 @@ def mpi() -> Any:
         raise ImportError(
             "adagrad_native.distributed needs mpi4py and an MPI library: "
             + _INSTALL
-            + " (installs mpi4py and the MPICH wheel)."
+            + " (the package's `mpi` extra: mpi4py and the MPICH wheel)."
         ) from err
     return MPI
 
