@@ -148,6 +148,14 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
   return r.applied ? -1 : r.first_nonfinite;
 }
 
+int64_t first_nonfinite(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
+  check_plan(g, plan);
+  std::vector<py::array> held;
+  std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
+  py::gil_scoped_release release;
+  return adagrad::run_check(g.group, steps, plan);
+}
+
 // The one norm fold (step.hpp) over partial sums gathered from several ranks.
 py::tuple fold_norms(const std::vector<int32_t>& tensor_of,
                      const py::array_t<double, py::array::c_style | py::array::forcecast>& sums,
@@ -206,6 +214,10 @@ void register_step(py::module_& m) {
       },
       py::arg("writes"), py::arg("applied"),
       "The writes of `step`'s `settle` for one outcome, all in one call.");
+  m.def("first_nonfinite", &first_nonfinite, py::arg("group"), py::arg("grads"),
+        py::arg("plan"),
+        "The finiteness check of a step alone (row-sparse gradients with their duplicates "
+        "summed): -1, or the smallest tensor whose gradient is not finite. Writes nothing.");
   m.def("fold_norms", &fold_norms, py::arg("tensor_of"), py::arg("sums"), py::arg("finite"),
         py::arg("counted"), py::arg("global_norm"),
         "The one norm fold of pass 1 over given entries (each a sum of squares and a finite "

@@ -336,6 +336,13 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
   return result;
 }
 
+int64_t run_check(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+  StepPlan checking = plan;
+  checking.check_finite = true;
+  StepRun run{group.tensors(), group.work(), steps, checking, kernels(), group.sparse_rows()};
+  return reduce_pass(run, group, plan_sparse(run)).first_nonfinite;
+}
+
 void run_partials(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
   StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
   compute_partials(run, group, plan_sparse(run));

@@ -128,6 +128,11 @@ Folded fold_norms(const std::vector<int32_t>& tensor_of, const double* sums,
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
                     const std::vector<double>* norms = nullptr);
 
+// Whether the step would find every gradient finite (plan.check_finite's verdict,
+// on the gradients as passed, row-sparse ones with their duplicates summed):
+// -1, or the smallest tensor that is not. Nothing is written.
+int64_t run_check(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan);
+
 // Pass 1 alone, over dense gradients: each work item's sum of squares and
 // finiteness, into group.partial_sums() and group.partial_finite(). Nothing
 // is written to any tensor.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mpi4py", reason='the distributed tests need pip install "adagrad_native[mpi]"')
+pytest.importorskip("mpi4py", reason='the distributed tests need mpi4py and MPICH: pip install ".[mpi]" from a clone')
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600  # a hang (a rank waiting in a collective forever) fails, it does not block CI
@@ -22,7 +22,7 @@ def mpiexec() -> list[str]:
     local = Path(sys.executable).with_name("mpiexec")
     found = str(local) if local.exists() else shutil.which("mpiexec")
     if found is None:
-        pytest.fail('mpiexec not found: pip install "adagrad_native[mpi]" installs MPICH')
+        pytest.fail('mpiexec not found: pip install ".[mpi]" from a clone installs MPICH')
     return [found]
 
 
