@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, NamedTuple
 
@@ -51,6 +50,9 @@ _TORCH_PLAN = StaticPlan(
 )
 
 
+_PLAIN_DTYPES = (torch.float32, torch.float64, torch.float16)
+
+
 def storage_key(p: torch.Tensor) -> tuple[Any, ...]:
     """What identifies the memory a parameter's elements are in (changes with `p.data = x`)."""
     return (p.data_ptr(), p.stride(), p.shape, p.dtype)
@@ -72,6 +74,8 @@ class Entry(NamedTuple):
     state_sum: torch.Tensor  # the tensor in state["sum"]
     step_view: torch.Tensor  # the tensor in state["step"]
     name: str
+    group: int  # its index in param_groups
+    plain: bool  # contiguous and real, not bfloat16: its gradient's numpy view is taken as is
 
 
 class Binding:
@@ -116,7 +120,10 @@ class Binding:
                 or not same_layout(state_sum, target)
             ):
                 state_sum = adopted_sum(st["sum"], target, name)
-            entry = Entry(p, storage_key(p), layout, target, state_sum, step_views[i], name)
+            plain = layout is Layout.contiguous and p.dtype in _PLAIN_DTYPES
+            entry = Entry(
+                p, storage_key(p), layout, target, state_sum, step_views[i], name, g, plain
+            )
             entries.append(entry)
         self.entries = entries
         views = [Layout.dense if e.layout is Layout.dense else Layout.contiguous for e in entries]
@@ -192,12 +199,19 @@ class Binding:
     def gradients(self) -> list[Any]:
         """Every parameter's gradient as the core takes it (None: no gradient)."""
         grads: list[Any] = []
-        for e, group in zip(self.entries, self.group_of_entries()):
+        for e in self.entries:
             g = e.param.grad
             if g is None:
                 grads.append(None)
-            elif g.is_sparse:
-                if group["weight_decay"] != 0:
+                continue
+            if e.plain:  # the common case: a CPU tensor's numpy view as it is
+                try:
+                    grads.append(g.numpy())
+                    continue
+                except (TypeError, RuntimeError):  # sparse, another device, requires grad
+                    pass
+            if g.is_sparse:
+                if self.groups[e.group]["weight_decay"] != 0:  # torch's rule and message
                     raise RuntimeError(
                         "weight_decay option is not compatible with sparse gradients"
                     )
@@ -205,10 +219,6 @@ class Binding:
             else:
                 grads.append(dense_gradient(g, e.target, e.layout))
         return grads
-
-    def group_of_entries(self) -> Sequence[dict[str, Any]]:
-        """The group of each entry, in entry order."""
-        return [self.groups[g] for g in self.group_index]
 
     def call_plan(self, sparse: np.ndarray) -> CallPlan:
         """This call's scalars per tensor: learning rate, epsilon, weight decay, maximize.

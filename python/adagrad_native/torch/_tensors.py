@@ -120,7 +120,7 @@ def dense_gradient(g: torch.Tensor, target: torch.Tensor, layout: Layout) -> np.
         target: The tensor the step updates for `p` (the parameter, or its staged copy).
         layout: How the step reaches the elements of `target`.
     """
-    if g.device.type != "cpu":
+    if not g.is_cpu:
         raise ValueError(f"The gradient is on device {g.device}; expected a CPU tensor.")
     if layout is Layout.dense or not g.is_contiguous():
         if g.shape == target.shape and not same_layout(g, target):
@@ -149,6 +149,6 @@ def sparse_gradient(g: torch.Tensor, p: torch.Tensor, layout: Layout, what: str)
             f"{what} takes a sparse gradient but is complex or not contiguous; its rows must be "
             "contiguous real rows (e.g. `p.data = p.data.contiguous()`)."
         )
-    if g.device.type != "cpu":
+    if not g.is_cpu:
         raise ValueError(f"The gradient of {what} is on device {g.device}; expected a CPU tensor.")
     return SparseGradient(g._indices()[0].numpy(), array_of(g._values()))
