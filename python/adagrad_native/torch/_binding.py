@@ -145,6 +145,8 @@ class Binding:
         for e in entries:
             state[e.param]["sum"], state[e.param]["step"] = e.state_sum, e.step_view
         self.engine.configure(_TORCH_PLAN)
+        self._plan: CallPlan | None = None  # the last call's, while it holds
+        self._plan_values: list[tuple[float, ...]] | None = None
 
     @property
     def own_sums(self) -> dict[int, torch.Tensor]:
@@ -182,19 +184,21 @@ class Binding:
                 anything is written.
         """
         grads = self.gradients()
-        stepped = np.array([g is not None for g in grads])
-        if not stepped.any():
+        stepped = [g is not None for g in grads]
+        if not any(stepped):
             return
-        staged = [
-            e for e, g in zip(self.entries, grads) if g is not None and e.layout is Layout.staged
-        ]
-        for e in staged:
-            e.target.copy_(e.param.detach())
-        sparse = np.array([isinstance(g, SparseGradient) for g in grads])
-        self.engine.run(grads, self.call_plan(sparse))
-        for e in staged:
-            e.param.detach().copy_(e.target)
-        self.steps[stepped] += np.float32(1)
+        staged = [e for e, s in zip(self.entries, stepped) if s and e.layout is Layout.staged]
+        with torch.no_grad():
+            for e in staged:
+                e.target.copy_(e.param)
+        self.engine.run(grads, self.call_plan(grads))
+        with torch.no_grad():
+            for e in staged:
+                e.param.copy_(e.target)
+        if all(stepped):
+            self.steps += np.float32(1)
+        else:
+            self.steps[np.array(stepped)] += np.float32(1)
 
     def gradients(self) -> list[Any]:
         """Every parameter's gradient as the core takes it (None: no gradient)."""
@@ -220,22 +224,26 @@ class Binding:
                 grads.append(dense_gradient(g, e.target, e.layout))
         return grads
 
-    def call_plan(self, sparse: np.ndarray) -> CallPlan:
+    def call_plan(self, grads: list[Any]) -> CallPlan:
         """This call's scalars per tensor: learning rate, epsilon, weight decay, maximize.
 
-        Args:
-            sparse: Which tensors have a sparse gradient this call.
+        Kept while the groups' values stay and no group decays its rate (the common
+        case: only the steps move, and they do not enter the learning rate then).
         """
         groups = self.groups
-        lr = np.array([float(g["lr"]) for g in groups])
-        lr_decay = np.array([float(g["lr_decay"]) for g in groups])
-        per_group = np.array(
-            [[float(g["eps"]), float(g["weight_decay"]), float(g["maximize"])] for g in groups]
-        ).reshape(len(groups), 3)
-        gi = self.group_index
+        values: list[tuple[float, ...]] = [
+            (float(g["lr"]), float(g["lr_decay"]), float(g["eps"]), float(g["weight_decay"]))
+            + (float(g["maximize"]),)
+            for g in groups
+        ]
+        if values == self._plan_values and self._plan is not None:
+            return self._plan
+        table = np.array(values).reshape(len(groups), 5)[self.group_index]
+        lr, lr_decay = table[:, 0], table[:, 1]
         step = (self.steps + np.float32(1)).astype(np.float64)  # the step about to be taken
-        clr = learning_rates(lr[gi], lr_decay[gi], step, sparse)
-        return CallPlan(
+        sparse = np.array([isinstance(g, SparseGradient) for g in grads])
+        clr = learning_rates(lr, lr_decay, step, sparse)
+        plan = CallPlan(
             update=True,
             learning_rate=None,
             loss_scale=0.0,
@@ -243,8 +251,11 @@ class Binding:
             any_update=True,
             ema_momentum=0.0,
             ema_overwrite=False,
-            per_tensor=np.column_stack([clr, per_group[gi]]),
+            per_tensor=np.column_stack([clr, table[:, 2:]]),
         )
+        decays = any(v[1] != 0.0 for v in values)
+        self._plan, self._plan_values = (None, None) if decays else (plan, values)
+        return plan
 
 
 def learning_rates(

@@ -122,6 +122,7 @@ def dense_gradient(g: torch.Tensor, target: torch.Tensor, layout: Layout) -> np.
     """
     if not g.is_cpu:
         raise ValueError(f"The gradient is on device {g.device}; expected a CPU tensor.")
+    g = g.detach()  # a gradient made with create_graph=True
     if layout is Layout.dense or not g.is_contiguous():
         if g.shape == target.shape and not same_layout(g, target):
             g = like(target, g)

@@ -118,7 +118,6 @@ class Adagrad(torch.optim.Optimizer):
                 self.state[p] = {"step": torch.tensor(0.0), "sum": like(p, fill)}
                 self._new_sums[id(p)] = self.state[p]["sum"]
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One Adagrad step of every parameter that has a gradient.
 
