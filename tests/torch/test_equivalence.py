@@ -32,9 +32,27 @@ def isa(request):
     _native.select_isa("auto")
 
 
-@pytest.mark.parametrize("kwargs", TORCH_INPUTS.values(), ids=TORCH_INPUTS.keys())
+# Every input on the ISA the core picks; two that reach every operation of the formula
+# (maximize, weight decay, an lr_decay that rounds) on every ISA path (the core's own
+# test, tests/test_torch_formula.py, takes every option and dtype on every path).
+ISA_CASES = [pytest.param("auto", name, id=name) for name in TORCH_INPUTS] + [
+    pytest.param(isa, name, id=f"{isa}-{name}")
+    for isa in _native.available_isas()
+    for name in ("maximize", "lr_decay_inexact")
+]
+
+
+@pytest.mark.parametrize("isa_name, input_name", ISA_CASES)
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_dense_bit_identical_to_fused(isa, dtype, kwargs):
+def test_dense_bit_identical_to_fused(isa_name, input_name, dtype):
+    assert _native.select_isa(isa_name)
+    try:
+        check_dense_bit_identical_to_fused(dtype, TORCH_INPUTS[input_name])
+    finally:
+        _native.select_isa("auto")
+
+
+def check_dense_bit_identical_to_fused(dtype, kwargs):
     mine, opt_mine, theirs, opt_theirs = native_and_torch(small_cnn(dtype), kwargs, {"fused": True})
     batches = cnn_batches(12, dtype)
     train(mine, opt_mine, batches)
