@@ -159,6 +159,7 @@ def main() -> None:
     repeats = 3 if args.quick else args.repeats
     threads = an.get_num_threads()
     torch.set_num_threads(threads)
+    torch.sparse.check_sparse_tensor_invariants.disable()  # torch's default, said explicitly
     rng = np.random.default_rng(0)
     big = 2**20 if args.quick else 16 * 2**20
     bert = bert_base_shapes(layers=1, vocab=2048) if args.quick else bert_base_shapes()
