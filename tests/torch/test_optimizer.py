@@ -119,6 +119,24 @@ def test_state_dict_round_trips_with_torch_through_torch_save():
         assert torch.equal(opt_mine.state[p]["step"], opt_theirs.state[q]["step"])
 
 
+def test_a_state_dict_without_some_parameters_loads():
+    """torch makes a parameter's state at its first gradient: a group added later and not
+    stepped yet is absent from its state_dict."""
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    theirs = torch.optim.Adagrad([a], lr=0.1, initial_accumulator_value=0.5)
+    theirs.add_param_group({"params": [b]})
+    a.grad = torch.ones(3)
+    theirs.step()
+    assert b not in theirs.state
+    mine = ant.Adagrad([a], lr=0.1, initial_accumulator_value=0.5)
+    mine.add_param_group({"params": [b]})
+    mine.load_state_dict(theirs.state_dict())
+    a.grad, b.grad = torch.ones(3), torch.ones(2)
+    mine.step()
+    assert float(mine.state[a]["step"]) == 2 and float(mine.state[b]["step"]) == 1
+    assert torch.equal(mine.state[b]["sum"], torch.full((2,), 1.5))
+
+
 def test_loaded_state_is_copied_not_shared():
     """Torch's load_state_dict keeps the given tensors; the step must not write into them."""
     mine, opt_mine, theirs, opt_theirs = native_and_torch(small_cnn(), {}, {"fused": True})

@@ -83,11 +83,13 @@ class Binding:
 
     Args:
         param_groups: The optimizer's groups.
-        state: The optimizer's state (a dict by parameter); every parameter must
-            have `sum` and `step` (tensors or numbers). Sums this binding did not
+        state: The optimizer's state (a dict by parameter): each parameter's `sum`
+            and `step` (tensors or numbers), made when absent. Sums this binding did not
             make (`own_sums`) are copied into tensors of its own, laid out as
             their parameter, and the state then holds those.
         own_sums: The sums of the binding this one replaces, by parameter id.
+        fill: The starting `sum` of a parameter whose state has none (torch's
+            `initial_accumulator_value` of the optimizer's defaults).
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class Binding:
         param_groups: list[dict[str, Any]],
         state: dict[Any, Any],
         own_sums: dict[int, torch.Tensor],
+        fill: float,
     ) -> None:
         params = [
             (p, g, j) for g, group in enumerate(param_groups) for j, p in enumerate(group["params"])
@@ -112,6 +115,8 @@ class Binding:
             layout = layout_of(p)
             target = p if layout is not Layout.staged else like(p, p)
             st = state[p]
+            if "sum" not in st or "step" not in st:  # a loaded state without this parameter
+                st.update(step=torch.tensor(0.0), sum=like(p, fill))
             self.steps[i] = float(st["step"])
             state_sum = own_sums.get(id(p))
             if (

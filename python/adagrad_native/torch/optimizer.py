@@ -142,7 +142,8 @@ class Adagrad(torch.optim.Optimizer):
             binding = self._binding
             if binding is None or not binding.is_current(self.param_groups, self.state):
                 own = {**self._new_sums, **(binding.own_sums if binding is not None else {})}
-                self._binding = binding = Binding(self.param_groups, self.state, own)
+                fill = self.defaults["initial_accumulator_value"]
+                self._binding = binding = Binding(self.param_groups, self.state, own, fill)
                 self._new_sums.clear()
             binding.step()
         return loss
