@@ -186,6 +186,19 @@ def test_replaced_storage_is_stepped_in_its_new_layout():
     assert opt_mine.state[mine[0]]["sum"].stride() == mine[0].stride() == (27, 1, 9, 3)
 
 
+def test_state_moved_to_shared_memory_is_followed():
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = ant.Adagrad([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.share_memory()
+    p.share_memory_()
+    opt.step()
+    state_sum = opt.state[p]["sum"]
+    assert state_sum.is_shared() and torch.equal(state_sum, torch.full((4,), 2.0))
+    torch.testing.assert_close(p.detach(), torch.full((4,), 0.9 - 0.1 / 2**0.5))
+
+
 def test_channels_last_model_in_place():
     model = small_cnn(channels_last=True)
     mine, opt_mine, theirs, opt_theirs = native_and_torch(model, {"lr": 0.1}, {"fused": True})

@@ -76,6 +76,7 @@ class Entry(NamedTuple):
     name: str
     group: int  # its index in param_groups
     plain: bool  # contiguous and real, not bfloat16: its gradient's numpy view is taken as is
+    sum_ptr: int  # state_sum.data_ptr() when bound
 
 
 class Binding:
@@ -127,7 +128,16 @@ class Binding:
                 state_sum = adopted_sum(st["sum"], target, name)
             plain = layout is Layout.contiguous and p.dtype in _PLAIN_DTYPES
             entry = Entry(
-                p, storage_key(p), layout, target, state_sum, step_views[i], name, g, plain
+                p,
+                storage_key(p),
+                layout,
+                target,
+                state_sum,
+                step_views[i],
+                name,
+                g,
+                plain,
+                state_sum.data_ptr(),
             )
             entries.append(entry)
         self.entries = entries
@@ -176,6 +186,7 @@ class Binding:
                     or st.get("sum") is not e.state_sum
                     or st.get("step") is not e.step_view
                     or storage_key(p) != e.key
+                    or e.state_sum.data_ptr() != e.sum_ptr  # moved (share_memory_)
                 ):
                     return False
                 i += 1

@@ -148,6 +148,13 @@ class Adagrad(torch.optim.Optimizer):
             binding.step()
         return loss
 
+    def share_memory(self) -> None:
+        """Moves every `sum` to shared memory (torch's `Adagrad.share_memory`)."""
+        with self._lock:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p]["sum"].share_memory_()
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickling and `load_state_dict`: torch's, then a new binding at the next step."""
         super().__setstate__(state)
