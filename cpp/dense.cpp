@@ -1,5 +1,6 @@
 // Pass 2 of a step: the fused element-wise update of one work item, compiled
-// once per ISA. Operation order follows Keras 3 so the numbers match it.
+// once per ISA. Operation order follows Keras 3 so the numbers match it, or
+// torch's Adagrad under the plan's torch formulas.
 #include "clip.hpp"
 #include "ema.hpp"
 #include "kernel_common.hpp"
@@ -15,12 +16,16 @@ struct Blocks {
   const StepPlan& plan;
   const GradClip<C> clip;
   const Ema<P, C> ema_of;
+  const TensorScalars s;  // this tensor's learning rate, epsilon, weight decay, maximize
   const C lr, eps, wd;
+  const C sign;  // torch formulas: -1 under maximize, else 1 (g * sign is exact)
+  const bool decay;
 
   Blocks(const TensorSlots& t_, const TensorStep& ts_, const StepPlan& plan_)
-      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_), ema_of(plan_),
-        lr(static_cast<C>(plan_.learning_rate)), eps(static_cast<C>(plan_.epsilon)),
-        wd(static_cast<C>(plan_.weight_decay)) {}
+      : t(t_), ts(ts_), plan(plan_), clip(plan_, ts_), ema_of(plan_), s(scalars_of(plan_, ts_)),
+        lr(static_cast<C>(s.learning_rate)), eps(static_cast<C>(s.epsilon)),
+        wd(static_cast<C>(s.weight_decay)), sign(s.maximize ? C(-1) : C(1)),
+        decay(t_.weight_decay && s.weight_decay != 0.0) {}
 
   P* param(int64_t b) const { return static_cast<P*>(t.param) + b; }
   P* gacc(int64_t b) const { return static_cast<P*>(t.grad_accumulator) + b; }
@@ -31,13 +36,54 @@ struct Blocks {
     for (int64_t i = 0; i < n; ++i) ga[i] = zero;
   }
 
-  // Decay, then Adagrad: acc += g^2; v -= lr*g / sqrt(acc + eps).
+  // Calls fn(formula, decay) with both as compile-time constants, so each
+  // combination gets its own vectorized loop.
+  template <class Fn>
+  auto with_update(Fn&& fn) const {
+    const auto decayed = [&](auto formula) {
+      return decay ? fn(formula, std::true_type{}) : fn(formula, std::false_type{});
+    };
+    switch (plan.formula) {
+      case Formula::torch:
+        return decayed(std::integral_constant<Formula, Formula::torch>{});
+      case Formula::torch_sparse:
+        return decayed(std::integral_constant<Formula, Formula::torch_sparse>{});
+      case Formula::keras:
+      default:
+        return decayed(std::integral_constant<Formula, Formula::keras>{});
+    }
+  }
+
+  // One element of the update in formula F (step.hpp's Formula, where each
+  // order is spelled out): updates acc, returns the new v.
+  template <Formula F, bool kDecay>
+  C update_element(C g, C& acc, C v) const {
+    if constexpr (F == Formula::keras) {
+      if constexpr (kDecay) v = v - v * wd * lr;
+      acc = acc + g * g;
+      return v - (lr * g) / sqrt_c(acc + eps);
+    } else {
+      g = g * sign;
+      if constexpr (kDecay) g = fma_c(wd, v, g);
+      if constexpr (F == Formula::torch) {
+        acc = fma_c(g, g, acc);
+        return v - (lr * g) / (sqrt_c(acc) + eps);
+      } else {
+        acc = acc + g * g;
+        return fma_c(-lr, g / (sqrt_c(acc) + eps), v);
+      }
+    }
+  }
+
+  // Decay, then Adagrad, in the plan's formula.
   void adagrad(int64_t b, int64_t n) const {
 #ifdef ADAGRAD_HAVE_LANES8
     if constexpr (!std::is_same_v<P, C>) {
       if (plan.loss_scale == 0.0 && plan.clip == Clip::none &&
           (plan.phase != Phase::accumulate_update || t.grad_accumulator == nullptr)) {
-        adagrad_in_registers(b, n);
+        with_update([&](auto formula, auto decayed) {
+          adagrad_in_registers<decltype(formula)::value, decltype(decayed)::value>(b, n);
+        });
         return;
       }
     }
@@ -55,9 +101,9 @@ struct Blocks {
     A* acc_store = static_cast<A*>(t.accumulator) + b;
     C* __restrict v = load_view<C>(param(b), vbuf, n);
     C* __restrict acc = load_view<C>(acc_store, abuf, n);
-    const bool decay = t.weight_decay && plan.weight_decay != 0.0;
-    const unsigned nan_seen = decay ? update_loop(g, v, acc, n, std::true_type{})
-                                    : update_loop(g, v, acc, n, std::false_type{});
+    const unsigned nan_seen = with_update([&](auto formula, auto decayed) {
+      return update_loop<decltype(formula)::value, decltype(decayed)::value>(g, v, acc, n);
+    });
     if (nan_seen != 0) {  // a NaN accumulator makes v NaN too: one check covers both
       canonical_nans(v, n);
       canonical_nans(acc, n);
@@ -66,18 +112,15 @@ struct Blocks {
     store_view(param(b), v, n);
   }
 
-  // The element loop of adagrad(), decay fused in (one pass over the block);
-  // returns nonzero when some v became NaN.
-  template <bool kDecay>
-  unsigned update_loop(const C* __restrict g, C* __restrict v, C* __restrict acc, int64_t n,
-                       std::bool_constant<kDecay>) const {
+  // The element loop of adagrad() (one pass over the block); returns nonzero
+  // when some v became NaN.
+  template <Formula F, bool kDecay>
+  unsigned update_loop(const C* __restrict g, C* __restrict v, C* __restrict acc, int64_t n) const {
     unsigned nan_seen = 0;
     for (int64_t i = 0; i < n; ++i) {
-      C vi = v[i];
-      if constexpr (kDecay) vi = vi - vi * wd * lr;
-      const C a = acc[i] + g[i] * g[i];
+      C a = acc[i];
+      const C vi = update_element<F, kDecay>(g[i], a, v[i]);
       acc[i] = a;
-      vi = vi - (lr * g[i]) / sqrt_c(a + eps);
       v[i] = vi;
       nan_seen |= static_cast<unsigned>(vi != vi);
     }
@@ -87,18 +130,33 @@ struct Blocks {
 #ifdef ADAGRAD_HAVE_LANES8
   // The plain step of 16-bit parameters in one loop, converting in registers:
   // the staged path's separate conversion loops cost 2-3x the arithmetic.
-  // Same operations in the same order as adagrad() above, so the same bits.
+  // Same operations in the same order as update_element, so the same bits.
+  template <Formula F, bool kDecay>
   void adagrad_in_registers(int64_t b, int64_t n) const {
     const P* __restrict g = static_cast<const P*>(ts.grad) + b;
     P* __restrict v = param(b);
     A* __restrict acc = static_cast<A*>(t.accumulator) + b;
-    const bool decay = t.weight_decay && plan.weight_decay != 0.0;
     const __m256 lr8 = _mm256_set1_ps(lr), eps8 = _mm256_set1_ps(eps), wd8 = _mm256_set1_ps(wd);
+    const __m256 sign8 = _mm256_set1_ps(sign), neg_lr8 = _mm256_set1_ps(-lr);
     const auto update = [&](__m256 gi, __m256& a, __m256& vi) {
-      a = _mm256_add_ps(a, _mm256_mul_ps(gi, gi));
-      if (decay) vi = _mm256_sub_ps(vi, _mm256_mul_ps(_mm256_mul_ps(vi, wd8), lr8));
-      const __m256 den = _mm256_sqrt_ps(_mm256_add_ps(a, eps8));
-      vi = _mm256_sub_ps(vi, _mm256_div_ps(_mm256_mul_ps(lr8, gi), den));
+      if constexpr (F == Formula::keras) {
+        if constexpr (kDecay) vi = _mm256_sub_ps(vi, _mm256_mul_ps(_mm256_mul_ps(vi, wd8), lr8));
+        a = _mm256_add_ps(a, _mm256_mul_ps(gi, gi));
+        const __m256 den = _mm256_sqrt_ps(_mm256_add_ps(a, eps8));
+        vi = _mm256_sub_ps(vi, _mm256_div_ps(_mm256_mul_ps(lr8, gi), den));
+      } else {
+        gi = _mm256_mul_ps(gi, sign8);
+        if constexpr (kDecay) gi = _mm256_fmadd_ps(wd8, vi, gi);
+        if constexpr (F == Formula::torch) {
+          a = _mm256_fmadd_ps(gi, gi, a);
+          const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(a), eps8);
+          vi = _mm256_sub_ps(vi, _mm256_div_ps(_mm256_mul_ps(lr8, gi), den));
+        } else {
+          a = _mm256_add_ps(a, _mm256_mul_ps(gi, gi));
+          const __m256 den = _mm256_add_ps(_mm256_sqrt_ps(a), eps8);
+          vi = _mm256_fmadd_ps(neg_lr8, _mm256_div_ps(gi, den), vi);
+        }
+      }
     };
     int64_t i = 0;
     if constexpr (std::is_same_v<P, bf16> && std::is_same_v<A, bf16>) {
@@ -121,12 +179,10 @@ struct Blocks {
       store8(v + i, vi);
     }
     for (; i < n; ++i) {
-      const C gi = to_c<C>(g[i]);
-      const C a = to_c<C>(acc[i]) + gi * gi;
-      C vi = to_c<C>(v[i]);
-      if (decay) vi = vi - vi * wd * lr;
+      C a = to_c<C>(acc[i]);
+      const C vi = update_element<F, kDecay>(to_c<C>(g[i]), a, to_c<C>(v[i]));
       acc[i] = from_c<A>(a);
-      v[i] = from_c<P>(vi - (lr * gi) / sqrt_c(a + eps));
+      v[i] = from_c<P>(vi);
     }
     // As in adagrad(): a NaN accumulator makes v NaN too.
     if (any_nan(v, n)) {

@@ -11,7 +11,7 @@
 #include "kernels.hpp"
 #include "step.hpp"
 
-#if defined(__AVX2__) && defined(__F16C__)
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
 
@@ -35,6 +35,16 @@ inline int64_t block_len(int64_t b, int64_t end) { return end - b < kBlock ? end
 
 inline float sqrt_c(float x) { return __builtin_sqrtf(x); }
 inline double sqrt_c(double x) { return __builtin_sqrt(x); }
+// a*b + c rounded once: an FMA instruction where the ISA has one (the loops
+// vectorize), else libm's fma, which is correctly rounded too: the same bits.
+inline float fma_c(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+inline double fma_c(double a, double b, double c) { return __builtin_fma(a, b, c); }
+
+// The scalars of one tensor's update: its own (plan.per_tensor) or the plan's.
+inline TensorScalars scalars_of(const StepPlan& plan, const TensorStep& ts) {
+  if (ts.scalars != nullptr) return *ts.scalars;
+  return TensorScalars{plan.learning_rate, plan.epsilon, plan.weight_decay, plan.maximize};
+}
 
 using f16 = _Float16;
 struct bf16 {
@@ -106,7 +116,7 @@ inline void canonicalize_nans(X* __restrict p, int64_t n) {
 // 16-bit conversions, eight lanes in a register where the ISA has them (GCC
 // does not vectorize _Float16 or bit-manipulated bf16 conversions by itself).
 // The scalar tails use the same rounding, so every ISA path gives the same bits.
-#if defined(__AVX2__) && defined(__F16C__)
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #define ADAGRAD_HAVE_LANES8 1
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const f16* p) {

@@ -214,8 +214,7 @@ void register_step(py::module_& m) {
       },
       py::arg("writes"), py::arg("applied"),
       "The writes of `step`'s `settle` for one outcome, all in one call.");
-  m.def("first_nonfinite", &first_nonfinite, py::arg("group"), py::arg("grads"),
-        py::arg("plan"),
+  m.def("first_nonfinite", &first_nonfinite, py::arg("group"), py::arg("grads"), py::arg("plan"),
         "The finiteness check of a step alone (row-sparse gradients with their duplicates "
         "summed): -1, or the smallest tensor whose gradient is not finite. Writes nothing.");
   m.def("fold_norms", &fold_norms, py::arg("tensor_of"), py::arg("sums"), py::arg("finite"),

@@ -154,6 +154,9 @@ struct RowsOp {
     std::vector<P> sum(static_cast<size_t>(L));
     std::vector<C> row;  // row-wise scratch, sized on first use
     const bool rowwise = t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
+    // Under torch's formula a row takes the operation order of torch's sparse path.
+    StepPlan row_plan = plan;
+    if (plan.formula == Formula::torch) row_plan.formula = Formula::torch_sparse;
     for (int64_t d = d0; d < d1; ++d) {
       if (d + kPrefetchRows < d1) {
         const int64_t ahead = s.rows[d + kPrefetchRows];
@@ -172,7 +175,7 @@ struct RowsOp {
         rowwise_impl<P, A, C>(t, ts, plan, r, r + 1, g, row);
       } else {
         const DenseView v = dense_view(t, ts, r * L, L, g);
-        dense_item(v.slots, v.step, plan, 0, L);
+        dense_item(v.slots, v.step, row_plan, 0, L);
       }
     }
   }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
+#include <string>
 #include <utility>
 
 #include "dedup.hpp"
@@ -321,8 +323,30 @@ Folded fold_norms(const std::vector<int32_t>& tensor_of, const double* sums,
 
 std::vector<SparseRows>& SlotGroup::sparse_rows() { return *sparse_rows_; }
 
+namespace {
+
+// Points each tensor's step at its own scalars (plan.per_tensor), after checking
+// that the plan fits the group; throws before anything is written.
+void attach_scalars(const SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+  const std::vector<TensorSlots>& tensors = group.tensors();
+  if (plan.per_tensor && plan.per_tensor->size() != tensors.size()) {
+    throw std::invalid_argument(
+        "StepPlan.per_tensor has " + std::to_string(plan.per_tensor->size()) +
+        " entries; the group has " + std::to_string(tensors.size()) + " tensors.");
+  }
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    if (tensors[t].rowwise && plan.formula != Formula::keras) {
+      throw std::invalid_argument("Row-wise accumulators take only the Keras formula.");
+    }
+    steps[t].scalars = plan.per_tensor ? &(*plan.per_tensor)[t] : nullptr;
+  }
+}
+
+}  // namespace
+
 StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan,
                     const std::vector<double>* norms) {
+  attach_scalars(group, steps, plan);
   StepRun run{group.tensors(), group.work(), steps, plan, kernels(), group.sparse_rows()};
   const StepTasks tasks = plan_sparse(run);
   StepResult result;
@@ -337,6 +361,7 @@ StepResult run_step(SlotGroup& group, std::vector<TensorStep>& steps, const Step
 }
 
 int64_t run_check(SlotGroup& group, std::vector<TensorStep>& steps, const StepPlan& plan) {
+  attach_scalars(group, steps, plan);
   StepPlan checking = plan;
   checking.check_finite = true;
   StepRun run{group.tensors(), group.work(), steps, checking, kernels(), group.sparse_rows()};

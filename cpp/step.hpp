@@ -44,6 +44,30 @@ enum class Phase : int {
 
 enum class Clip : int { none = 0, norm = 1, global_norm = 2, value = 3 };
 
+// Whose operation order the Adagrad update follows (each a switch in the one
+// element loop of dense.cpp). The torch formulas use a correctly rounded fma
+// where torch's kernels compute one, on every ISA path.
+enum class Formula : int {
+  // Keras 3: v -= v*wd*lr; acc += g*g; v -= lr*g / sqrt(acc + eps).
+  keras = 0,
+  // torch.optim.Adagrad(fused=True): g = -g if maximize; g = fma(wd, v, g);
+  // acc = fma(g, g, acc); v -= lr*g / (sqrt(acc) + eps).
+  torch = 1,
+  // torch's sparse-gradient path (what the rows of a sparse gradient get under
+  // `torch`): acc += g*g; v = fma(-lr, g / (sqrt(acc) + eps), v).
+  torch_sparse = 2,
+};
+
+// One tensor's own scalars for a step, replacing the plan's: torch's parameter
+// groups each have their own, and each parameter's step count makes its
+// learning rate lr / (1 + (step - 1) * lr_decay) its own.
+struct TensorScalars {
+  double learning_rate = 0.0;
+  double epsilon = 0.0;
+  double weight_decay = 0.0;
+  bool maximize = false;
+};
+
 // Scalars of one step. Python decides every policy (schedule, phase, EMA
 // momentum for this iteration); C++ only applies them.
 struct StepPlan {
@@ -65,6 +89,11 @@ struct StepPlan {
   // Row-sparse gradients: weight decay and EMA only on the touched rows
   // (a documented deviation from dense semantics), instead of a full pass.
   bool sparse_lazy = false;
+  Formula formula = Formula::keras;
+  bool maximize = false;  // torch formulas: the gradient is negated (ascent)
+  // Empty, or one entry per tensor that replaces learning_rate, epsilon,
+  // weight_decay and maximize for that tensor (shared: copies of a plan are cheap).
+  std::shared_ptr<const std::vector<TensorScalars>> per_tensor;
 };
 
 // Per-call, per-tensor inputs.
@@ -77,6 +106,8 @@ struct TensorStep {
   const void* indices = nullptr;
   int64_t n_indices = 0;
   int index_bytes = 8;  // 4 (int32) or 8 (int64)
+  // This tensor's entry of plan.per_tensor (set by run_step); null: the plan's scalars.
+  const TensorScalars* scalars = nullptr;
 };
 
 struct StepResult {

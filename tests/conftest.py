@@ -11,7 +11,7 @@ from tests.helpers import LOW_PRECISION, SLOT_LISTS, assert_identical, dtype_par
 # Tests by what they need beyond the package: "mpi" launches mpiexec, "peer" loads a
 # peer framework (keras, jax, torch). The sanitizer job (.ci/sanitize) runs every
 # test that is neither, so a new test file runs under it by default.
-_MARKED_FOLDERS = {"compat": "peer", "distributed": "mpi"}
+_MARKED_FOLDERS = {"compat": "peer", "torch": "peer", "distributed": "mpi"}
 
 
 def pytest_collection_modifyitems(config, items):

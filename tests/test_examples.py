@@ -21,6 +21,7 @@ def test_every_example_is_run_here():
         "embeddings_recommender.py",
         "lr_schedules.py",
         "mlp_blobs.py",
+        "torch_drop_in.py",
         "torch_in_place.py",
     ]
 

@@ -20,6 +20,11 @@ class Phase(Enum):
     accumulate = 1
     accumulate_update = 2
 
+class Formula(Enum):
+    keras = 0
+    torch = 1
+    torch_sparse = 2
+
 class StepPlan:
     learning_rate: float
     epsilon: float
@@ -35,6 +40,9 @@ class StepPlan:
     check_finite: bool
     reset_idle_accumulators: bool
     sparse_lazy: bool
+    formula: Formula
+    maximize: bool
+    per_tensor: np.ndarray | None
     def __init__(self) -> None: ...
 
 class SlotGroup:

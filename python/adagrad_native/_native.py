@@ -26,6 +26,8 @@ from adagrad_native.variables import Variable
 
 T = TypeVar("T")
 
+_FORMULAS = {"keras": _core.Formula.keras, "torch": _core.Formula.torch}
+
 _CLIP_MODES = {
     None: _core.Clip.none,
     "norm": _core.Clip.norm,
@@ -64,6 +66,7 @@ class NativeStep:
         self._static: StaticPlan | None = None  # None: the plan must be configured
         self._call_key: tuple[float, bool, bool] | None = None
         self._learning_rate: float | None = None
+        self._per_tensor = False  # whether the plan holds per-tensor scalars
         self._fast: Any = None
         self._fast_layout = -1
         self._single_groups: dict[int, Any] = {}
@@ -120,6 +123,7 @@ class NativeStep:
         plan.clip, plan.clip_value = _CLIP_MODES[static.clip], static.clip_value
         plan.accumulation_steps = static.accumulation_steps
         plan.sparse_lazy = static.sparse_lazy
+        plan.formula = _FORMULAS[static.formula]
         plan.phase = _core.Phase.update
         self._static = static
         self._call_key = None
@@ -174,6 +178,9 @@ class NativeStep:
         if plan.ema:
             plan.ema_momentum = call.ema_momentum
             plan.ema_overwrite = call.ema_overwrite
+        if call.per_tensor is not None or self._per_tensor:
+            plan.per_tensor = call.per_tensor
+            self._per_tensor = call.per_tensor is not None
 
     @property
     def static(self) -> StaticPlan:

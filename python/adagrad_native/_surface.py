@@ -79,6 +79,7 @@ class StaticPlan(NamedTuple):
     accumulation_steps: int  # 1: off
     use_ema: bool
     sparse_lazy: bool
+    formula: str = "keras"  # the update's operation order: "keras" or "torch" (cpp/step.hpp)
 
 
 class CallPlan(NamedTuple):
@@ -91,6 +92,9 @@ class CallPlan(NamedTuple):
     any_update: bool  # whether any variable gets an Adagrad update
     ema_momentum: float  # this iteration's effective EMA momentum
     ema_overwrite: bool  # whether this iteration overwrites variables with their averages
+    # None, or one row (learning rate, epsilon, weight decay, maximize 0/1) per tensor
+    # that replaces the plan's for that tensor (torch's parameter groups).
+    per_tensor: np.ndarray | None = None
 
 
 StatelessValues = tuple[list[np.ndarray], list[np.ndarray]]

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mpi4py", reason='the distributed tests need mpi4py and MPICH: pip install ".[mpi]" from a clone')
+pytest.importorskip(
+    "mpi4py",
+    reason='the distributed tests need mpi4py and MPICH: pip install ".[mpi]" from a clone',
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 600  # a hang (a rank waiting in a collective forever) fails, it does not block CI
