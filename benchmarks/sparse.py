@@ -5,7 +5,7 @@ ids, Zipf-distributed (numpy zipf(1.25), ~5,600 distinct) or uniform; also
 row widths 16 and 256 with Zipf ids. Per implementation: median ms per step
 (gradient construction included for torch, as a training loop pays it),
 distinct rows updated per second, and the fraction of a memory roofline: the
-time `_native.stream_probe` needs to move the touched rows' bytes with no math
+time the roofline probe (`benchmarks/probe.py`) needs to move the touched rows' bytes with no math
 (read+write the parameter and accumulator rows, read the values), divided by
 the step time. Peers run when installed: torch (sparse gradient; Adagrad
 coalesces duplicates first, like us), TensorFlow's
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 import adagrad_native as an
-from adagrad_native import _native
 from benchmarks import report
+from benchmarks.probe import stream_probe
 from tests.oracle import ReferenceAdagrad
 
 HEADING = "## Row-sparse steps"
@@ -67,8 +67,8 @@ def roofline_ms(distinct: int, width: int, acc_width: int, repeats: int) -> floa
     if acc_width != width:  # row-wise: one accumulator element per row
         rw = rw[:1]
     values = [np.zeros(BATCH * width, np.float32)]
-    t_rw = median_ms(_native.stream_probe([([], rw)]), repeats)
-    t_ro = median_ms(_native.stream_probe([(values, [])]), repeats)
+    t_rw = median_ms(stream_probe([([], rw)]), repeats)
+    t_ro = median_ms(stream_probe([(values, [])]), repeats)
     return t_rw + t_ro
 
 

@@ -15,7 +15,6 @@ struct ReduceResult {
 };
 
 struct SparseRows;
-struct ProbeTensor;
 
 // X(name, return type, parameters) for every kernel.
 #define ADAGRAD_KERNELS(X)                                                                        \
@@ -46,10 +45,7 @@ struct ProbeTensor;
      grad_rows (parameter dtype). */                                                              \
   X(rowwise_rows, void,                                                                           \
     (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0, int64_t r1,    \
-     const void* grad_rows))                                                                      \
-  /* Roofline probe (benchmarks): moves the bytes of elements [begin, end) of one tensor's        \
-     arrays, leaving every value unchanged. */                                                    \
-  X(probe_item, void, (const ProbeTensor& t, int64_t begin, int64_t end))
+     const void* grad_rows))
 
 #define ADAGRAD_DECLARE_KERNEL(name, ret, params) ret name params;
 

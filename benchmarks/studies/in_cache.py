@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 import adagrad_native as an
-from adagrad_native import _native
+from benchmarks.probe import stream_probe
 
 TINY = 8
 
@@ -51,8 +51,8 @@ def probe_ns_per_element(itemsize: int, n: int, calls: int) -> float:
     bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
     big = [np.ones(n, bits) for _ in range(3)]
     tiny = [a[:TINY] for a in big]
-    full = per_call_ns(_native.stream_probe([(big[:1], big[1:])]), calls)
-    base = per_call_ns(_native.stream_probe([(tiny[:1], tiny[1:])]), calls)
+    full = per_call_ns(stream_probe([(big[:1], big[1:])]), calls)
+    base = per_call_ns(stream_probe([(tiny[:1], tiny[1:])]), calls)
     return (full - base) / (n - TINY)
 
 

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # where the child's `python -m`
 
 def child(elements: int, repeats: int) -> None:
     import adagrad_native as an
-    from adagrad_native import _native
+    from benchmarks.probe import stream_probe
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal(elements, dtype=np.float32)
@@ -40,7 +40,7 @@ def child(elements: int, repeats: int) -> None:
     for name, opt in (("numpy", unplaced), ("package", placed)):
         acc = next(x for x in opt.variables if x.path.endswith("_accumulator")).value
         steps[f"step {name}"] = lambda opt=opt: opt.apply([g], [v])
-        steps[f"probe {name}"] = _native.stream_probe([([g], [v, acc])])
+        steps[f"probe {name}"] = stream_probe([([g], [v, acc])])
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(repeats + 2):
         names = list(steps)

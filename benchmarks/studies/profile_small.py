@@ -39,7 +39,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import adagrad_native as an
-    from adagrad_native import _native
+    from benchmarks.probe import stream_probe
 
     if args.threads:
         an.set_num_threads(args.threads)
@@ -53,7 +53,7 @@ def main() -> None:
     tiny.build(tiny_p)
     n = sum(p.size for p in params)
     accumulators = [v.value for v in opt.variables if v.path.endswith("_accumulator")]
-    probe = _native.stream_probe([([g], [p, a]) for p, g, a in zip(params, grads, accumulators)])
+    probe = stream_probe([([g], [p, a]) for p, g, a in zip(params, grads, accumulators)])
 
     apply_us = per_call(lambda: opt.apply(grads, params), args.steps)
     tiny_us = per_call(lambda: tiny.apply(tiny_g, tiny_p), args.steps)

@@ -340,19 +340,6 @@ def _group(slots: Slots, chunk: int | None) -> Any:
     )
 
 
-def stream_probe(tensors: Sequence[tuple[list[np.ndarray], list[np.ndarray]]]) -> Any:
-    """The memory-roofline probe of benchmarks (`_core.StreamProbe`).
-
-    Args:
-        tensors: One (read-only arrays, read-write arrays) pair per tensor.
-
-    Returns:
-        A callable that moves a step's bytes over those arrays (values unchanged),
-        with the step's threads, chunking and ISA; `.bytes` is what one call moves.
-    """
-    return _core.StreamProbe(tensors)
-
-
 def select_isa(name: str) -> bool:
     """Selects the kernels of one ISA ("auto": the best); False when not available."""
     return bool(_core.select_isa(name))
