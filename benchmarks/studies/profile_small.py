@@ -14,22 +14,17 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
+from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks.timing import median_ms, time_calls
 from benchmarks.workloads import LEARNING_RATE, MLP_SHAPES
 
 
-def per_call(fn: object, steps: int) -> float:
+def per_call(fn: Callable[[], None], steps: int) -> float:
     """Median over 5 batches of the time per call, in µs."""
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(steps // 5):
-            fn()  # type: ignore[operator]
-        times.append((time.perf_counter() - t0) / (steps // 5))
-    return float(np.median(times)) * 1e6
+    return 1e3 * median_ms(time_calls(fn, 5, batch=steps // 5))
 
 
 def main() -> None:
