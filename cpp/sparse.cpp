@@ -15,90 +15,150 @@
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "tensor_range.hpp"
+#include "update.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
-// Rows ahead of the current one whose parameter and accumulator lines are
-// prefetched: far enough to hide a DRAM miss behind the work on a 64-wide row.
-constexpr int64_t kPrefetchRows = 4;
-constexpr int64_t kPrefetchLines = 8;  // at most 512 bytes of each row
-constexpr int kMeanLanes = 8;          // lanes of the row-wise mean (fixed order)
+// How far ahead a row task prefetches, in bytes of each stream: rows are
+// scattered (a DRAM or L3 miss each), so the lines of the next few kilobytes
+// must be on their way while the current row is summed and updated.
+constexpr int64_t kAheadBytes = 4096;
+constexpr int64_t kMaxAheadRows = 16;
+constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 
 inline void prefetch_bytes(const void* p, int64_t bytes, bool write) {
   const char* c = static_cast<const char*>(p);
-  const int64_t n = std::min<int64_t>(kPrefetchLines, (bytes + 63) / 64);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < bytes; i += 64) {
     if (write) {
-      __builtin_prefetch(c + 64 * i, 1, 3);
+      __builtin_prefetch(c + i, 1, 3);
     } else {
-      __builtin_prefetch(c + 64 * i, 0, 3);
+      __builtin_prefetch(c + i, 0, 3);
     }
   }
 }
 
-// Elements [off, off + n) of the summed gradient of distinct row d: a pointer
-// into the values when the row has one copy, else the sum written to out.
-template <class P, class C>
-const P* summed_row(const TensorStep& ts, const SparseRows& s, int64_t row_len, int64_t d,
-                    int64_t off, int64_t n, P* __restrict out) {
-  const P* values = static_cast<const P*>(ts.grad);
-  const int64_t first = s.start[d], last = s.start[d + 1];
-  const P* __restrict x0 = values + s.order[first] * row_len + off;
-  if (last - first == 1) return x0;
-  for (int64_t j = 0; j < n; ++j) out[j] = x0[j];
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(P));
-  for (int64_t k = first + 1; k < std::min(last, first + 1 + kPrefetchRows); ++k) {
-    prefetch_bytes(values + s.order[k] * row_len + off, bytes, false);
+// n items of per-thread scratch, kept for the thread's next tasks (a step has
+// hundreds of row tasks; each would otherwise allocate and zero its own).
+// `Use` tells apart scratch buffers of one type that are live together.
+template <class T, int Use>
+T* scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
+  return buffer.data();
+}
+enum : int { kSumScratch, kRowScratch };
+
+// Items ahead so that about kAheadBytes of a stream of `bytes`-long items are in flight.
+inline int64_t items_ahead(int64_t bytes) {
+  return std::clamp<int64_t>(kAheadBytes / std::max<int64_t>(bytes, 1), 2, kMaxAheadRows);
+}
+
+// The copies of a task's distinct rows, in the order they are summed: position p
+// of `order` is value row order[p]. Reading position p prefetches position p + ahead.
+template <class P>
+struct Copies {
+  const P* values;
+  const int64_t* order;
+  int64_t row_len;
+  int64_t end;     // first position past the task's copies
+  int64_t off, n;  // the part [off, off + n) of each row that is read
+  int64_t ahead;
+
+  Copies(const TensorStep& ts, const SparseRows& s, int64_t row_len_, int64_t d1, int64_t off_,
+         int64_t n_)
+      : values(static_cast<const P*>(ts.grad)), order(s.order.data()), row_len(row_len_),
+        end(s.start[d1]), off(off_), n(n_),
+        ahead(items_ahead(n_ * static_cast<int64_t>(sizeof(P)))) {}
+
+  const P* row(int64_t p) const { return values + order[p] * row_len + off; }
+  const P* read(int64_t p) const {
+    if (p + ahead < end) prefetch_bytes(row(p + ahead), n * static_cast<int64_t>(sizeof(P)), false);
+    return row(p);
   }
-  for (int64_t k = first + 1; k < last; ++k) {
-    // The copies are scattered over the values: fetch a few ahead (DRAM latency).
-    if (k + kPrefetchRows < last) {
-      prefetch_bytes(values + s.order[k + kPrefetchRows] * row_len + off, bytes, false);
+  // The first copies' lines, before the task reads its first row.
+  void start(int64_t p) const {
+    for (int64_t q = p; q < std::min(end, p + ahead); ++q) {
+      prefetch_bytes(row(q), n * static_cast<int64_t>(sizeof(P)), false);
     }
-    const P* __restrict x = values + s.order[k] * row_len + off;
-    for (int64_t j = 0; j < n; ++j) out[j] = from_c<P>(to_c<C>(out[j]) + to_c<C>(x[j]));
+  }
+};
+
+// Columns summed at a time: 256 bytes of the compute type, whose partial sums
+// stay in registers over all the copies of a row (4 AVX-512 or 8 AVX2 ones).
+template <class C>
+constexpr int64_t kSumColumns = 256 / static_cast<int64_t>(sizeof(C));
+
+// The summed gradient of distinct row d (its part read by `copies`): a pointer
+// into the values when the row has one copy, else the sum written to out. The
+// copies are added in index order, the sum rounded to P after every addition.
+template <class P, class C>
+const P* summed_row(const Copies<P>& copies, const SparseRows& s, int64_t d, P* __restrict out) {
+  const int64_t first = s.start[d], last = s.start[d + 1];
+  const P* __restrict x0 = copies.read(first);
+  if (last - first == 1) return x0;
+  constexpr int64_t W = kSumColumns<C>;
+  const int64_t n = copies.n;
+  int64_t c = 0;
+  for (; c + W <= n; c += W) {
+    C sum[W];
+    for (int64_t j = 0; j < W; ++j) sum[j] = to_c<C>(x0[c + j]);
+    for (int64_t k = first + 1; k < last; ++k) {
+      // The first pass over the copies prefetches ahead; later ones find them cached.
+      const P* __restrict x = (c == 0 ? copies.read(k) : copies.row(k)) + c;
+      for (int64_t j = 0; j < W; ++j) sum[j] = to_c<C>(from_c<P>(sum[j] + to_c<C>(x[j])));
+    }
+    for (int64_t j = 0; j < W; ++j) out[c + j] = from_c<P>(sum[j]);
+  }
+  if (c < n) {  // the last n - c < W columns, summed in out
+    for (int64_t j = c; j < n; ++j) out[j] = x0[j];
+    for (int64_t k = first + 1; k < last; ++k) {
+      const P* __restrict x = c == 0 ? copies.read(k) : copies.row(k);
+      for (int64_t j = c; j < n; ++j) out[j] = from_c<P>(to_c<C>(out[j]) + to_c<C>(x[j]));
+    }
   }
   return out;
 }
 
-// Row-wise Adagrad on rows [r0, r1) of t; the gradient of row r is at
-// g_rows + (r - r0) * L. Per row: the prepared, clipped gradient g; decay;
-// acc += mean(g^2); v -= lr * g / sqrt(acc + eps); EMA. The mean is a float64
-// sum of squares in kMeanLanes lanes (element j in lane j % kMeanLanes, each
-// lane summed in element order, lanes combined by a fixed halving tree),
-// divided by L, then rounded to the compute type: the same bits for any
-// thread count and ISA.
+// Row-wise Adagrad, set up once per task and run row by row. Per row: the
+// prepared, clipped gradient g; decay; acc += mean(g^2); v -= lr * g /
+// sqrt(acc + eps); EMA. The mean is a float64 sum of squares in kMeanLanes
+// lanes (element j in lane j % kMeanLanes, each lane summed in element order,
+// lanes combined by a fixed halving tree), divided by L, then rounded to the
+// compute type: the same bits for any thread count and ISA.
 template <class P, class A, class C>
-void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0,
-                  int64_t r1, const P* g_rows, std::vector<C>& row) {
-  const int64_t L = t.row_len;
-  if (L <= 0 || r1 <= r0) return;
-  if (row.size() < static_cast<size_t>(L)) row.resize(static_cast<size_t>(L));
-  const GradClip<C> clip(plan, ts);
-  const C lr = static_cast<C>(plan.learning_rate), eps = static_cast<C>(plan.epsilon);
-  const C wd = static_cast<C>(plan.weight_decay);
-  const Ema<P, C> ema(plan);
-  const bool decay = t.weight_decay && plan.weight_decay != 0.0;
-  const bool update_gacc = plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr;
-  alignas(64) C gbuf[kBlock];
-  alignas(64) C sbuf[kBlock];
-  alignas(64) C vbuf[kBlock];
-  for (int64_t r = r0; r < r1; ++r) {
-    if (r + kPrefetchRows < r1) {
-      prefetch_bytes(static_cast<P*>(t.param) + (r + kPrefetchRows) * L,
-                     L * static_cast<int64_t>(sizeof(P)), true);
-    }
-    const auto [sub, st] = dense_view(t, ts, r * L, L, g_rows + (r - r0) * L);
+struct RowwiseUpdate {
+  const TensorSlots& t;
+  const StepPlan& plan;
+  const GradClip<C> clip;
+  const Ema<P, C> ema;
+  const C lr, eps, wd;
+  const bool decay, update_gacc;
+  C* g_row;  // the clipped gradient of the row (L items)
+
+  RowwiseUpdate(const TensorSlots& t_, const TensorStep& ts, const StepPlan& plan_)
+      : t(t_), plan(plan_), clip(plan_, ts), ema(plan_), lr(static_cast<C>(plan_.learning_rate)),
+        eps(static_cast<C>(plan_.epsilon)), wd(static_cast<C>(plan_.weight_decay)),
+        decay(t_.weight_decay && plan_.weight_decay != 0.0),
+        update_gacc(plan_.phase == Phase::accumulate_update && t_.grad_accumulator != nullptr),
+        g_row(scratch<C, kRowScratch>(t_.row_len)) {}
+
+  // Row r, whose gradient is grad[0, L).
+  void row(int64_t r, const P* grad) {
+    const int64_t L = t.row_len;
+    const int64_t e0 = r * L;  // the row's first element
+    alignas(64) C gbuf[kBlock];
+    alignas(64) C sbuf[kBlock];
+    alignas(64) C vbuf[kBlock];
     double lanes[kMeanLanes] = {};
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
-      const C* g = prepared_gradient<P, C>(sub, st, plan, b, n, gbuf, sbuf);
+      const C* g = prepared_gradient<P, C>(t, grad + b, plan, e0 + b, n, gbuf, sbuf);
       if (update_gacc) {
-        P* __restrict ga = static_cast<P*>(sub.grad_accumulator) + b;
+        P* __restrict ga = static_cast<P*>(t.grad_accumulator) + e0 + b;
         for (int64_t i = 0; i < n; ++i) ga[i] = from_c<P>(C(0));
       }
-      C* __restrict out = row.data() + b;
+      C* __restrict out = g_row + b;
       clip.apply(g, out, n);
       int64_t i = 0;
       for (; i + kMeanLanes <= n; i += kMeanLanes) {
@@ -116,29 +176,29 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
     }
     const C mean = static_cast<C>(lanes[0] / static_cast<double>(L));
-    A* acc = static_cast<A*>(sub.accumulator);
+    A* acc = static_cast<A*>(t.accumulator) + r;
     const C a = to_c<C>(acc[0]) + mean;
     acc[0] = from_c<A>(a);
     canonical_nans(acc, 1);
     const C denom = sqrt_c(a + eps);
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
-      P* vp = static_cast<P*>(sub.param) + b;
+      P* vp = static_cast<P*>(t.param) + e0 + b;
       C* __restrict v = load_view<C>(vp, vbuf, n);
-      const C* __restrict g = row.data() + b;
+      const C* __restrict g = g_row + b;
       if (decay) {
         for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
       }
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
       canonicalize_nans(v, n);
       store_view(vp, v, n);
-      if (plan.ema && sub.average != nullptr) {
+      if (plan.ema && t.average != nullptr) {
         // As the dense kernel: the EMA follows the stored value of v (rounded to P).
-        ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(sub.average) + b, vp, n);
+        ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(t.average) + e0 + b, vp, n);
       }
     }
   }
-}
+};
 
 struct RowsOp {
   const TensorSlots& t;
@@ -151,29 +211,34 @@ struct RowsOp {
   void operator()() const {
     const int64_t L = t.row_len;
     if (L <= 0) return;
-    std::vector<P> sum(static_cast<size_t>(L));
-    std::vector<C> row;  // row-wise scratch, sized on first use
-    const bool rowwise = t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
+    if (t.rowwise && plan.phase != Phase::accumulate && !t.overwrite) {
+      RowwiseUpdate<P, A, C> update(t, ts, plan);
+      each_row<P, A, C>([&](int64_t r, const P* g) { update.row(r, g); });
+    } else {
+      const Blocks<P, A, C> update(t, ts, plan);
+      each_row<P, A, C>([&](int64_t r, const P* g) { update.run(r * L, r * L + L, g); });
+    }
+  }
+
+  // update(r, g) for every distinct row r of the task, g its summed gradient;
+  // the parameter and accumulator rows ahead are prefetched, like the copies.
+  template <class P, class A, class C, class Update>
+  void each_row(Update&& update) const {
+    const int64_t L = t.row_len;
+    P* sum = scratch<P, kSumScratch>(L);
+    const Copies<P> copies(ts, s, L, d1, 0, L);
+    const int64_t param_bytes = L * static_cast<int64_t>(sizeof(P));
+    const int64_t acc_items = t.rowwise ? 1 : L;
+    const int64_t acc_bytes = acc_items * static_cast<int64_t>(sizeof(A));
+    const int64_t rows_ahead = items_ahead(param_bytes + acc_bytes);
+    copies.start(s.start[d0]);
     for (int64_t d = d0; d < d1; ++d) {
-      if (d + kPrefetchRows < d1) {
-        const int64_t ahead = s.rows[d + kPrefetchRows];
-        prefetch_bytes(static_cast<P*>(t.param) + ahead * L, L * static_cast<int64_t>(sizeof(P)),
-                       true);
-        if (!t.rowwise) {
-          prefetch_bytes(static_cast<A*>(t.accumulator) + ahead * L,
-                         L * static_cast<int64_t>(sizeof(A)), true);
-        }
-        prefetch_bytes(static_cast<const P*>(ts.grad) + s.order[s.start[d + kPrefetchRows]] * L,
-                       L * static_cast<int64_t>(sizeof(P)), false);
+      if (d + rows_ahead < d1) {
+        const int64_t ahead = s.rows[d + rows_ahead];
+        prefetch_bytes(static_cast<P*>(t.param) + ahead * L, param_bytes, true);
+        prefetch_bytes(static_cast<A*>(t.accumulator) + ahead * acc_items, acc_bytes, true);
       }
-      const int64_t r = s.rows[d];
-      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
-      if (rowwise) {
-        rowwise_impl<P, A, C>(t, ts, plan, r, r + 1, g, row);
-      } else {
-        const DenseView v = dense_view(t, ts, r * L, L, g);
-        dense_item(v.slots, v.step, plan, 0, L);
-      }
+      update(s.rows[d], summed_row<P, C>(copies, s, d, sum));
     }
   }
 };
@@ -189,13 +254,14 @@ struct ReduceRowsOp {
   template <class P, class A, class C>
   void operator()() const {
     const int64_t L = t.row_len;
-    std::vector<P> sum(static_cast<size_t>(L > 0 ? L : 1));
+    P* sum = scratch<P, kSumScratch>(L);
+    const Copies<P> copies(ts, s, std::max<int64_t>(L, 1), d1, 0, L);
     for (int64_t d = d0; d < d1; ++d) {
       if (L <= 0) {
         out[d - d0] = {0.0, true};
         continue;
       }
-      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
+      const P* g = summed_row<P, C>(copies, s, d, sum);
       const DenseView v = dense_view(t, ts, s.rows[d] * L, L, g);
       out[d - d0] = reduce_item(v.slots, v.step, plan, 0, L);
     }
@@ -221,7 +287,8 @@ struct GatherOp {
       const int64_t r = *it;
       const int64_t lo = std::max(begin, r * L), hi = std::min(end, (r + 1) * L);
       P* dst = out + (lo - begin);
-      const P* g = summed_row<P, C>(ts, s, L, d, lo - r * L, hi - lo, dst);
+      const Copies<P> copies(ts, s, L, d + 1, lo - r * L, hi - lo);
+      const P* g = summed_row<P, C>(copies, s, d, dst);
       if (g != dst) std::memcpy(dst, g, static_cast<size_t>(hi - lo) * sizeof(P));
     }
   }
@@ -232,12 +299,22 @@ struct RowwiseOp {
   const TensorStep& ts;
   const StepPlan& plan;
   int64_t r0, r1;
-  const void* g;
+  const void* grad_rows;
 
+  // Rows [r0, r1) of t, whose gradient rows are consecutive at grad_rows.
   template <class P, class A, class C>
   void operator()() const {
-    std::vector<C> row;
-    rowwise_impl<P, A, C>(t, ts, plan, r0, r1, static_cast<const P*>(g), row);
+    const int64_t L = t.row_len;
+    if (L <= 0 || r1 <= r0) return;
+    RowwiseUpdate<P, A, C> update(t, ts, plan);
+    const P* g = static_cast<const P*>(grad_rows);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r + 4 < r1) {  // consecutive rows: their first lines, 4 rows ahead
+        prefetch_bytes(static_cast<P*>(t.param) + (r + 4) * L,
+                       std::min<int64_t>(512, L * static_cast<int64_t>(sizeof(P))), true);
+      }
+      update.row(r, g + (r - r0) * L);
+    }
   }
 };
 
