@@ -34,7 +34,8 @@ where they are. "contiguous" is the same byte count streamed as contiguous array
 no sparse step reaches (its rows are not contiguous), given for comparison.
 
 Run from the repository root:
-    python -m benchmarks.sparse [--threads 1,2] [--repeats R] [--quick] [--write]
+    python -m benchmarks.sparse [--threads 1,2] [--repeats R] [--quick | --workloads zipf:64,...]
+        [--write]
 (--write puts the table into benchmarks/RESULTS.md, section "Row-sparse steps")
 """
 
@@ -346,6 +347,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="only the Zipf x64 workload")
+    parser.add_argument(
+        "--workloads", default=None, help="e.g. zipf:64,uniform:16 (default: all six)"
+    )
     parser.add_argument("--no-oracle", action="store_true", help="skip the slow numpy oracle")
     parser.add_argument("--no-peers", action="store_true", help="no torch, TensorFlow, oracle")
     parser.add_argument("--write", action="store_true", help="write the table into RESULTS.md")
@@ -374,7 +378,10 @@ def main() -> None:
     misses: list[str] = []
     load = OtherLoad()
     rng = np.random.default_rng(0)
-    for kind, width in [("zipf", 64)] if args.quick else WORKLOADS:
+    workloads = [("zipf", 64)] if args.quick else WORKLOADS
+    if args.workloads:
+        workloads = [(k, int(w)) for k, w in (x.split(":") for x in args.workloads.split(","))]
+    for kind, width in workloads:
         title = f"{kind} x{width}"
         table = rng.standard_normal((ROWS, width)).astype(np.float32)
         ids = make_ids(kind, rng)

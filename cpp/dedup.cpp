@@ -86,12 +86,50 @@ void group_sorted(const uint64_t* __restrict a, int64_t n, int64_t n_blocks, Spa
   s.start[distinct] = n;
 }
 
+// Numbers the rows with more than one copy (SparseRows::multi) and marks each
+// position with the multi row it adds to (SparseRows::slot), in blocks of
+// distinct rows: counted per block, then written.
+void mark_multi_rows(int64_t n, int64_t n_blocks, SparseRows& s) {
+  const int64_t distinct = s.count();
+  std::vector<int64_t> firsts(static_cast<size_t>(n_blocks) + 1, 0);
+  const int64_t* __restrict start = s.start.data();
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, distinct);
+    int64_t count = 0;
+    for (int64_t d = begin; d < end; ++d) count += start[d + 1] - start[d] > 1;
+    firsts[blk + 1] = count;
+  });
+  for (int64_t blk = 0; blk < n_blocks; ++blk) firsts[blk + 1] += firsts[blk];
+  s.multi_count = firsts[n_blocks];
+  s.multi.resize(static_cast<size_t>(distinct));
+  s.slot.resize(static_cast<size_t>(n));
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, distinct);
+    const int64_t* __restrict order = s.order.data();
+    int64_t* __restrict multi = s.multi.data();
+    int64_t* __restrict slot = s.slot.data();
+    int64_t m = firsts[blk];
+    for (int64_t d = begin; d < end; ++d) {
+      if (start[d + 1] - start[d] == 1) {
+        multi[d] = -1;
+        slot[order[start[d]]] = -1;
+        continue;
+      }
+      multi[d] = m;
+      slot[order[start[d]]] = 2 * m + 1;
+      for (int64_t p = start[d] + 1; p < start[d + 1]; ++p) slot[order[p]] = 2 * m;
+      ++m;
+    }
+  });
+}
+
 template <class I>
 void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& s) {
   if (n == 0) {
     s.rows.clear();
     s.order.clear();
     s.start.assign(1, 0);
+    mark_multi_rows(0, 1, s);
     return;
   }
   constexpr int64_t kPosLimit = int64_t(1) << 32;
@@ -110,6 +148,7 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
       s.order[i] = pairs[i].second;
     }
     s.start.push_back(n);
+    mark_multi_rows(n, 1, s);
     return;
   }
   const int64_t n_blocks = std::clamp<int64_t>(n / kDedupBlock, 1, kMaxDedupBlocks);
@@ -141,6 +180,7 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
     }
   }
   group_sorted(a.data(), n, n_blocks, s);
+  mark_multi_rows(n, n_blocks, s);
 }
 
 }  // namespace

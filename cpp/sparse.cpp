@@ -20,11 +20,11 @@
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
-// How far ahead a row task prefetches, in bytes of each stream: rows are
-// scattered (a DRAM or L3 miss each), so the lines of the next few kilobytes
-// must be on their way while the current row is summed and updated.
-constexpr int64_t kAheadBytes = 4096;
-constexpr int64_t kMaxAheadRows = 16;
+// Rows ahead of the current one whose gradient, parameter and accumulator lines
+// are prefetched: rows are scattered (a miss each). Measured on Zen 4 from 16-
+// to 256-wide rows: 2-6 rows ahead are alike; 8 and more are slower at 16 wide
+// (more lines in flight than the core keeps), 1 is too late.
+constexpr int64_t kRowsAhead = 3;
 constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 
 inline void prefetch_bytes(const void* p, int64_t bytes, bool write) {
@@ -40,85 +40,63 @@ inline void prefetch_bytes(const void* p, int64_t bytes, bool write) {
 
 // n items of per-thread scratch, kept for the thread's next tasks (a step has
 // hundreds of row tasks; each would otherwise allocate and zero its own).
-// `Use` tells apart scratch buffers of one type that are live together.
-template <class T, int Use>
+template <class T>
 T* scratch(int64_t n) {
   thread_local std::vector<T> buffer;
   if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
   return buffer.data();
 }
-enum : int { kSumScratch, kRowScratch };
 
-// Items ahead so that about kAheadBytes of a stream of `bytes`-long items are in flight.
-inline int64_t items_ahead(int64_t bytes) {
-  return std::clamp<int64_t>(kAheadBytes / std::max<int64_t>(bytes, 1), 2, kMaxAheadRows);
-}
-
-// The copies of a task's distinct rows, in the order they are summed: position p
-// of `order` is value row order[p]. Reading position p prefetches position p + ahead.
+// The summed gradient of each distinct row of a sparse gradient: its values row
+// when it has one copy, else its row of s.sums (sparse_sums).
 template <class P>
-struct Copies {
+struct GradientRows {
   const P* values;
-  const int64_t* order;
+  const P* sums;
+  const SparseRows& s;
   int64_t row_len;
-  int64_t end;     // first position past the task's copies
-  int64_t off, n;  // the part [off, off + n) of each row that is read
-  int64_t ahead;
 
-  Copies(const TensorStep& ts, const SparseRows& s, int64_t row_len_, int64_t d1, int64_t off_,
-         int64_t n_)
-      : values(static_cast<const P*>(ts.grad)), order(s.order.data()), row_len(row_len_),
-        end(s.start[d1]), off(off_), n(n_),
-        ahead(items_ahead(n_ * static_cast<int64_t>(sizeof(P)))) {}
+  GradientRows(const TensorStep& ts, const SparseRows& s_, int64_t row_len_)
+      : values(static_cast<const P*>(ts.grad)), sums(reinterpret_cast<const P*>(s_.sums.data())),
+        s(s_), row_len(row_len_) {}
 
-  const P* row(int64_t p) const { return values + order[p] * row_len + off; }
-  const P* read(int64_t p) const {
-    if (p + ahead < end) prefetch_bytes(row(p + ahead), n * static_cast<int64_t>(sizeof(P)), false);
-    return row(p);
-  }
-  // The first copies' lines, before the task reads its first row.
-  void start(int64_t p) const {
-    for (int64_t q = p; q < std::min(end, p + ahead); ++q) {
-      prefetch_bytes(row(q), n * static_cast<int64_t>(sizeof(P)), false);
-    }
+  const P* operator[](int64_t d) const {
+    const int64_t m = s.multi[d];
+    return m >= 0 ? sums + m * row_len : values + s.order[s.start[d]] * row_len;
   }
 };
 
-// Columns summed at a time: 256 bytes of the compute type, whose partial sums
-// stay in registers over all the copies of a row (4 AVX-512 or 8 AVX2 ones).
-template <class C>
-constexpr int64_t kSumColumns = 256 / static_cast<int64_t>(sizeof(C));
+// The copies of multi rows [m0, m1), summed in index order (the values are
+// streamed in that order, each copy added to its row's sum), rounded to P after
+// every addition; the first copy is the sum's start, copied as is.
+struct SumsOp {
+  const TensorSlots& t;
+  const TensorStep& ts;
+  SparseRows& s;
+  int64_t m0, m1;
 
-// The summed gradient of distinct row d (its part read by `copies`): a pointer
-// into the values when the row has one copy, else the sum written to out. The
-// copies are added in index order, the sum rounded to P after every addition.
-template <class P, class C>
-const P* summed_row(const Copies<P>& copies, const SparseRows& s, int64_t d, P* __restrict out) {
-  const int64_t first = s.start[d], last = s.start[d + 1];
-  const P* __restrict x0 = copies.read(first);
-  if (last - first == 1) return x0;
-  constexpr int64_t W = kSumColumns<C>;
-  const int64_t n = copies.n;
-  int64_t c = 0;
-  for (; c + W <= n; c += W) {
-    C sum[W];
-    for (int64_t j = 0; j < W; ++j) sum[j] = to_c<C>(x0[c + j]);
-    for (int64_t k = first + 1; k < last; ++k) {
-      // The first pass over the copies prefetches ahead; later ones find them cached.
-      const P* __restrict x = (c == 0 ? copies.read(k) : copies.row(k)) + c;
-      for (int64_t j = 0; j < W; ++j) sum[j] = to_c<C>(from_c<P>(sum[j] + to_c<C>(x[j])));
-    }
-    for (int64_t j = 0; j < W; ++j) out[c + j] = from_c<P>(sum[j]);
-  }
-  if (c < n) {  // the last n - c < W columns, summed in out
-    for (int64_t j = c; j < n; ++j) out[j] = x0[j];
-    for (int64_t k = first + 1; k < last; ++k) {
-      const P* __restrict x = c == 0 ? copies.read(k) : copies.row(k);
-      for (int64_t j = c; j < n; ++j) out[j] = from_c<P>(to_c<C>(out[j]) + to_c<C>(x[j]));
+  template <class P, class A, class C>
+  void operator()() const {
+    const int64_t L = t.row_len;
+    if (L <= 0) return;
+    const P* __restrict values = static_cast<const P*>(ts.grad);
+    P* __restrict sums = reinterpret_cast<P*>(s.sums.data());
+    const int64_t* __restrict slot = s.slot.data();
+    const int64_t n = static_cast<int64_t>(s.slot.size());
+    const int64_t lo = 2 * m0, hi = 2 * m1;  // this task's slots
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = slot[i];
+      if (k < lo || k >= hi) continue;
+      const P* __restrict x = values + i * L;
+      P* __restrict sum = sums + (k >> 1) * L;
+      if (k & 1) {
+        for (int64_t j = 0; j < L; ++j) sum[j] = x[j];
+      } else {
+        for (int64_t j = 0; j < L; ++j) sum[j] = from_c<P>(to_c<C>(sum[j]) + to_c<C>(x[j]));
+      }
     }
   }
-  return out;
-}
+};
 
 // Row-wise Adagrad, set up once per task and run row by row. Per row: the
 // prepared, clipped gradient g; decay; acc += mean(g^2); v -= lr * g /
@@ -141,7 +119,7 @@ struct RowwiseUpdate {
         eps(static_cast<C>(plan_.epsilon)), wd(static_cast<C>(plan_.weight_decay)),
         decay(t_.weight_decay && plan_.weight_decay != 0.0),
         update_gacc(plan_.phase == Phase::accumulate_update && t_.grad_accumulator != nullptr),
-        g_row(scratch<C, kRowScratch>(t_.row_len)) {}
+        g_row(scratch<C>(t_.row_len)) {}
 
   // Row r, whose gradient is grad[0, L).
   void row(int64_t r, const P* grad) {
@@ -221,24 +199,25 @@ struct RowsOp {
   }
 
   // update(r, g) for every distinct row r of the task, g its summed gradient;
-  // the parameter and accumulator rows ahead are prefetched, like the copies.
+  // the gradient, parameter and accumulator rows ahead are prefetched.
   template <class P, class A, class C, class Update>
   void each_row(Update&& update) const {
     const int64_t L = t.row_len;
-    P* sum = scratch<P, kSumScratch>(L);
-    const Copies<P> copies(ts, s, L, d1, 0, L);
-    const int64_t param_bytes = L * static_cast<int64_t>(sizeof(P));
+    const GradientRows<P> grads(ts, s, L);
+    const int64_t grad_bytes = L * static_cast<int64_t>(sizeof(P));
     const int64_t acc_items = t.rowwise ? 1 : L;
     const int64_t acc_bytes = acc_items * static_cast<int64_t>(sizeof(A));
-    const int64_t rows_ahead = items_ahead(param_bytes + acc_bytes);
-    copies.start(s.start[d0]);
+    for (int64_t d = d0; d < std::min(d1, d0 + kRowsAhead); ++d) {
+      prefetch_bytes(grads[d], grad_bytes, false);
+    }
     for (int64_t d = d0; d < d1; ++d) {
-      if (d + rows_ahead < d1) {
-        const int64_t ahead = s.rows[d + rows_ahead];
-        prefetch_bytes(static_cast<P*>(t.param) + ahead * L, param_bytes, true);
-        prefetch_bytes(static_cast<A*>(t.accumulator) + ahead * acc_items, acc_bytes, true);
+      if (d + kRowsAhead < d1) {
+        const int64_t r = s.rows[d + kRowsAhead];
+        prefetch_bytes(grads[d + kRowsAhead], grad_bytes, false);
+        prefetch_bytes(static_cast<P*>(t.param) + r * L, grad_bytes, true);
+        prefetch_bytes(static_cast<A*>(t.accumulator) + r * acc_items, acc_bytes, true);
       }
-      update(s.rows[d], summed_row<P, C>(copies, s, d, sum));
+      update(s.rows[d], grads[d]);
     }
   }
 };
@@ -254,15 +233,13 @@ struct ReduceRowsOp {
   template <class P, class A, class C>
   void operator()() const {
     const int64_t L = t.row_len;
-    P* sum = scratch<P, kSumScratch>(L);
-    const Copies<P> copies(ts, s, std::max<int64_t>(L, 1), d1, 0, L);
+    const GradientRows<P> grads(ts, s, L);
     for (int64_t d = d0; d < d1; ++d) {
       if (L <= 0) {
         out[d - d0] = {0.0, true};
         continue;
       }
-      const P* g = summed_row<P, C>(copies, s, d, sum);
-      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, g);
+      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, grads[d]);
       out[d - d0] = reduce_item(v.slots, v.step, plan, 0, L);
     }
   }
@@ -280,16 +257,15 @@ struct GatherOp {
     const int64_t L = t.row_len;
     if (L <= 0 || end <= begin) return;
     P* __restrict out = static_cast<P*>(buf);
+    const GradientRows<P> grads(ts, s, L);
     const int64_t r_lo = begin / L, r_hi = (end - 1) / L;
     auto it = std::lower_bound(s.rows.begin(), s.rows.end(), r_lo);
     for (; it != s.rows.end() && *it <= r_hi; ++it) {
       const int64_t d = it - s.rows.begin();
       const int64_t r = *it;
       const int64_t lo = std::max(begin, r * L), hi = std::min(end, (r + 1) * L);
-      P* dst = out + (lo - begin);
-      const Copies<P> copies(ts, s, L, d + 1, lo - r * L, hi - lo);
-      const P* g = summed_row<P, C>(copies, s, d, dst);
-      if (g != dst) std::memcpy(dst, g, static_cast<size_t>(hi - lo) * sizeof(P));
+      std::memcpy(out + (lo - begin), grads[d] + (lo - r * L),
+                  static_cast<size_t>(hi - lo) * sizeof(P));
     }
   }
 };
@@ -319,6 +295,11 @@ struct RowwiseOp {
 };
 
 }  // namespace
+
+void sparse_sums(const TensorSlots& t, const TensorStep& ts, SparseRows& s, int64_t m0,
+                 int64_t m1) {
+  dispatch_dtypes(t, SumsOp{t, ts, s, m0, m1});
+}
 
 void sparse_rows(const TensorSlots& t, const TensorStep& ts, const SparseRows& s,
                  const StepPlan& plan, int64_t d0, int64_t d1) {
