@@ -27,9 +27,13 @@ namespace {
 constexpr int64_t kRowsAhead = 3;
 constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 
+// Prefetches every cache line of [p, p + bytes): a row need not start on a line
+// (numpy aligns to 16 bytes), and then its last line is one more.
 inline void prefetch_bytes(const void* p, int64_t bytes, bool write) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t i = 0; i < bytes; i += 64) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
+  const char* c = reinterpret_cast<const char*>(first);
+  const int64_t span = bytes + static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) - first);
+  for (int64_t i = 0; i < span; i += 64) {
     if (write) {
       __builtin_prefetch(c + i, 1, 3);
     } else {
