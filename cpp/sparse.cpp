@@ -2,9 +2,10 @@
 //
 // A sparse gradient is first de-duplicated (dedup.cpp): each distinct row then
 // gets the sum of its copies, in index order, rounded to the parameter dtype
-// after every addition -- exactly the dense gradient np.add.at would build.
-// The update of a row is the dense kernel run on that row as a tensor of its
-// own, so a touched row gets the same bits as under the dense gradient.
+// after every addition -- exactly the dense gradient np.add.at would build
+// (sparse_sums, once a step, for the rows with more than one copy). The update
+// of a row is the dense kernel's (update.hpp) run on that row's elements, so a
+// touched row gets the same bits as under the dense gradient.
 #include "sparse.hpp"
 
 #include <algorithm>

@@ -23,7 +23,7 @@ struct RowTask {
   int64_t d0, d1;
 };
 
-// Elements a row task moves (gradient copies, rows and their state): 16 Ki,
+// Elements a row task moves (summed gradient rows, rows and their state): 16 Ki,
 // so that a typical batch spreads over the threads in tens of tasks.
 constexpr int64_t kRowTaskElements = 16384;
 
@@ -160,16 +160,11 @@ StepTasks plan_sparse(StepRun& run) {
   for (int32_t t : tasks.sparse_ids) {
     const int64_t L = run.tensors[t].row_len;
     if (tasks.mode[t] != Mode::rows || L <= 0) continue;
-    const SparseRows& rows = run.rows[t];
-    const int64_t count = rows.count();
-    int64_t d0 = 0, moved = 0;
-    for (int64_t d = 0; d < count; ++d) {
-      moved += 3 * L;  // the summed gradient, the row, its state
-      if (moved >= kRowTaskElements || d + 1 == count) {
-        tasks.row_tasks.push_back({t, d0, d + 1});
-        d0 = d + 1;
-        moved = 0;
-      }
+    // Every row moves the same: its summed gradient, the row and its state.
+    const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / (3 * L));
+    const int64_t count = run.rows[t].count();
+    for (int64_t d0 = 0; d0 < count; d0 += per_task) {
+      tasks.row_tasks.push_back({t, d0, std::min(count, d0 + per_task)});
     }
   }
   // Dense tasks: only those with an item of a tensor that is not in row mode.
