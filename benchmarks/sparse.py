@@ -195,7 +195,8 @@ def torch_adagrad(table: np.ndarray, ids: np.ndarray, values: np.ndarray) -> Ste
 
     def step() -> None:
         with torch.no_grad():
-            param.grad = torch.sparse_coo_tensor(tid, tval, table.shape)
+            # Unchecked, as torch builds it by default (it warns until told so).
+            param.grad = torch.sparse_coo_tensor(tid, tval, table.shape, check_invariants=False)
             opt.step()
 
     return step
