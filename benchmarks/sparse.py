@@ -188,6 +188,8 @@ def torch_adagrad(table: np.ndarray, ids: np.ndarray, values: np.ndarray) -> Ste
         import torch
     except ImportError:
         return None
+    # Sparse tensors unchecked, as torch builds them by default (it warns until told so).
+    torch.sparse.check_sparse_tensor_invariants.disable()
     param = torch.nn.Parameter(torch.from_numpy(table))  # the same memory as `table`
     opt = torch.optim.Adagrad([param], lr=LR, eps=EPS, initial_accumulator_value=INIT_ACC)
     tid = torch.from_numpy(ids).unsqueeze(0)
@@ -195,8 +197,7 @@ def torch_adagrad(table: np.ndarray, ids: np.ndarray, values: np.ndarray) -> Ste
 
     def step() -> None:
         with torch.no_grad():
-            # Unchecked, as torch builds it by default (it warns until told so).
-            param.grad = torch.sparse_coo_tensor(tid, tval, table.shape, check_invariants=False)
+            param.grad = torch.sparse_coo_tensor(tid, tval, table.shape)
             opt.step()
 
     return step

@@ -22,9 +22,9 @@ namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
 // Rows ahead of the current one whose gradient, parameter and accumulator lines
-// are prefetched: rows are scattered (a miss each). Measured on Zen 4 from 16-
-// to 256-wide rows: 2-6 rows ahead are alike; 8 and more are slower at 16 wide
-// (more lines in flight than the core keeps), 1 is too late.
+// are prefetched: rows are scattered (a miss each). On the development host (Zen
+// 4) the 16-wide row-wise step took 2.3x as long without; 2-6 rows ahead
+// measured alike, 8 or more slower at 16 wide (more lines in flight than it keeps).
 constexpr int64_t kRowsAhead = 3;
 constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 

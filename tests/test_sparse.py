@@ -575,10 +575,9 @@ def _isa(name):
         _native.select_isa("auto")
 
 
-# Row widths around the register chunk of the duplicates' summation (64 columns of a
-# float32, float16 or bfloat16 row, 32 of a float64 one): a tail only, one chunk, a chunk
-# and a tail, two chunks and a tail.
-WIDTHS = [1, 31, 32, 33, 64, 65, 130]
+# Row widths around the vector lengths of the kernels (8 to 16 float32 lanes, 4 to 8
+# float64 ones, blocks of 256 elements), with and without a tail.
+WIDTHS = [1, 31, 32, 33, 64, 65, 130, 300]
 
 
 @pytest.mark.parametrize("width", WIDTHS, ids=[f"width{w}" for w in WIDTHS])
@@ -586,7 +585,9 @@ WIDTHS = [1, 31, 32, 33, 64, 65, 130]
 def test_summed_rows_give_the_dense_result_on_every_isa_and_thread_count(
     cls, width, float_dtype, rng, restore_threads
 ):
-    """Rows with one copy, a few, and hundreds (more than a task prefetches ahead)."""
+    """Rows with one copy, a few, and hundreds: the copies are summed once a step, by as
+    many tasks as threads, then each row is updated; every ISA and thread count gives the
+    bits of the dense gradient's step."""
     shape = (300, width)
     init = rng.standard_normal(shape).astype(float_dtype)
     batches = []
