@@ -7,7 +7,11 @@ interleaved (`timing.run_group`); the table gives the median ms per step, distin
 updated per second, the fraction of the sparse roofline and the time over FBGEMM's.
 
 Implementations:
-- `Adagrad` and `RowWiseAdagrad` of this package, stepping an `an.SparseGradient`.
+- `Adagrad` and `RowWiseAdagrad` of this package, stepping an `an.SparseGradient` on a table
+  made as the package's own variable (`an.Variable`, whose buffer the package places on a
+  2 MiB boundary, as torch places FBGEMM's on 64 bytes; a plain numpy array starts 16
+  bytes into a line, so each 64-byte row would span two lines); the values are a plain
+  numpy array, like a model's gradient.
 - FBGEMM (`fbgemm-gpu-cpu`) as TorchRec runs it on CPU: `SplitTableBatchedEmbeddingBagsCodegen`
   with `EXACT_ADAGRAD` (element-wise) or `EXACT_ROWWISE_ADAGRAD`, pooled bags of one id,
   timed is the fused backward + optimizer (`out.backward(grad)`; the forward that it needs
@@ -25,7 +29,7 @@ must move, with no sort and no math, measured with the roofline probe (`benchmar
 the step's thread team and ISA) on the package optimizer's own buffers:
 - the touched rows in place: each distinct row of the table and of the accumulator (whole
   rows of L elements; RowWiseAdagrad: the one accumulator element of the row) read and
-  written back, in ascending row order, 8 rows prefetched ahead (`RowsProbe`), then
+  written back, in ascending row order, 3 rows prefetched ahead (`RowsProbe`), then
 - the gradient values read once, as one contiguous stream (`StreamProbe`).
 Bytes counted: distinct x (4 L + 4 L) x 2 + ids x 4 L for Adagrad, distinct x (4 L + 4) x 2
 + ids x 4 L for RowWiseAdagrad (the ids themselves, 8 bytes each, are not counted). The
@@ -433,7 +437,7 @@ def notes(
     lines = [
         "- roofline: the time the probe needs to read and write back, in place, every touched "
         "row of the table and of the accumulator (RowWiseAdagrad: its one accumulator element "
-        "per row) in ascending order, 8 rows prefetched ahead, and to read the gradient values "
+        "per row) in ascending order, 3 rows prefetched ahead, and to read the gradient values "
         "once as a stream, over the step's time; contiguous: the same bytes as contiguous "
         "arrays (a bound no sparse step reaches), over the step's time. Bytes: distinct x L x "
         "(4 + 4) x 2 + ids x L x 4 (Adagrad), distinct x (4 L + 4) x 2 + ids x L x 4 "
