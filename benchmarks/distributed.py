@@ -17,38 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import median_ms, recorded, time_calls
 from benchmarks.workloads import bert_base_shapes
-
-
-def _median_ms(samples: list[float]) -> float:
-    return float(np.median(samples)) * 1e3
-
-
-def _timed(fn: Callable[..., Any], bucket: list[float]) -> Callable[..., Any]:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        bucket.append(time.perf_counter() - t0)
-        return out
-
-    return wrapper
-
-
-def _steps(comm: Any, step: Callable[[], Any], repeats: int) -> list[float]:
-    """Seconds of each of `repeats` steps, every rank starting together."""
-    samples = []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - t0)
-    return samples
 
 
 def dense(comm: Any, name: str, shapes: list[tuple[int, ...]], repeats: int) -> dict[str, Any]:
@@ -62,41 +36,40 @@ def dense(comm: Any, name: str, shapes: list[tuple[int, ...]], repeats: int) -> 
     exchange = opt._sharded_step._exchange
     rs: list[float] = []
     ag: list[float] = []
-    exchange.reduce_scatter = _timed(exchange.reduce_scatter, rs)  # type: ignore[method-assign]
-    exchange.all_gather = _timed(exchange.all_gather, ag)  # type: ignore[method-assign]
+    exchange.reduce_scatter = recorded(exchange.reduce_scatter, rs)  # type: ignore[method-assign]
+    exchange.all_gather = recorded(exchange.all_gather, ag)  # type: ignore[method-assign]
     opt.apply(grads, params)  # warm-up
     rs.clear()
     ag.clear()
-    total = _steps(comm, lambda: opt.apply(grads, params), repeats)
+    # Every rank starts each step together.
+    total = time_calls(lambda: opt.apply(grads, params), repeats, before=comm.Barrier)
     # MPI alone on the same bytes: the padded send buffer and the gathered block.
     size = comm.Get_size()
     block = exchange._block(list(range(len(shapes))))
     send = np.ones(size * block, np.float32)
     recv = np.empty(block, np.float32)
     gathered = np.empty(size * block, np.float32)
-    mpi_rs, mpi_ag = [], []
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        if size > 1:
-            comm.Reduce_scatter_block(send, recv)
-        mpi_rs.append(time.perf_counter() - t0)
-        comm.Barrier()
-        t0 = time.perf_counter()
-        if size > 1:
-            comm.Allgather(recv, gathered)
-        mpi_ag.append(time.perf_counter() - t0)
+    mpi_rs: list[float] = []
+    mpi_ag: list[float] = []
+    if size > 1:
+        for _ in range(repeats):
+            mpi_rs += time_calls(
+                lambda: comm.Reduce_scatter_block(send, recv), 1, before=comm.Barrier
+            )
+            mpi_ag += time_calls(lambda: comm.Allgather(recv, gathered), 1, before=comm.Barrier)
+    else:
+        mpi_rs = mpi_ag = [0.0]
     step = [t - a - b for t, a, b in zip(total, rs, ag)]
     return {
         "workload": name,
         "elements": int(sum(int(np.prod(s)) for s in shapes)),
         "state_bytes": sum(v.value.nbytes for v in opt.variables),
-        "total_ms": _median_ms(total),
-        "reduce_scatter_ms": _median_ms(rs),
-        "local_step_ms": _median_ms(step),
-        "all_gather_ms": _median_ms(ag),
-        "mpi_reduce_scatter_ms": _median_ms(mpi_rs),
-        "mpi_all_gather_ms": _median_ms(mpi_ag),
+        "total_ms": median_ms(total),
+        "reduce_scatter_ms": median_ms(rs),
+        "local_step_ms": median_ms(step),
+        "all_gather_ms": median_ms(ag),
+        "mpi_reduce_scatter_ms": median_ms(mpi_rs),
+        "mpi_all_gather_ms": median_ms(mpi_ag),
     }
 
 
@@ -108,11 +81,11 @@ def sparse(comm: Any, rows: int, dim: int, batch: int, repeats: int) -> dict[str
     ids = (rng.zipf(1.2, batch) - 1) % rows
     values = rng.standard_normal((batch, dim), dtype=np.float32)
     table.apply(ids, values)
-    samples = _steps(comm, lambda: table.apply(ids, values), repeats)
+    samples = time_calls(lambda: table.apply(ids, values), repeats, before=comm.Barrier)
     return {
         "workload": f"sparse {rows}x{dim}, {batch} Zipf ids per rank",
         "state_bytes": sum(v.value.nbytes for v in table.optimizer.variables),
-        "total_ms": _median_ms(samples),
+        "total_ms": median_ms(samples),
     }
 
 

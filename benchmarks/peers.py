@@ -361,11 +361,11 @@ def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
     The probe streams the native optimizer's own buffers (and the shared parameters and
     gradients), so it moves the bytes of the step it bounds on the very same pages.
     """
-    from adagrad_native import _native
+    from benchmarks.probe import stream_probe
 
     buffers = native_buffers(native_optimizer(wl, data, roofline.accumulator_dtype), data)
     probes = [
-        _native.stream_probe(
+        stream_probe(
             [
                 ([buffers[r][i] for r in p.read_only], [buffers[r][i] for r in p.read_write])
                 for i in range(len(data.params))
@@ -383,8 +383,6 @@ def roofline_step(roofline: Roofline, wl: Workload, data: Data) -> StepFn:
 
 def probe_unavailable() -> str | None:
     """Why the roofline probe cannot run, or None."""
-    try:
-        from adagrad_native import _native
-    except ImportError as e:
-        return f"adagrad_native is not importable ({e})"
-    return None if hasattr(_native, "stream_probe") else "_native.stream_probe is missing"
+    from benchmarks import probe
+
+    return probe.unavailable()

@@ -1,4 +1,8 @@
-"""Timing: warm-up, then interleaved repeats of prepared steps; medians of per-step times.
+"""Timing, the one timer of the benchmarks: medians of per-call times.
+
+`run_group` times several implementations side by side (interleaved repeats); `time_calls`
+times one callable on its own (a study, or a step between MPI barriers); `recorded`
+records the time of every call of a function inside a step; `median_ms` reports.
 
 Steps of one group are timed round-robin (the order rotates every round) so that machine
 noise hits every implementation alike.  A fast step is called `inner` times in a row per
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 StepFn = Callable[[], None]
 SETTLE_BELOW_S = 0.25
@@ -35,12 +40,15 @@ class Timed:
     repeats: int
     cycle: int = 1  # > 1: gradient accumulation, one call per sample, labelled by phase
     before: StepFn | None = None  # run before warm-up and every sample (e.g. set threads)
+    prepare: StepFn | None = None  # untimed, before every call (e.g. a forward pass)
     calls: int = 0
     inner: int = 1
     settle: bool = False  # one untimed call at the start of every turn
     samples: dict[str, list[float]] = field(default_factory=dict)
 
     def call(self) -> float:
+        if self.prepare:
+            self.prepare()
         t0 = time.perf_counter()
         self.step()
         dt = time.perf_counter() - t0
@@ -84,6 +92,49 @@ def run_group(steps: dict[str, Timed], min_sample_s: float = 0.02) -> None:
                 samples = t.samples.setdefault("step", [])
                 for _ in range(t.inner):
                     samples.append(t.call())
+
+
+def time_calls(
+    step: StepFn,
+    samples: int,
+    *,
+    batch: int = 1,
+    warmup: int = 0,
+    before: StepFn | None = None,
+) -> list[float]:
+    """Seconds per call of `step`, one value per sample, after `warmup` untimed calls.
+
+    A sample is the mean over `batch` back-to-back calls (calls too short for the clock);
+    `before`, untimed, starts every sample (e.g. an MPI barrier, so ranks start together).
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(samples):
+        if before:
+            before()
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            step()
+        times.append((time.perf_counter() - t0) / batch)
+    return times
+
+
+def recorded(fn: Callable[..., Any], samples: list[float]) -> Callable[..., Any]:
+    """`fn`, appending the seconds of each of its calls to `samples`."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        samples.append(time.perf_counter() - t0)
+        return out
+
+    return wrapper
+
+
+def median_ms(samples: list[float]) -> float:
+    """The median of per-call times (seconds), in milliseconds."""
+    return 1e3 * statistics.median(samples)
 
 
 @dataclass(frozen=True)

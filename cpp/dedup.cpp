@@ -14,22 +14,129 @@ namespace {
 // Sorts (row id, position) pairs by row id, stably, so the copies of a row
 // keep their index order; then groups them. An LSD radix sort over only the
 // bits a row id of this tensor can have (two 10-11 bit passes for a million
-// rows); its result is fully determined by the input, whatever the threads.
-// Index lists at least this long are sorted by kDedupBlocks blocks in parallel
-// (shorter ones take ~100 us serially: less than four fork/joins cost on a busy
-// machine).
-constexpr int64_t kParallelDedup = int64_t(1) << 17;
-constexpr int64_t kDedupBlocks = 16;
+// rows). A stable sort has one result, so the blocks the passes are cut into
+// (each histogrammed and scattered by one task) never change it; they depend
+// on the length alone. Lists shorter than two blocks run on the calling thread.
+constexpr int64_t kDedupBlock = 16384;
+constexpr int64_t kMaxDedupBlocks = 16;
+
+// [begin, end) of block blk of n items cut into n_blocks.
+inline std::pair<int64_t, int64_t> block_range(int64_t blk, int64_t n_blocks, int64_t n) {
+  const int64_t size = (n + n_blocks - 1) / n_blocks;
+  return {std::min(n, blk * size), std::min(n, (blk + 1) * size)};
+}
+
+// One stable pass over the digit at `shift`: a histogram per block, the offsets
+// of digit d of block b after those of (d, blocks < b) and of all smaller digits,
+// then each block scattered in order.
+void radix_pass(const uint64_t* __restrict a, uint64_t* __restrict b, int64_t n, int64_t n_blocks,
+                int shift, uint64_t mask, std::vector<int64_t>& counts) {
+  const size_t buckets = static_cast<size_t>(mask) + 1;
+  counts.assign(static_cast<size_t>(n_blocks) * buckets, 0);
+  parallel_for(n_blocks, [&](int64_t blk) {
+    int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
+    const auto [begin, end] = block_range(blk, n_blocks, n);
+    for (int64_t i = begin; i < end; ++i) ++c[(a[i] >> shift) & mask];
+  });
+  int64_t running = 0;
+  for (size_t dgt = 0; dgt < buckets; ++dgt) {
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      int64_t& c = counts[blk * static_cast<int64_t>(buckets) + dgt];
+      const int64_t here = c;
+      c = running;
+      running += here;
+    }
+  }
+  parallel_for(n_blocks, [&](int64_t blk) {
+    int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
+    const auto [begin, end] = block_range(blk, n_blocks, n);
+    for (int64_t i = begin; i < end; ++i) b[c[(a[i] >> shift) & mask]++] = a[i];
+  });
+}
+
+// The distinct rows of sorted keys (row id above, position below), where each
+// one's copies start, and the positions in order: counted per block, then written.
+void group_sorted(const uint64_t* __restrict a, int64_t n, int64_t n_blocks, SparseRows& s) {
+  std::vector<int64_t> firsts(static_cast<size_t>(n_blocks) + 1, 0);
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, n);
+    int64_t count = 0;
+    for (int64_t i = begin; i < end; ++i) count += i == 0 || (a[i] >> 32) != (a[i - 1] >> 32);
+    firsts[blk + 1] = count;
+  });
+  for (int64_t blk = 0; blk < n_blocks; ++blk) firsts[blk + 1] += firsts[blk];
+  const int64_t distinct = firsts[n_blocks];
+  s.rows.resize(static_cast<size_t>(distinct));
+  s.start.resize(static_cast<size_t>(distinct) + 1);
+  s.order.resize(static_cast<size_t>(n));
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, n);
+    int64_t* __restrict rows = s.rows.data();
+    int64_t* __restrict start = s.start.data();
+    int64_t* __restrict order = s.order.data();
+    int64_t k = firsts[blk];
+    for (int64_t i = begin; i < end; ++i) {
+      if (i == 0 || (a[i] >> 32) != (a[i - 1] >> 32)) {
+        rows[k] = static_cast<int64_t>(a[i] >> 32);
+        start[k++] = i;
+      }
+      order[i] = static_cast<int64_t>(a[i] & 0xFFFFFFFFu);
+    }
+  });
+  s.start[distinct] = n;
+}
+
+// Numbers the rows with more than one copy (SparseRows::multi) and marks each
+// position with the multi row it adds to (SparseRows::slot), in blocks of
+// distinct rows: counted per block, then written.
+void mark_multi_rows(int64_t n, int64_t n_blocks, SparseRows& s) {
+  const int64_t distinct = s.count();
+  std::vector<int64_t> firsts(static_cast<size_t>(n_blocks) + 1, 0);
+  const int64_t* __restrict start = s.start.data();
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, distinct);
+    int64_t count = 0;
+    for (int64_t d = begin; d < end; ++d) count += start[d + 1] - start[d] > 1;
+    firsts[blk + 1] = count;
+  });
+  for (int64_t blk = 0; blk < n_blocks; ++blk) firsts[blk + 1] += firsts[blk];
+  s.multi_count = firsts[n_blocks];
+  s.multi.resize(static_cast<size_t>(distinct));
+  s.slot.resize(static_cast<size_t>(n));
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, distinct);
+    const int64_t* __restrict order = s.order.data();
+    int64_t* __restrict multi = s.multi.data();
+    int64_t* __restrict slot = s.slot.data();
+    int64_t m = firsts[blk];
+    for (int64_t d = begin; d < end; ++d) {
+      if (start[d + 1] - start[d] == 1) {
+        multi[d] = -1;
+        slot[order[start[d]]] = -1;
+        continue;
+      }
+      multi[d] = m;
+      slot[order[start[d]]] = 2 * m + 1;
+      for (int64_t p = start[d] + 1; p < start[d + 1]; ++p) slot[order[p]] = 2 * m;
+      ++m;
+    }
+  });
+}
 
 template <class I>
 void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& s) {
-  s.rows.clear();
-  s.order.clear();
-  s.start.assign(1, 0);
-  if (n == 0) return;
-  s.order.resize(static_cast<size_t>(n));
+  if (n == 0) {
+    s.rows.clear();
+    s.order.clear();
+    s.start.assign(1, 0);
+    mark_multi_rows(0, 1, s);
+    return;
+  }
   constexpr int64_t kPosLimit = int64_t(1) << 32;
   if (n >= kPosLimit || n_rows > kPosLimit) {
+    s.rows.clear();
+    s.start.assign(1, 0);
+    s.order.resize(static_cast<size_t>(n));
     std::vector<std::pair<int64_t, int64_t>> pairs(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pairs[i] = {static_cast<int64_t>(idx[i]), i};
     std::sort(pairs.begin(), pairs.end());
@@ -41,66 +148,39 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
       s.order[i] = pairs[i].second;
     }
     s.start.push_back(n);
+    mark_multi_rows(n, 1, s);
     return;
   }
+  const int64_t n_blocks = std::clamp<int64_t>(n / kDedupBlock, 1, kMaxDedupBlocks);
   std::vector<uint64_t>& a = s.keys_a;
   std::vector<uint64_t>& b = s.keys_b;
   a.resize(static_cast<size_t>(n));
   b.resize(static_cast<size_t>(n));
-  bool sorted = true;
-  for (int64_t i = 0; i < n; ++i) {
-    a[i] = (static_cast<uint64_t>(idx[i]) << 32) | static_cast<uint64_t>(i);
-    if (i > 0 && idx[i] < idx[i - 1]) sorted = false;
-  }
-  if (!sorted) {
+  std::vector<unsigned char> block_sorted(static_cast<size_t>(n_blocks));
+  parallel_for(n_blocks, [&](int64_t blk) {
+    const auto [begin, end] = block_range(blk, n_blocks, n);
+    uint64_t* __restrict keys = a.data();
+    bool sorted = begin == 0 || idx[begin] >= idx[begin - 1];
+    for (int64_t i = begin; i < end; ++i) {
+      keys[i] = (static_cast<uint64_t>(idx[i]) << 32) | static_cast<uint64_t>(i);
+      if (i > begin && idx[i] < idx[i - 1]) sorted = false;
+    }
+    block_sorted[blk] = sorted;
+  });
+  if (std::count(block_sorted.begin(), block_sorted.end(), 0) > 0) {
     int bits = 0;
     while ((int64_t(1) << bits) < n_rows) ++bits;
     const int passes = (bits + 10) / 11;
     const int digit = passes > 0 ? (bits + passes - 1) / passes : 0;
     const uint64_t mask = (uint64_t(1) << digit) - 1;
-    const size_t buckets = size_t(1) << digit;
-    // Fixed blocks of the input, each histogrammed and scattered by one
-    // thread; block b's copies of a digit go after those of blocks < b, so
-    // the sort stays stable and its result independent of the thread count.
-    const int64_t n_blocks = n >= kParallelDedup ? kDedupBlocks : 1;
-    const int64_t block = (n + n_blocks - 1) / n_blocks;
-    std::vector<int64_t> counts(static_cast<size_t>(n_blocks) * buckets);
+    std::vector<int64_t> counts;
     for (int p = 0; p < passes; ++p) {
-      const int shift = 32 + p * digit;
-      std::fill(counts.begin(), counts.end(), 0);
-      parallel_for(n_blocks, [&](int64_t blk) {
-        int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
-        const int64_t end = std::min(n, (blk + 1) * block);
-        for (int64_t i = blk * block; i < end; ++i) ++c[(a[i] >> shift) & mask];
-      });
-      int64_t running = 0;
-      for (size_t dgt = 0; dgt < buckets; ++dgt) {
-        for (int64_t blk = 0; blk < n_blocks; ++blk) {
-          int64_t& c = counts[blk * static_cast<int64_t>(buckets) + dgt];
-          const int64_t here = c;
-          c = running;
-          running += here;
-        }
-      }
-      parallel_for(n_blocks, [&](int64_t blk) {
-        int64_t* __restrict c = counts.data() + blk * static_cast<int64_t>(buckets);
-        const int64_t end = std::min(n, (blk + 1) * block);
-        for (int64_t i = blk * block; i < end; ++i) b[c[(a[i] >> shift) & mask]++] = a[i];
-      });
+      radix_pass(a.data(), b.data(), n, n_blocks, 32 + p * digit, mask, counts);
       std::swap(a, b);
     }
   }
-  uint64_t previous = ~uint64_t(0);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint64_t row = a[i] >> 32;
-    if (row != previous) {
-      if (i > 0) s.start.push_back(i);
-      s.rows.push_back(static_cast<int64_t>(row));
-      previous = row;
-    }
-    s.order[i] = static_cast<int64_t>(a[i] & 0xFFFFFFFFu);
-  }
-  s.start.push_back(n);
+  group_sorted(a.data(), n, n_blocks, s);
+  mark_multi_rows(n, n_blocks, s);
 }
 
 }  // namespace

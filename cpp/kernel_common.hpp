@@ -214,12 +214,13 @@ inline void store_view(X* p, const C* buf, int64_t n) {
 }
 
 // The gradient the update sees before clipping: g / loss_scale, and on an
-// accumulation update step (g + gacc) / k (Keras' operation order). Returns
-// a pointer into gbuf, or to the gradient itself when nothing changes it.
+// accumulation update step (g + gacc) / k (Keras' operation order), for
+// elements [b, b + n) of t whose gradient is grad[0, n). Returns a pointer
+// into gbuf, or to the gradient itself when nothing changes it.
 template <class P, class C>
-inline const C* prepared_gradient(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan,
+inline const C* prepared_gradient(const TensorSlots& t, const P* grad, const StepPlan& plan,
                                   int64_t b, int64_t n, C* gbuf, C* __restrict sbuf) {
-  const C* g = load_view<C>(static_cast<const P*>(ts.grad) + b, gbuf, n);
+  const C* g = load_view<C>(grad, gbuf, n);
   if (plan.loss_scale != 0.0) {
     const C scale = static_cast<C>(plan.loss_scale);
     for (int64_t i = 0; i < n; ++i) gbuf[i] = g[i] / scale;

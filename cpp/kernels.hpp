@@ -15,7 +15,6 @@ struct ReduceResult {
 };
 
 struct SparseRows;
-struct ProbeTensor;
 
 // X(name, return type, parameters) for every kernel.
 #define ADAGRAD_KERNELS(X)                                                                        \
@@ -28,8 +27,12 @@ struct ProbeTensor;
   X(reduce_item, ReduceResult,                                                                    \
     (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t begin,             \
      int64_t end))                                                                                \
+  /* Sparse gradients: the sums of multi rows [m0, m1) of a de-duplicated sparse gradient         \
+     (SparseRows: rows with more than one copy), into s.sums, which holds s.multi_count rows. */  \
+  X(sparse_sums, void,                                                                            \
+    (const TensorSlots& t, const TensorStep& ts, SparseRows& s, int64_t m0, int64_t m1))          \
   /* Sparse gradients, row mode: the update of distinct rows [d0, d1) of a de-duplicated          \
-     sparse gradient (copies summed in index order). */                                           \
+     sparse gradient, its multi rows summed (sparse_sums). */                                     \
   X(sparse_rows, void,                                                                            \
     (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
      int64_t d0, int64_t d1))                                                                     \
@@ -46,10 +49,7 @@ struct ProbeTensor;
      grad_rows (parameter dtype). */                                                              \
   X(rowwise_rows, void,                                                                           \
     (const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0, int64_t r1,    \
-     const void* grad_rows))                                                                      \
-  /* Roofline probe (benchmarks): moves the bytes of elements [begin, end) of one tensor's        \
-     arrays, leaving every value unchanged. */                                                    \
-  X(probe_item, void, (const ProbeTensor& t, int64_t begin, int64_t end))
+     const void* grad_rows))
 
 #define ADAGRAD_DECLARE_KERNEL(name, ret, params) ret name params;
 

@@ -1,4 +1,5 @@
-// Binding of the roofline probe (roofline.hpp), for benchmarks.
+// Binding of the roofline probe (roofline.hpp), for benchmarks; built only with
+// -DADAGRAD_PROBE=ON.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -61,6 +62,49 @@ std::unique_ptr<PyStreamProbe> make_probe(
   return out;
 }
 
+// The probe plus the tables it points into (kept alive).
+struct PyRowsProbe {
+  std::unique_ptr<adagrad::RowsProbe> probe;
+  std::vector<py::array> keep_alive;
+  int64_t bytes = 0;  // moved by one run: every touched row read and written
+};
+
+// rows: distinct row ids, ascending; tables: arrays of at least max(rows) + 1 rows.
+std::unique_ptr<PyRowsProbe> make_rows_probe(const py::array_t<int64_t>& rows,
+                                             const py::list& tables) {
+  auto out = std::make_unique<PyRowsProbe>();
+  const py::array_t<int64_t> ids = py::array_t<int64_t, py::array::c_style>::ensure(rows);
+  if (!ids || ids.ndim() != 1) throw py::value_error("rows must be a 1-D array of row ids.");
+  std::vector<int64_t> row_ids(ids.data(), ids.data() + ids.size());
+  for (size_t i = 0; i < row_ids.size(); ++i) {
+    if (row_ids[i] < 0 || (i > 0 && row_ids[i] <= row_ids[i - 1])) {
+      throw py::value_error("rows must be distinct, ascending and non-negative; row " +
+                            std::to_string(i) + " is " + std::to_string(row_ids[i]) + ".");
+    }
+  }
+  std::vector<adagrad::ProbeTable> probe_tables;
+  for (size_t t = 0; t < tables.size(); ++t) {
+    const std::string what = "table " + std::to_string(t);
+    py::array a = writable_buffer(tables[t], what);
+    if (!(a.flags() & kCContiguous)) throw py::value_error(what + " is not C-contiguous.");
+    if (a.ndim() < 1) throw py::value_error(what + " has no rows (0-d).");
+    if (a.itemsize() != 2 && a.itemsize() != 4 && a.itemsize() != 8) {
+      throw py::value_error(what + " has itemsize " + std::to_string(a.itemsize()) +
+                            "; expected 2, 4 or 8.");
+    }
+    if (!row_ids.empty() && row_ids.back() >= a.shape(0)) {
+      throw py::value_error(what + " has " + std::to_string(a.shape(0)) + " rows; row " +
+                            std::to_string(row_ids.back()) + " was asked for.");
+    }
+    const int64_t row_len = a.shape(0) > 0 ? a.size() / a.shape(0) : 0;
+    probe_tables.push_back({a.mutable_data(), static_cast<int>(a.itemsize()), row_len});
+    out->bytes += 2 * static_cast<int64_t>(row_ids.size()) * row_len * a.itemsize();
+    out->keep_alive.push_back(a);
+  }
+  out->probe = std::make_unique<adagrad::RowsProbe>(std::move(probe_tables), std::move(row_ids));
+  return out;
+}
+
 }  // namespace
 
 void register_probe(py::module_& m) {
@@ -72,6 +116,16 @@ void register_probe(py::module_& m) {
       .def(py::init(&make_probe), py::arg("tensors"))
       .def_property_readonly("bytes", [](const PyStreamProbe& p) { return p.bytes; })
       .def("__call__", [](const PyStreamProbe& p) {
+        py::gil_scoped_release release;
+        p.probe->run();
+      });
+  py::class_<PyRowsProbe>(m, "RowsProbe",
+                          "Sparse memory-roofline probe for benchmarks: each call reads and "
+                          "writes back (unchanged) the given rows of every table, in place, "
+                          "with the step's threads, row tasks and ISA.")
+      .def(py::init(&make_rows_probe), py::arg("rows"), py::arg("tables"))
+      .def_property_readonly("bytes", [](const PyRowsProbe& p) { return p.bytes; })
+      .def("__call__", [](const PyRowsProbe& p) {
         py::gil_scoped_release release;
         p.probe->run();
       });

@@ -8,5 +8,5 @@ void register_plan(pybind11::module_& m);       // py_plan.cpp: Clip, Phase, Ste
 void register_group(pybind11::module_& m);      // py_group.cpp: SlotGroup
 void register_fast_step(pybind11::module_& m);  // py_fast_step.cpp: FastStep, DECLINED
 void register_step(pybind11::module_& m);       // py_step.cpp: step()
-void register_probe(pybind11::module_& m);      // py_probe.cpp: StreamProbe
+void register_probe(pybind11::module_& m);      // py_probe.cpp: StreamProbe, RowsProbe
 void register_runtime(pybind11::module_& m);    // py_runtime.cpp: threads and ISAs

@@ -96,7 +96,8 @@ struct ReduceOp {
         const C* raw = load_view<C>(static_cast<const P*>(ts.grad) + b, gbuf, n);
         finite = all_finite(raw, n) && finite;
       }
-      const C* g = prepared_gradient<P, C>(t, ts, plan, b, n, gbuf, sbuf);
+      const C* g =
+          prepared_gradient<P, C>(t, static_cast<const P*>(ts.grad) + b, plan, b, n, gbuf, sbuf);
       int64_t i = 0;
       for (; i + kLanes <= n; i += kLanes) {
         for (int q = 0; q < kLanes / 4; ++q) {

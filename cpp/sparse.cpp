@@ -2,9 +2,10 @@
 //
 // A sparse gradient is first de-duplicated (dedup.cpp): each distinct row then
 // gets the sum of its copies, in index order, rounded to the parameter dtype
-// after every addition -- exactly the dense gradient np.add.at would build.
-// The update of a row is the dense kernel run on that row as a tensor of its
-// own, so a touched row gets the same bits as under the dense gradient.
+// after every addition -- exactly the dense gradient np.add.at would build
+// (sparse_sums, once a step, for the rows with more than one copy). The update
+// of a row is the dense kernel's (update.hpp) run on that row's elements, so a
+// touched row gets the same bits as under the dense gradient.
 #include "sparse.hpp"
 
 #include <algorithm>
@@ -15,90 +16,132 @@
 #include "kernel_common.hpp"
 #include "kernels.hpp"
 #include "tensor_range.hpp"
+#include "update.hpp"
 
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
-// Rows ahead of the current one whose parameter and accumulator lines are
-// prefetched: far enough to hide a DRAM miss behind the work on a 64-wide row.
-constexpr int64_t kPrefetchRows = 4;
-constexpr int64_t kPrefetchLines = 8;  // at most 512 bytes of each row
-constexpr int kMeanLanes = 8;          // lanes of the row-wise mean (fixed order)
+// Rows ahead of the current one whose gradient, parameter and accumulator lines
+// are prefetched: rows are scattered (a miss each). On the development host (Zen
+// 4) the 16-wide row-wise step took 2.3x as long without; 2-6 rows ahead
+// measured alike, 8 or more slower at 16 wide (more lines in flight than it keeps).
+constexpr int64_t kRowsAhead = 3;
+constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 
+// Prefetches every cache line of [p, p + bytes): a row need not start on a line
+// (numpy aligns to 16 bytes), and then its last line is one more.
 inline void prefetch_bytes(const void* p, int64_t bytes, bool write) {
-  const char* c = static_cast<const char*>(p);
-  const int64_t n = std::min<int64_t>(kPrefetchLines, (bytes + 63) / 64);
-  for (int64_t i = 0; i < n; ++i) {
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63);
+  const char* c = reinterpret_cast<const char*>(first);
+  const int64_t span = bytes + static_cast<int64_t>(reinterpret_cast<uintptr_t>(p) - first);
+  for (int64_t i = 0; i < span; i += 64) {
     if (write) {
-      __builtin_prefetch(c + 64 * i, 1, 3);
+      __builtin_prefetch(c + i, 1, 3);
     } else {
-      __builtin_prefetch(c + 64 * i, 0, 3);
+      __builtin_prefetch(c + i, 0, 3);
     }
   }
 }
 
-// Elements [off, off + n) of the summed gradient of distinct row d: a pointer
-// into the values when the row has one copy, else the sum written to out.
-template <class P, class C>
-const P* summed_row(const TensorStep& ts, const SparseRows& s, int64_t row_len, int64_t d,
-                    int64_t off, int64_t n, P* __restrict out) {
-  const P* values = static_cast<const P*>(ts.grad);
-  const int64_t first = s.start[d], last = s.start[d + 1];
-  const P* __restrict x0 = values + s.order[first] * row_len + off;
-  if (last - first == 1) return x0;
-  for (int64_t j = 0; j < n; ++j) out[j] = x0[j];
-  const int64_t bytes = n * static_cast<int64_t>(sizeof(P));
-  for (int64_t k = first + 1; k < std::min(last, first + 1 + kPrefetchRows); ++k) {
-    prefetch_bytes(values + s.order[k] * row_len + off, bytes, false);
-  }
-  for (int64_t k = first + 1; k < last; ++k) {
-    // The copies are scattered over the values: fetch a few ahead (DRAM latency).
-    if (k + kPrefetchRows < last) {
-      prefetch_bytes(values + s.order[k + kPrefetchRows] * row_len + off, bytes, false);
-    }
-    const P* __restrict x = values + s.order[k] * row_len + off;
-    for (int64_t j = 0; j < n; ++j) out[j] = from_c<P>(to_c<C>(out[j]) + to_c<C>(x[j]));
-  }
-  return out;
+// n items of per-thread scratch, kept for the thread's next tasks (a step has
+// hundreds of row tasks; each would otherwise allocate and zero its own).
+template <class T>
+T* scratch(int64_t n) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < static_cast<size_t>(n)) buffer.resize(static_cast<size_t>(n));
+  return buffer.data();
 }
 
-// Row-wise Adagrad on rows [r0, r1) of t; the gradient of row r is at
-// g_rows + (r - r0) * L. Per row: the prepared, clipped gradient g; decay;
-// acc += mean(g^2); v -= lr * g / sqrt(acc + eps); EMA. The mean is a float64
-// sum of squares in kMeanLanes lanes (element j in lane j % kMeanLanes, each
-// lane summed in element order, lanes combined by a fixed halving tree),
-// divided by L, then rounded to the compute type: the same bits for any
-// thread count and ISA.
+// The summed gradient of each distinct row of a sparse gradient: its values row
+// when it has one copy, else its row of s.sums (sparse_sums).
+template <class P>
+struct GradientRows {
+  const P* values;
+  const P* sums;
+  const SparseRows& s;
+  int64_t row_len;
+
+  GradientRows(const TensorStep& ts, const SparseRows& s_, int64_t row_len_)
+      : values(static_cast<const P*>(ts.grad)), sums(reinterpret_cast<const P*>(s_.sums.data())),
+        s(s_), row_len(row_len_) {}
+
+  const P* operator[](int64_t d) const {
+    const int64_t m = s.multi[d];
+    return m >= 0 ? sums + m * row_len : values + s.order[s.start[d]] * row_len;
+  }
+};
+
+// The copies of multi rows [m0, m1), summed in index order (the values are
+// streamed in that order, each copy added to its row's sum), rounded to P after
+// every addition; the first copy is the sum's start, copied as is.
+struct SumsOp {
+  const TensorSlots& t;
+  const TensorStep& ts;
+  SparseRows& s;
+  int64_t m0, m1;
+
+  template <class P, class A, class C>
+  void operator()() const {
+    const int64_t L = t.row_len;
+    if (L <= 0) return;
+    const P* __restrict values = static_cast<const P*>(ts.grad);
+    P* __restrict sums = reinterpret_cast<P*>(s.sums.data());
+    const int64_t* __restrict slot = s.slot.data();
+    const int64_t n = static_cast<int64_t>(s.slot.size());
+    const int64_t lo = 2 * m0, hi = 2 * m1;  // this task's slots
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = slot[i];
+      if (k < lo || k >= hi) continue;
+      const P* __restrict x = values + i * L;
+      P* __restrict sum = sums + (k >> 1) * L;
+      if (k & 1) {
+        for (int64_t j = 0; j < L; ++j) sum[j] = x[j];
+      } else {
+        for (int64_t j = 0; j < L; ++j) sum[j] = from_c<P>(to_c<C>(sum[j]) + to_c<C>(x[j]));
+      }
+    }
+  }
+};
+
+// Row-wise Adagrad, set up once per task and run row by row. Per row: the
+// prepared, clipped gradient g; decay; acc += mean(g^2); v -= lr * g /
+// sqrt(acc + eps); EMA. The mean is a float64 sum of squares in kMeanLanes
+// lanes (element j in lane j % kMeanLanes, each lane summed in element order,
+// lanes combined by a fixed halving tree), divided by L, then rounded to the
+// compute type: the same bits for any thread count and ISA.
 template <class P, class A, class C>
-void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& plan, int64_t r0,
-                  int64_t r1, const P* g_rows, std::vector<C>& row) {
-  const int64_t L = t.row_len;
-  if (L <= 0 || r1 <= r0) return;
-  if (row.size() < static_cast<size_t>(L)) row.resize(static_cast<size_t>(L));
-  const GradClip<C> clip(plan, ts);
-  const C lr = static_cast<C>(plan.learning_rate), eps = static_cast<C>(plan.epsilon);
-  const C wd = static_cast<C>(plan.weight_decay);
-  const Ema<P, C> ema(plan);
-  const bool decay = t.weight_decay && plan.weight_decay != 0.0;
-  const bool update_gacc = plan.phase == Phase::accumulate_update && t.grad_accumulator != nullptr;
-  alignas(64) C gbuf[kBlock];
-  alignas(64) C sbuf[kBlock];
-  alignas(64) C vbuf[kBlock];
-  for (int64_t r = r0; r < r1; ++r) {
-    if (r + kPrefetchRows < r1) {
-      prefetch_bytes(static_cast<P*>(t.param) + (r + kPrefetchRows) * L,
-                     L * static_cast<int64_t>(sizeof(P)), true);
-    }
-    const auto [sub, st] = dense_view(t, ts, r * L, L, g_rows + (r - r0) * L);
+struct RowwiseUpdate {
+  const TensorSlots& t;
+  const StepPlan& plan;
+  const GradClip<C> clip;
+  const Ema<P, C> ema;
+  const C lr, eps, wd;
+  const bool decay, update_gacc;
+  C* g_row;  // the clipped gradient of the row (L items)
+
+  RowwiseUpdate(const TensorSlots& t_, const TensorStep& ts, const StepPlan& plan_)
+      : t(t_), plan(plan_), clip(plan_, ts), ema(plan_), lr(static_cast<C>(plan_.learning_rate)),
+        eps(static_cast<C>(plan_.epsilon)), wd(static_cast<C>(plan_.weight_decay)),
+        decay(t_.weight_decay && plan_.weight_decay != 0.0),
+        update_gacc(plan_.phase == Phase::accumulate_update && t_.grad_accumulator != nullptr),
+        g_row(scratch<C>(t_.row_len)) {}
+
+  // Row r, whose gradient is grad[0, L).
+  void row(int64_t r, const P* grad) {
+    const int64_t L = t.row_len;
+    const int64_t e0 = r * L;  // the row's first element
+    alignas(64) C gbuf[kBlock];
+    alignas(64) C sbuf[kBlock];
+    alignas(64) C vbuf[kBlock];
     double lanes[kMeanLanes] = {};
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
-      const C* g = prepared_gradient<P, C>(sub, st, plan, b, n, gbuf, sbuf);
+      const C* g = prepared_gradient<P, C>(t, grad + b, plan, e0 + b, n, gbuf, sbuf);
       if (update_gacc) {
-        P* __restrict ga = static_cast<P*>(sub.grad_accumulator) + b;
+        P* __restrict ga = static_cast<P*>(t.grad_accumulator) + e0 + b;
         for (int64_t i = 0; i < n; ++i) ga[i] = from_c<P>(C(0));
       }
-      C* __restrict out = row.data() + b;
+      C* __restrict out = g_row + b;
       clip.apply(g, out, n);
       int64_t i = 0;
       for (; i + kMeanLanes <= n; i += kMeanLanes) {
@@ -116,29 +159,29 @@ void rowwise_impl(const TensorSlots& t, const TensorStep& ts, const StepPlan& pl
       for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
     }
     const C mean = static_cast<C>(lanes[0] / static_cast<double>(L));
-    A* acc = static_cast<A*>(sub.accumulator);
+    A* acc = static_cast<A*>(t.accumulator) + r;
     const C a = to_c<C>(acc[0]) + mean;
     acc[0] = from_c<A>(a);
     canonical_nans(acc, 1);
     const C denom = sqrt_c(a + eps);
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
-      P* vp = static_cast<P*>(sub.param) + b;
+      P* vp = static_cast<P*>(t.param) + e0 + b;
       C* __restrict v = load_view<C>(vp, vbuf, n);
-      const C* __restrict g = row.data() + b;
+      const C* __restrict g = g_row + b;
       if (decay) {
         for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
       }
       for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
       canonicalize_nans(v, n);
       store_view(vp, v, n);
-      if (plan.ema && sub.average != nullptr) {
+      if (plan.ema && t.average != nullptr) {
         // As the dense kernel: the EMA follows the stored value of v (rounded to P).
-        ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(sub.average) + b, vp, n);
+        ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(t.average) + e0 + b, vp, n);
       }
     }
   }
-}
+};
 
 struct RowsOp {
   const TensorSlots& t;
@@ -151,32 +194,38 @@ struct RowsOp {
   void operator()() const {
     const int64_t L = t.row_len;
     if (L <= 0) return;
-    std::vector<P> sum(static_cast<size_t>(L));
-    std::vector<C> row;  // row-wise scratch, sized on first use
-    const bool rowwise = t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
-    // Under torch's formula a row takes the operation order of torch's sparse path.
-    StepPlan row_plan = plan;
-    if (plan.formula == Formula::torch) row_plan.formula = Formula::torch_sparse;
+    if (t.rowwise && plan.phase != Phase::accumulate && !t.overwrite) {
+      RowwiseUpdate<P, A, C> update(t, ts, plan);
+      each_row<P, A, C>([&](int64_t r, const P* g) { update.row(r, g); });
+    } else {
+      // Under torch's formula a row takes the operation order of torch's sparse path.
+      StepPlan row_plan = plan;
+      if (plan.formula == Formula::torch) row_plan.formula = Formula::torch_sparse;
+      const Blocks<P, A, C> update(t, ts, row_plan);
+      each_row<P, A, C>([&](int64_t r, const P* g) { update.run(r * L, r * L + L, g); });
+    }
+  }
+
+  // update(r, g) for every distinct row r of the task, g its summed gradient;
+  // the gradient, parameter and accumulator rows ahead are prefetched.
+  template <class P, class A, class C, class Update>
+  void each_row(Update&& update) const {
+    const int64_t L = t.row_len;
+    const GradientRows<P> grads(ts, s, L);
+    const int64_t grad_bytes = L * static_cast<int64_t>(sizeof(P));
+    const int64_t acc_items = t.rowwise ? 1 : L;
+    const int64_t acc_bytes = acc_items * static_cast<int64_t>(sizeof(A));
+    for (int64_t d = d0; d < std::min(d1, d0 + kRowsAhead); ++d) {
+      prefetch_bytes(grads[d], grad_bytes, false);
+    }
     for (int64_t d = d0; d < d1; ++d) {
-      if (d + kPrefetchRows < d1) {
-        const int64_t ahead = s.rows[d + kPrefetchRows];
-        prefetch_bytes(static_cast<P*>(t.param) + ahead * L, L * static_cast<int64_t>(sizeof(P)),
-                       true);
-        if (!t.rowwise) {
-          prefetch_bytes(static_cast<A*>(t.accumulator) + ahead * L,
-                         L * static_cast<int64_t>(sizeof(A)), true);
-        }
-        prefetch_bytes(static_cast<const P*>(ts.grad) + s.order[s.start[d + kPrefetchRows]] * L,
-                       L * static_cast<int64_t>(sizeof(P)), false);
+      if (d + kRowsAhead < d1) {
+        const int64_t r = s.rows[d + kRowsAhead];
+        prefetch_bytes(grads[d + kRowsAhead], grad_bytes, false);
+        prefetch_bytes(static_cast<P*>(t.param) + r * L, grad_bytes, true);
+        prefetch_bytes(static_cast<A*>(t.accumulator) + r * acc_items, acc_bytes, true);
       }
-      const int64_t r = s.rows[d];
-      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
-      if (rowwise) {
-        rowwise_impl<P, A, C>(t, ts, plan, r, r + 1, g, row);
-      } else {
-        const DenseView v = dense_view(t, ts, r * L, L, g);
-        dense_item(v.slots, v.step, row_plan, 0, L);
-      }
+      update(s.rows[d], grads[d]);
     }
   }
 };
@@ -192,14 +241,13 @@ struct ReduceRowsOp {
   template <class P, class A, class C>
   void operator()() const {
     const int64_t L = t.row_len;
-    std::vector<P> sum(static_cast<size_t>(L > 0 ? L : 1));
+    const GradientRows<P> grads(ts, s, L);
     for (int64_t d = d0; d < d1; ++d) {
       if (L <= 0) {
         out[d - d0] = {0.0, true};
         continue;
       }
-      const P* g = summed_row<P, C>(ts, s, L, d, 0, L, sum.data());
-      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, g);
+      const DenseView v = dense_view(t, ts, s.rows[d] * L, L, grads[d]);
       out[d - d0] = reduce_item(v.slots, v.step, plan, 0, L);
     }
   }
@@ -217,15 +265,15 @@ struct GatherOp {
     const int64_t L = t.row_len;
     if (L <= 0 || end <= begin) return;
     P* __restrict out = static_cast<P*>(buf);
+    const GradientRows<P> grads(ts, s, L);
     const int64_t r_lo = begin / L, r_hi = (end - 1) / L;
     auto it = std::lower_bound(s.rows.begin(), s.rows.end(), r_lo);
     for (; it != s.rows.end() && *it <= r_hi; ++it) {
       const int64_t d = it - s.rows.begin();
       const int64_t r = *it;
       const int64_t lo = std::max(begin, r * L), hi = std::min(end, (r + 1) * L);
-      P* dst = out + (lo - begin);
-      const P* g = summed_row<P, C>(ts, s, L, d, lo - r * L, hi - lo, dst);
-      if (g != dst) std::memcpy(dst, g, static_cast<size_t>(hi - lo) * sizeof(P));
+      std::memcpy(out + (lo - begin), grads[d] + (lo - r * L),
+                  static_cast<size_t>(hi - lo) * sizeof(P));
     }
   }
 };
@@ -235,16 +283,31 @@ struct RowwiseOp {
   const TensorStep& ts;
   const StepPlan& plan;
   int64_t r0, r1;
-  const void* g;
+  const void* grad_rows;
 
+  // Rows [r0, r1) of t, whose gradient rows are consecutive at grad_rows.
   template <class P, class A, class C>
   void operator()() const {
-    std::vector<C> row;
-    rowwise_impl<P, A, C>(t, ts, plan, r0, r1, static_cast<const P*>(g), row);
+    const int64_t L = t.row_len;
+    if (L <= 0 || r1 <= r0) return;
+    RowwiseUpdate<P, A, C> update(t, ts, plan);
+    const P* g = static_cast<const P*>(grad_rows);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r + 4 < r1) {  // consecutive rows: their first lines, 4 rows ahead
+        prefetch_bytes(static_cast<P*>(t.param) + (r + 4) * L,
+                       std::min<int64_t>(512, L * static_cast<int64_t>(sizeof(P))), true);
+      }
+      update.row(r, g + (r - r0) * L);
+    }
   }
 };
 
 }  // namespace
+
+void sparse_sums(const TensorSlots& t, const TensorStep& ts, SparseRows& s, int64_t m0,
+                 int64_t m1) {
+  dispatch_dtypes(t, SumsOp{t, ts, s, m0, m1});
+}
 
 void sparse_rows(const TensorSlots& t, const TensorStep& ts, const SparseRows& s,
                  const StepPlan& plan, int64_t d0, int64_t d1) {

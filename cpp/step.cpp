@@ -25,7 +25,7 @@ struct RowTask {
   int64_t d0, d1;
 };
 
-// Elements a row task moves (gradient copies, rows and their state): 16 Ki,
+// Elements a row task moves (summed gradient rows, rows and their state): 16 Ki,
 // so that a typical batch spreads over the threads in tens of tasks.
 constexpr int64_t kRowTaskElements = 16384;
 
@@ -97,6 +97,45 @@ void gather(const StepRun& run, int32_t t, int64_t b, int64_t e, std::vector<uns
   run.k.sparse_gather(run.tensors[t], run.steps[t], run.rows[t], b, e, buf.data());
 }
 
+// The sums of the copies of every sparse gradient's multi rows (SparseRows),
+// once a step for every pass that reads them. Each task streams a gradient's
+// values and adds the copies of its own rows, so the tasks are as many as the
+// threads, cut by copies (a row's copies stay in one task, in index order:
+// the split never changes a sum).
+void sum_multi_rows(const StepRun& run, const StepTasks& tasks) {
+  struct SumTask {
+    int32_t tensor;
+    int64_t m0, m1;
+  };
+  std::vector<SumTask> sum_tasks;
+  const int64_t parts = get_num_threads();
+  for (int32_t t : tasks.sparse_ids) {
+    SparseRows& rows = run.rows[t];
+    const TensorSlots& slots = run.tensors[t];
+    const int64_t L = slots.row_len;
+    if (L <= 0 || rows.multi_count == 0) continue;
+    rows.sums.resize(static_cast<size_t>(rows.multi_count * L) * dtype_bytes(slots.dtype));
+    // Every single row has one copy; the multi rows have the rest.
+    const int64_t copies = run.steps[t].n_indices - (rows.count() - rows.multi_count);
+    int64_t m0 = 0, seen = 0, cut = 1;
+    for (int64_t d = 0; d < rows.count(); ++d) {
+      const int64_t m = rows.multi[d];
+      if (m < 0) continue;
+      seen += rows.start[d + 1] - rows.start[d];
+      if (seen * parts >= copies * cut || m + 1 == rows.multi_count) {
+        sum_tasks.push_back({t, m0, m + 1});
+        m0 = m + 1;
+        cut = seen * parts / copies + 1;
+      }
+    }
+  }
+  parallel_for(static_cast<int64_t>(sum_tasks.size()), [&](int64_t j) {
+    const SumTask& task = sum_tasks[j];
+    run.k.sparse_sums(run.tensors[task.tensor], run.steps[task.tensor], run.rows[task.tensor],
+                      task.m0, task.m1);
+  });
+}
+
 // Phase 0: de-duplicates every sparse gradient (tensors spread over the
 // threads), decides each tensor's mode, and cuts the row-mode tensors'
 // distinct rows into row tasks.
@@ -119,22 +158,15 @@ StepTasks plan_sparse(StepRun& run) {
     const int32_t t = tasks.sparse_ids[j];
     dedup(run.steps[t], run.tensors[t].rows, run.rows[t]);
   });
+  sum_multi_rows(run, tasks);
   for (int32_t t : tasks.sparse_ids) {
     const int64_t L = run.tensors[t].row_len;
     if (tasks.mode[t] != Mode::rows || L <= 0) continue;
-    // Tasks cut by the elements they move, not by their number of rows: a
-    // frequent id (under Zipf the first rows hold most of a batch) brings
-    // many copies to sum, so a fixed row count made one task do most of it.
-    const SparseRows& rows = run.rows[t];
-    const int64_t count = rows.count();
-    int64_t d0 = 0, moved = 0;
-    for (int64_t d = 0; d < count; ++d) {
-      moved += (rows.start[d + 1] - rows.start[d] + 2) * L;  // the copies, the row, its state
-      if (moved >= kRowTaskElements || d + 1 == count) {
-        tasks.row_tasks.push_back({t, d0, d + 1});
-        d0 = d + 1;
-        moved = 0;
-      }
+    // Every row moves the same: its summed gradient, the row and its state.
+    const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / (3 * L));
+    const int64_t count = run.rows[t].count();
+    for (int64_t d0 = 0; d0 < count; d0 += per_task) {
+      tasks.row_tasks.push_back({t, d0, std::min(count, d0 + per_task)});
     }
   }
   // Dense tasks: only those with an item of a tensor that is not in row mode.

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from adagrad_native import _native
 from tests.helpers import FLOAT_DTYPES, SLOT_LISTS, assert_close
 from tests.oracle import LazyReferenceAdagrad, ReferenceAdagrad, dense_equivalent
 
@@ -533,3 +534,72 @@ def test_a_gradient_that_is_no_array_says_how_to_pass_one(snapshot):
     with pytest.raises(TypeError, match=r"tensor\.detach\(\)\.numpy\(\).*received _RequiresGrad"):
         opt.apply([_RequiresGrad()], [param])
     shot.assert_unchanged()
+
+
+def _steps_bits(cls, init, grads, **kwargs):
+    """Parameter and accumulator bytes after stepping a copy of `init` with `grads`."""
+    var = init.copy()
+    opt = cls(learning_rate=0.1, **kwargs)
+    for g in grads:
+        opt.apply([g], [var])
+    return var.tobytes(), opt._accumulators[0].numpy().tobytes()
+
+
+@pytest.mark.parametrize("order", ["random", "sorted", "halves_sorted"])
+@pytest.mark.parametrize("n", [32767, 32768, 70001], ids=["one_block", "two_blocks", "four_blocks"])
+def test_radix_sort_blocks_give_the_dense_result(n, order, rng, restore_threads):
+    """From 2 x 16 Ki ids the radix sort runs in blocks (parallel tasks); an id list sorted
+    within each block but not across their boundary must still be sorted."""
+    shape = (5000, 3)
+    idx = rng.integers(0, shape[0], n)
+    if order == "sorted":
+        idx.sort()
+    elif order == "halves_sorted":
+        idx[: n // 2].sort()
+        idx[n // 2 :].sort()
+    values = rng.standard_normal((n, 3)).astype(np.float32)
+    init = rng.standard_normal(shape).astype(np.float32)
+    want = _steps_bits(an.Adagrad, init, [dense_equivalent(idx, values, shape)])
+    for threads in (1, 2):
+        an.set_num_threads(threads)
+        got = _steps_bits(an.Adagrad, init, [an.SparseGradient(idx, values)])
+        assert got == want, f"{threads} threads"
+
+
+@contextlib.contextmanager
+def _isa(name):
+    assert _native.select_isa(name)
+    try:
+        yield
+    finally:
+        _native.select_isa("auto")
+
+
+# Row widths around the vector lengths of the kernels (8 to 16 float32 lanes, 4 to 8
+# float64 ones, blocks of 256 elements), with and without a tail.
+WIDTHS = [1, 31, 32, 33, 64, 65, 130, 300]
+
+
+@pytest.mark.parametrize("width", WIDTHS, ids=[f"width{w}" for w in WIDTHS])
+@pytest.mark.parametrize("cls", [an.Adagrad, an.RowWiseAdagrad], ids=["adagrad", "rowwise"])
+def test_summed_rows_give_the_dense_result_on_every_isa_and_thread_count(
+    cls, width, float_dtype, rng, restore_threads
+):
+    """Rows with one copy, a few, and hundreds: the copies are summed once a step, by as
+    many tasks as threads, then each row is updated; every ISA and thread count gives the
+    bits of the dense gradient's step."""
+    shape = (300, width)
+    init = rng.standard_normal(shape).astype(float_dtype)
+    batches = []
+    for _ in range(2):
+        idx = rng.zipf(1.3, 2000) % shape[0]
+        batches.append((idx, rng.standard_normal((len(idx), width)).astype(float_dtype)))
+    acc = {"accumulator_dtype": "float32"} if float_dtype.itemsize == 2 else {}
+    dense = [dense_equivalent(i, v, shape) for i, v in batches]
+    want = _steps_bits(cls, init, dense, **acc)
+    sparse = [an.SparseGradient(i, v) for i, v in batches]
+    for isa in _native.available_isas():
+        with _isa(isa):
+            for threads in (1, 2):
+                an.set_num_threads(threads)
+                assert _steps_bits(cls, init, sparse, **acc) == want, f"{isa}, {threads} threads"

@@ -13,25 +13,20 @@ exact float32 square root and division, plus conversions for 16-bit types.
 from __future__ import annotations
 
 import argparse
-import time
+from collections.abc import Callable
 
 import numpy as np
 
 import adagrad_native as an
-from adagrad_native import _native
+from benchmarks.probe import stream_probe
+from benchmarks.timing import median_ms, time_calls
 
 TINY = 8
 
 
-def per_call_ns(fn: object, calls: int) -> float:
+def per_call_ns(fn: Callable[[], None], calls: int) -> float:
     """Median over 9 batches of the time per call, in ns."""
-    times = []
-    for _ in range(9):
-        t0 = time.perf_counter()
-        for _ in range(calls // 9):
-            fn()  # type: ignore[operator]
-        times.append((time.perf_counter() - t0) / (calls // 9))
-    return float(np.median(times)) * 1e9
+    return 1e6 * median_ms(time_calls(fn, 9, batch=calls // 9))
 
 
 def step_ns_per_element(dtype: object, n: int, calls: int, **options: object) -> float:
@@ -51,8 +46,8 @@ def probe_ns_per_element(itemsize: int, n: int, calls: int) -> float:
     bits = {2: np.uint16, 4: np.uint32, 8: np.uint64}[itemsize]
     big = [np.ones(n, bits) for _ in range(3)]
     tiny = [a[:TINY] for a in big]
-    full = per_call_ns(_native.stream_probe([(big[:1], big[1:])]), calls)
-    base = per_call_ns(_native.stream_probe([(tiny[:1], tiny[1:])]), calls)
+    full = per_call_ns(stream_probe([(big[:1], big[1:])]), calls)
+    base = per_call_ns(stream_probe([(tiny[:1], tiny[1:])]), calls)
     return (full - base) / (n - TINY)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # where the child's `python -m`
 
 def child(elements: int, repeats: int) -> None:
     import adagrad_native as an
-    from adagrad_native import _native
+    from benchmarks.probe import stream_probe
+    from benchmarks.timing import Timed, median_ms, run_group
 
     rng = np.random.default_rng(0)
     v = rng.standard_normal(elements, dtype=np.float32)
@@ -40,16 +40,11 @@ def child(elements: int, repeats: int) -> None:
     for name, opt in (("numpy", unplaced), ("package", placed)):
         acc = next(x for x in opt.variables if x.path.endswith("_accumulator")).value
         steps[f"step {name}"] = lambda opt=opt: opt.apply([g], [v])
-        steps[f"probe {name}"] = _native.stream_probe([([g], [v, acc])])
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    for r in range(repeats + 2):
-        names = list(steps)
-        for name in names[r % 4 :] + names[: r % 4]:
-            t0 = time.perf_counter()
-            steps[name]()
-            if r >= 2:
-                times[name].append(time.perf_counter() - t0)
-    print(" ".join(f"{1e3 * float(np.median(t)):.3f}" for t in times.values()))
+        steps[f"probe {name}"] = stream_probe([([g], [v, acc])])
+    # Interleaved, the order rotating every round (timing.run_group); one call a sample.
+    timed = {name: Timed(step, warmup=2, repeats=repeats) for name, step in steps.items()}
+    run_group(timed, min_sample_s=0.0)
+    print(" ".join(f"{median_ms(t.samples['step']):.3f}" for t in timed.values()))
 
 
 def main() -> None:

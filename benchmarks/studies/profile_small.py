@@ -14,22 +14,17 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
+from collections.abc import Callable
 
 import numpy as np
 
+from benchmarks.timing import median_ms, time_calls
 from benchmarks.workloads import LEARNING_RATE, MLP_SHAPES
 
 
-def per_call(fn: object, steps: int) -> float:
+def per_call(fn: Callable[[], None], steps: int) -> float:
     """Median over 5 batches of the time per call, in µs."""
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(steps // 5):
-            fn()  # type: ignore[operator]
-        times.append((time.perf_counter() - t0) / (steps // 5))
-    return float(np.median(times)) * 1e6
+    return 1e3 * median_ms(time_calls(fn, 5, batch=steps // 5))
 
 
 def main() -> None:
@@ -39,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import adagrad_native as an
-    from adagrad_native import _native
+    from benchmarks.probe import stream_probe
 
     if args.threads:
         an.set_num_threads(args.threads)
@@ -53,7 +48,7 @@ def main() -> None:
     tiny.build(tiny_p)
     n = sum(p.size for p in params)
     accumulators = [v.value for v in opt.variables if v.path.endswith("_accumulator")]
-    probe = _native.stream_probe([([g], [p, a]) for p, g, a in zip(params, grads, accumulators)])
+    probe = stream_probe([([g], [p, a]) for p, g, a in zip(params, grads, accumulators)])
 
     apply_us = per_call(lambda: opt.apply(grads, params), args.steps)
     tiny_us = per_call(lambda: tiny.apply(tiny_g, tiny_p), args.steps)

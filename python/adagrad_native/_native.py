@@ -319,19 +319,6 @@ def work_chunk(sizes: Sequence[int]) -> int:
     return int(_core.work_chunk(list(sizes)))
 
 
-def stream_probe(tensors: Sequence[tuple[list[np.ndarray], list[np.ndarray]]]) -> Any:
-    """The memory-roofline probe of benchmarks (`_core.StreamProbe`).
-
-    Args:
-        tensors: One (read-only arrays, read-write arrays) pair per tensor.
-
-    Returns:
-        A callable that moves a step's bytes over those arrays (values unchanged),
-        with the step's threads, chunking and ISA; `.bytes` is what one call moves.
-    """
-    return _core.StreamProbe(tensors)
-
-
 def select_isa(name: str) -> bool:
     """Selects the kernels of one ISA ("auto": the best); False when not available."""
     return bool(_core.select_isa(name))
