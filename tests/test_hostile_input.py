@@ -8,7 +8,6 @@ changes nothing (a setting the optimizer's buffers cannot honour).
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from tests.helpers import assert_identical
+from tests.helpers import assert_identical, run_interrupted
 
 F32 = np.float32
 
@@ -333,17 +332,9 @@ def test_ctrl_c_during_a_step_never_leaves_a_counter_behind(wrapped, restore_thr
     inner = an.Adagrad(0.1, use_ema=True)  # the general path, where the counter was Python's
     opt = an.LossScaleOptimizer(inner, initial_scale=1.0) if wrapped else inner
     opt.apply([grad], [param])
-    for _ in range(5):
-        timer = threading.Timer(0.005, signal.raise_signal, (signal.SIGINT,))
+    for delay in np.random.default_rng(3).uniform(0.0, 0.04, 5):
         before = int(opt.iterations)
-        timer.start()
-        try:
-            opt.apply([grad], [param])
-            time.sleep(0.05)  # the signal may also come after the step
-        except KeyboardInterrupt:
-            pass
-        finally:
-            timer.join()
+        run_interrupted(lambda: opt.apply([grad], [param]), float(delay))
         accumulator = inner.variables[-1].value
         steps = int(opt.iterations)
         assert steps in (before, before + 1)
