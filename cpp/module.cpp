@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   register_step(m);
   register_probe(m);
   register_runtime(m);
+  register_copy_all(m);
 }

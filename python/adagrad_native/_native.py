@@ -32,6 +32,15 @@ _CLIP_MODES = {
 }
 
 
+def assign_all(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Copies each source over its target (same dtype and size), all in one native call.
+
+    Every pair is checked before anything is copied, and no Python code (a
+    Ctrl-C's handler) runs between two copies.
+    """
+    _core.assign_all(pairs)
+
+
 def settle_skipped(writes: Sequence[Settle]) -> None:
     """Writes the records of a step skipped before it reached the core, in one call.
 
