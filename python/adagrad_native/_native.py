@@ -15,6 +15,7 @@ module that imports `_core`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,11 @@ import numpy as np
 from adagrad_native import _core
 from adagrad_native._surface import CallPlan, Settle, Slots, StaticPlan
 from adagrad_native.variables import Variable
+
+# ADAGRAD_NATIVE_ISA or OMP_NUM_THREADS that the core could not follow as given
+# (docs/performance.md): it says so, and what it uses instead.
+for _message in _core.environment_warnings():
+    warnings.warn(_message, RuntimeWarning, stacklevel=2)
 
 _CLIP_MODES = {
     None: _core.Clip.none,
