@@ -158,3 +158,39 @@ def test_optimizers_stepping_at_once_in_two_threads_each_get_their_own_result(re
     train(params[2])
     assert params[0].tobytes() == params[2].tobytes()
     assert params[1].tobytes() == params[2].tobytes()
+
+
+def test_stateless_apply_is_never_seen_through_the_optimizers_variables(restore_threads):
+    # Another thread reads the live variables (no lock) while stateless_apply steps
+    # a hypothetical state: it sees only the optimizer's own.
+    an.set_num_threads(2)
+    param = np.zeros(N, np.float32)
+    opt = an.Adagrad(0.01)
+    opt.apply([np.full(N, 0.5, np.float32)], [param])
+    real = [v.numpy() for v in opt.variables]
+    stepped = param.copy()
+    hypothetical = [np.array(1000), real[1], np.full(N, 7.0, np.float32)]
+    grad = [np.full(N, 0.5, np.float32)]
+    running = threading.Event()
+    done = threading.Event()
+
+    def imagine():
+        running.set()
+        for _ in range(40):
+            opt.stateless_apply(hypothetical, grad, [param.copy()])
+        done.set()
+
+    thread = threading.Thread(target=imagine)
+    thread.start()
+    running.wait()
+    reads = 0
+    try:
+        while not done.is_set():
+            iteration, _, accumulator = (v.value for v in opt.variables)
+            assert int(iteration) == 1
+            assert accumulator[0] == accumulator[N // 2] == accumulator[-1] == real[2][0]
+            reads += 1
+    finally:
+        thread.join()
+    assert reads > 40, "the reads did not race the stateless steps"
+    assert param.tobytes() == stepped.tobytes()

@@ -225,7 +225,7 @@ class Wrappable(Protocol):
         """The constructor arguments (Keras' format)."""
         ...
 
-    def state_lock(self) -> AbstractContextManager[None]:
+    def state_lock(self) -> AbstractContextManager[Any]:
         """Held by every step and by every whole-state reader or writer (re-entrant)."""
         ...
 

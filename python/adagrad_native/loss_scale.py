@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -105,11 +105,12 @@ class LossScaleOptimizer(Optimizer):
         """The inner optimizer's trainable variables."""
         return self.inner_optimizer.trainable_variables
 
-    @contextlib.contextmanager
-    def state_lock(self) -> Iterator[None]:
-        """This optimizer's lock, then the inner optimizer's: the order `apply` takes them."""
-        with super().state_lock(), self.inner_optimizer.state_lock():
-            yield
+    def state_lock(self) -> AbstractContextManager[Any]:
+        """The inner optimizer's lock, which guards this optimizer's variables too.
+
+        One lock for both: every step of this optimizer is a step of the inner one.
+        """
+        return self.inner_optimizer.state_lock()
 
     @property
     def variables(self) -> list[Variable]:

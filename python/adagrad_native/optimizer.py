@@ -21,7 +21,7 @@ import numpy as np
 
 from adagrad_native import _calls, _checks, _state
 from adagrad_native._learning_rate import LearningRate
-from adagrad_native._locks import StateLock
+from adagrad_native._locks import fork_safe_lock
 from adagrad_native._native import NativeStep
 from adagrad_native._settings import OptimizerSettings, format_settings
 from adagrad_native._surface import (
@@ -121,7 +121,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             **kwargs,
         )
         self.built = False
-        self._lock = StateLock()
+        self._lock = fork_safe_lock(self)
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
         self._stepped_variables: list[Variable] = []  # what the engine steps
@@ -157,7 +157,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """A setting that shapes the step changed: the engine re-reads the plan."""
         self._engine.settings_changed()
 
-    def state_lock(self) -> AbstractContextManager[None]:
+    def state_lock(self) -> AbstractContextManager[Any]:
         """Held by every step and every whole-state reader or writer (re-entrant, fork-safe)."""
         return self._lock
 
@@ -528,7 +528,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     def __setstate__(self, state: dict[str, Any]) -> None:
         snapshot = state.pop("_snapshot", [])
         self.__dict__.update(state)  # the settings were checked when they were set
-        self._lock = StateLock()
+        self._lock = fork_safe_lock(self)
         self._engine = self.make_step_engine()
         for variable, value in zip(self.variables + self.trainable_variables, snapshot):
             np.copyto(variable.value, value)

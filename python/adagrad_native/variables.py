@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,16 @@ from adagrad_native._dtypes import resolve_dtype
 
 _name_counters: dict[str, itertools.count[int]] = {}
 _name_lock = threading.Lock()
+
+
+def _new_name_lock() -> None:
+    # A child made by fork() while another thread named a variable would
+    # inherit the lock held by a thread that does not exist there.
+    global _name_lock
+    _name_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_name_lock)
 
 
 def auto_name(prefix: str) -> str:
