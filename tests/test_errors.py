@@ -200,6 +200,12 @@ CTOR_CASES = {
     "clipnorm_negative": (dict(clipnorm=-1.0), ["clipnorm", "-1.0"]),
     "clipvalue_negative": (dict(clipvalue=-1.0), ["clipvalue", "-1.0"]),
     "global_clipnorm_negative": (dict(global_clipnorm=-1.0), ["global_clipnorm", "-1.0"]),
+    # Below float32's smallest normal, a divisor flushes to 0 or scales gradients to
+    # inf: parameters became NaN.
+    "clipnorm_denormal": (dict(clipnorm=1e-40), ["clipnorm", "smallest normal", "1e-40"]),
+    "clipnorm_below_float32": (dict(clipnorm=1e-300), ["clipnorm", "smallest normal"]),
+    "global_clipnorm_denormal": (dict(global_clipnorm=1e-40), ["global_clipnorm", "normal"]),
+    "loss_scale_factor_denormal": (dict(loss_scale_factor=1e-40), ["loss_scale_factor", "normal"]),
     "unknown_kwarg": (dict(foo=1), ["not recognized", "foo"]),
     "misspelled_kwarg": (dict(learningrate=0.1), ["not recognized", "learningrate"]),
 }
@@ -223,6 +229,9 @@ def test_constructor_rejects(case):
         pytest.param(dict(learning_rate=np.float32(0.5)), id="numpy_learning_rate"),
         pytest.param(dict(initial_accumulator_value=0.0, epsilon=0.0), id="zeros"),
         pytest.param(dict(clipnorm=0.0), id="clipnorm_zero_is_off"),
+        pytest.param(dict(global_clipnorm=1.2e-38), id="smallest_normal_global_clipnorm"),
+        pytest.param(dict(loss_scale_factor=1.2e-38), id="smallest_normal_loss_scale"),
+        pytest.param(dict(clipvalue=1e-40), id="denormal_clipvalue_clips_to_it"),
     ],
 )
 def test_constructor_accepts(kwargs):
@@ -297,3 +306,20 @@ def test_non_finite_gradient_is_not_rejected_by_default():
     opt = an.Adagrad()
     opt.apply([np.array([np.nan, 1.0], F32)], [v])
     assert np.isnan(v.numpy()[0]) and np.isfinite(v.numpy()[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("clipnorm", 1e-40), ("global_clipnorm", 5e-324), ("loss_scale_factor", 1e-39)],
+)
+def test_a_denormal_divisor_set_after_build_is_refused(name, value, trained, snapshot):
+    opt, variables = trained
+    snap = snapshot(opt, variables)
+    with pytest.raises(ValueError, match=f"`{name}` must be at least 1.1754944e-38"):
+        setattr(opt, name, value)
+    snap.assert_unchanged()
+
+
+def test_a_denormal_initial_loss_scale_is_refused():
+    with pytest.raises(ValueError, match="`initial_scale` must be at least 1.1754944e-38"):
+        an.LossScaleOptimizer(an.Adagrad(0.1), initial_scale=1e-40)

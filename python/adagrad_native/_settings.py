@@ -66,6 +66,14 @@ def non_negative_or_off(optimizer: Any, name: str, value: Any) -> Any:
     return _checks.optional_real(value, name, minimum=0, float32=True)
 
 
+def norm_bound(optimizer: Any, name: str, value: Any) -> Any:
+    """None, or a finite number >= 0 that fits float32 and is 0 or a normal float32.
+
+    The clip divides by it (or by the norm): a denormal makes a zero gradient NaN.
+    """
+    return _checks.optional_real(value, name, minimum=0, float32=True, normal=True)
+
+
 def one_of(*choices: Any) -> Callable[[Any, str, Any], Any]:
     """One of `choices`."""
     return lambda optimizer, name, value: _checks.one_of(value, name, choices)
@@ -118,7 +126,7 @@ def check_ema_frequency(optimizer: Any, name: str, value: Any, force: bool = Fal
 
 
 def check_loss_scale_factor(optimizer: Any, name: str, value: Any) -> Any:
-    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True)
+    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True, normal=True)
 
 
 def check_accumulation_steps(optimizer: Any, name: str, value: Any) -> Any:
@@ -137,9 +145,9 @@ class OptimizerSettings:
     """The settings of Keras' base optimizer, and the native plan fields they make."""
 
     weight_decay: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    clipnorm: Hyperparameter[float | None] = Hyperparameter(norm_bound)
     clipvalue: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(norm_bound)
     use_ema: Hyperparameter[bool] = Hyperparameter(check_use_ema)
     ema_momentum: Hyperparameter[float] = Hyperparameter(check_ema_momentum)
     ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter(check_ema_frequency)

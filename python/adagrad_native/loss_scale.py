@@ -78,7 +78,9 @@ class LossScaleOptimizer(Optimizer):
                 "Argument `inner_optimizer` must be an optimizer of this package (e.g. "
                 f"adagrad_native.Adagrad). Received: {inner_optimizer!r}"
             )
-        _checks.real(initial_scale, "initial_scale", minimum=0, strict=True, float32=True)
+        _checks.real(
+            initial_scale, "initial_scale", minimum=0, strict=True, float32=True, normal=True
+        )
         _checks.integer(dynamic_growth_steps, "dynamic_growth_steps", minimum=1)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
