@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from adagrad_native._native import NativeStep
 
 F32, F64 = np.float32, np.float64
 ANY_ERROR = (ValueError, TypeError)
@@ -323,3 +324,35 @@ def test_a_denormal_divisor_set_after_build_is_refused(name, value, trained, sna
 def test_a_denormal_initial_loss_scale_is_refused():
     with pytest.raises(ValueError, match="`initial_scale` must be at least 1.1754944e-38"):
         an.LossScaleOptimizer(an.Adagrad(0.1), initial_scale=1e-40)
+
+
+def test_a_refused_build_leaves_nothing_behind():
+    # The second variable cannot be updated in place: nothing of the first stays.
+    opt = an.Adagrad(0.1, use_ema=True)
+    before = dict(opt.__dict__)
+    good, bad = np.ones(3, F32), np.ones(6, F32)[::2]
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        opt.build([good, bad])
+    assert not opt.built and [v.path for v in opt.variables] == [
+        f"{opt.name}/iteration",
+        f"{opt.name}/learning_rate",
+    ]
+    assert opt.__dict__.keys() == before.keys()
+    opt.apply([np.ones(3, F32)], [good])  # and it builds on
+    assert len(opt.variables) == 4
+
+
+def test_a_build_refused_after_its_slots_were_made_is_undone(monkeypatch):
+    opt = an.Adagrad(0.1)
+    params = [np.ones(3, F32)]
+
+    def refuse(self, variables):  # the last step of a build fails
+        raise ValueError("refused by the test")
+
+    monkeypatch.setattr(NativeStep, "bind", refuse)
+    with pytest.raises(ValueError, match="refused by the test"):
+        opt.build(params)
+    monkeypatch.undo()
+    assert not opt.built and len(opt.variables) == 2 and opt.trainable_variables == []
+    opt.apply([np.ones(3, F32)], params)
+    assert int(opt.iterations) == 1 and len(opt.variables) == 3

@@ -21,7 +21,7 @@ from the optimizer to its engine. docs/architecture.md draws the flow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, Protocol
 
@@ -227,6 +227,10 @@ class Wrappable(Protocol):
 
     def state_lock(self) -> AbstractContextManager[Any]:
         """Held by every step and by every whole-state reader or writer (re-entrant)."""
+        ...
+
+    def undo_point(self) -> Callable[[], None]:
+        """A callable that puts the optimizer back as it is now (how a refused load unbuilds)."""
         ...
 
     def step_with(

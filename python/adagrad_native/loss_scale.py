@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -100,7 +100,28 @@ class LossScaleOptimizer(Optimizer):
             self.dynamic_scale = self.add_variable(
                 (), float(self.initial_scale), "float32", "none", "dynamic_scale"
             )
+            growth = self.dynamic_growth_steps
+            self.declare_value_range(
+                self.step_counter,
+                f"finite steps since the scale last changed (< {growth})",
+                0,
+                growth - 1,
+            )
+            # A scale of 0 or inf makes every step skip, for good.
+            self.declare_value_range(
+                self.dynamic_scale, "a loss scale", _checks.FLOAT32_TINY, _checks.FLOAT32_MAX
+            )
             self.built = True
+
+    def undo_point(self) -> Callable[[], None]:
+        """Puts this optimizer and its inner optimizer back as they are now."""
+        inner, own = self.inner_optimizer.undo_point(), super().undo_point()
+
+        def undo() -> None:
+            own()
+            inner()
+
+        return undo
 
     @property
     def trainable_variables(self) -> list[Variable]:
@@ -168,7 +189,9 @@ class LossScaleOptimizer(Optimizer):
 
     def _settle(self, counter: np.ndarray, scale: np.ndarray) -> list[Settle]:
         """Both outcomes' records of a step, written by the step itself (never torn by a signal)."""
-        grow = int(counter) == self.dynamic_growth_steps - 1
+        # Keras grows at exactly growth - 1; a counter assigned beyond it grows at once
+        # instead of counting on to an overflow.
+        grow = int(counter) >= self.dynamic_growth_steps - 1
         return [
             (counter, np.array(0 if grow else counter + 1, np.int64), np.array(0, np.int64)),
             (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ import numpy as np
 from adagrad_native import _calls, _checks, _state
 from adagrad_native._learning_rate import LearningRate
 from adagrad_native._locks import fork_safe_lock
-from adagrad_native._native import NativeStep
+from adagrad_native._native import NativeStep, assign_all
 from adagrad_native._settings import OptimizerSettings, format_settings
 from adagrad_native._surface import (
     AlgorithmSlots,
@@ -34,7 +34,12 @@ from adagrad_native._surface import (
     StepEngine,
 )
 from adagrad_native._tracking import VariableTracker
-from adagrad_native.variables import Variable, auto_name
+from adagrad_native.variables import ValueRange, Variable, auto_name
+
+# The largest iteration count a load accepts: room for 2**62 more steps. A step
+# at the counter's own limit (2**63 - 1) raises instead of wrapping around.
+LOADABLE_ITERATIONS = 2**62
+_COUNTER_LIMIT = 2**63 - 1
 
 
 class _Target(NamedTuple):
@@ -134,7 +139,10 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         self._algorithm_slots = AlgorithmSlots([], [])
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(
-            np.zeros((), np.int64), "iteration", aggregation="only_first_replica"
+            np.zeros((), np.int64),
+            "iteration",
+            aggregation="only_first_replica",
+            value_range=ValueRange("a step count", 0, LOADABLE_ITERATIONS),
         )
         self._learning_rate = LearningRate()
         self.learning_rate = learning_rate
@@ -215,14 +223,28 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                 return
             user_variables, names = _calls.split_named(var_list)
             variables = _calls.as_variables(user_variables, names)
-            rollback = (dict(self.__dict__), len(self._variables))
+            undo = self.undo_point()
             try:
                 self._build(user_variables, names, variables)
             except BaseException:  # nothing of a refused build stays behind
-                del self._variables[rollback[1] :]
-                self.__dict__.clear()
-                self.__dict__.update(rollback[0])
+                undo()
                 raise
+
+    def undo_point(self) -> Callable[[], None]:
+        """A callable that puts the optimizer back as it is now, in one assignment.
+
+        What a refused build, or a refused load into an optimizer it built,
+        calls: the optimizer is then as it was (unbuilt, with its settings),
+        even when a Ctrl-C lands in the middle. Take it under `state_lock()`.
+        """
+        saved = dict(self.__dict__)
+        saved["_variables"] = list(self._variables)  # build appends to the list itself
+        saved["_engine"] = self.make_step_engine()  # not bound to the undone build's buffers
+
+        def undo() -> None:
+            self.__dict__ = saved
+
+        return undo
 
     def _build(
         self, user_variables: list[Any], names: list[str] | None, variables: list[Variable]
@@ -407,6 +429,11 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         else:
             any_update = True
         raw = int(target.counter)
+        if raw >= _COUNTER_LIMIT:
+            raise ValueError(
+                f"The iteration counter of optimizer '{self.name}' is at its largest value "
+                f"({raw}): another step would overflow it. Nothing was updated."
+            )
         k = self.gradient_accumulation_steps
         is_update = not k or (raw + 1) % k == 0
         ema_momentum, ema_overwrite = 0.0, False
@@ -508,10 +535,14 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                     f"optimizer was built with; received {len(var_list)}."
                 )
             indices = [self._call_order.index_of(v, i) for i, v in enumerate(var_list)]
-            for i in indices:
-                average = averages[i]
-                if average is not None:  # the variable's buffer, as the engine steps it
-                    self._stepped_variables[i].assign(average.value)
+            # Every variable in one native call: a Ctrl-C never leaves some averaged.
+            assign_all(
+                [
+                    (self._stepped_variables[i].value, average.value)
+                    for i in indices
+                    if (average := averages[i]) is not None
+                ]
+            )
             self._engine.publish()
 
     # Pickling and copying: everything but the lock and the engine, which are

@@ -6,7 +6,7 @@ import itertools
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,6 +25,17 @@ def _new_name_lock() -> None:
 
 
 os.register_at_fork(after_in_child=_new_name_lock)
+
+
+class ValueRange(NamedTuple):
+    """The values an optimizer variable can hold; loaders refuse any other.
+
+    NaN is never in a range; `high` is inf only where a step can store inf.
+    """
+
+    what: str  # what the values are, for messages: "a step count", "sums of squares"
+    low: float
+    high: float
 
 
 def auto_name(prefix: str) -> str:
@@ -139,6 +150,7 @@ class Variable:
         self.constraint = constraint
         self.overwrite_with_gradient = overwrite_with_gradient
         self.aggregation = aggregation
+        self._value_range: ValueRange | None = None  # optimizer variables: what loads may hold
 
     @classmethod
     def _wrap(cls, array: np.ndarray, name: str) -> Variable:
@@ -329,4 +341,4 @@ for _name, _op in [
         setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
 setattr(Variable, "__neg__", lambda self: -self._value)  # noqa: B010 - set like the rest
 
-__all__ = ["Variable"]
+__all__ = ["ValueRange", "Variable"]
