@@ -356,3 +356,138 @@ def test_a_build_refused_after_its_slots_were_made_is_undone(monkeypatch):
     assert not opt.built and len(opt.variables) == 2 and opt.trainable_variables == []
     opt.apply([np.ones(3, F32)], params)
     assert int(opt.iterations) == 1 and len(opt.variables) == 3
+
+
+# ------------------------------------------------------- every other entry point
+def _built():
+    opt, param = an.Adagrad(0.1, use_ema=True), np.ones(3, F32)
+    opt.apply([np.ones(3, F32)], [param])
+    return opt, param
+
+
+ENTRY_POINTS = {
+    "save_state-of-no-optimizer": (
+        lambda: an.save_state(None, sys.stdout.buffer),
+        TypeError,
+        "`optimizer` must be an optimizer of this package",
+    ),
+    "load_state-into-no-optimizer": (
+        lambda: an.load_state("state.npz", "state.npz"),
+        TypeError,
+        "`optimizer` must be an optimizer",
+    ),
+    "save_state-to-an-empty-path": (lambda: an.save_state(_built()[0], ""), ValueError, "empty"),
+    "serialize-no-optimizer": (lambda: an.serialize(3), TypeError, "`optimizer` must be"),
+    "from_config-of-a-string": (
+        lambda: an.Adagrad.from_config("x"),
+        TypeError,
+        "`config` must be a dict",
+    ),
+    "deserialize-a-string-config": (
+        lambda: an.deserialize({"class_name": "Adagrad", "config": "x"}),
+        TypeError,
+        "`config` must be a dict",
+    ),
+    "loss-scale-config-without-inner": (
+        lambda: an.LossScaleOptimizer.from_config({"initial_scale": 2.0}),
+        ValueError,
+        "needs its 'inner_optimizer'",
+    ),
+    "use_ema-an-array": (
+        lambda: an.Adagrad(use_ema=np.ones(2)),
+        TypeError,
+        "`use_ema` must be a bool",
+    ),
+    "use_ema-a-string": (lambda: an.Adagrad(use_ema="yes"), TypeError, "`use_ema` must be a bool"),
+    "accumulation-beyond-int64": (
+        lambda: an.Adagrad(gradient_accumulation_steps=2**70),
+        ValueError,
+        "gradient_accumulation_steps",
+    ),
+    "variable-shape-an-int": (lambda: an.Variable("zeros", shape=5), ValueError, "`shape` must be"),
+    "variable-shape-a-float": (
+        lambda: an.Variable("zeros", shape=(2.5,)),
+        ValueError,
+        "`shape` must be",
+    ),
+    "variable-shape-negative": (
+        lambda: an.Variable("zeros", shape=(-1,)),
+        ValueError,
+        "`shape` must be",
+    ),
+    "variable-trainable-an-array": (
+        lambda: an.Variable(np.ones(2), trainable=np.ones(2)),
+        TypeError,
+        "`trainable` must be a bool",
+    ),
+    "variable-of-bytes": (lambda: an.Variable(b"x"), TypeError, "does not convert to float32"),
+    "variable-assigned-strings": (
+        lambda: an.Variable(np.ones(2)).assign(np.array(["a", "b"])),
+        TypeError,
+        r"assign\(value\)`: the value \(<U1\) does not convert",
+    ),
+    "sparse-dense-shape-a-float": (
+        lambda: an.SparseGradient([0], np.ones((1, 3)), (4.5, 3)),
+        TypeError,
+        "integer dimensions",
+    ),
+    "sparse-dense-shape-inf": (
+        lambda: an.SparseGradient([0], np.ones((1, 3)), (np.inf, 3)),
+        TypeError,
+        "integer dimensions",
+    ),
+    "apply_gradients-none": (
+        lambda: _built()[0].apply_gradients(None),
+        TypeError,
+        "`grads_and_vars` must be a list",
+    ),
+    "apply_gradients-not-pairs": (
+        lambda: _built()[0].apply_gradients([np.ones(3, F32)]),
+        TypeError,
+        r"grads_and_vars\[0\] of type ndarray",
+    ),
+    "update_step-learning-rate-a-string": (
+        lambda: (lambda o, p: o.update_step(np.ones(3, F32), p, "x"))(*_built()),
+        TypeError,
+        "`learning_rate` must be a number",
+    ),
+    "finalize-none": (
+        lambda: _built()[0].finalize_variable_values(None),
+        TypeError,
+        "`var_list` must be a list",
+    ),
+    "exclude-names-not-strings": (
+        lambda: an.Adagrad().exclude_from_weight_decay(var_names=[1]),
+        TypeError,
+        r"var_names\[0\]=1",
+    ),
+    "exclude-list-an-int": (
+        lambda: an.Adagrad().exclude_from_weight_decay(var_list=3),
+        TypeError,
+        "`var_list` must be a list",
+    ),
+    "stateless-values-none": (
+        lambda: (lambda o, p: o.stateless_apply(None, [np.ones(3, F32)], [p]))(*_built()),
+        TypeError,
+        "`optimizer_variables` must be a list",
+    ),
+    "stateless-grads-none": (
+        lambda: (lambda o, p: o.stateless_apply([v.numpy() for v in o.variables], None, [p]))(
+            *_built()
+        ),
+        TypeError,
+        "`grads` must be a list",
+    ),
+    "save_own_variables-into-an-array": (
+        lambda: _built()[0].save_own_variables(np.ones(3)),
+        TypeError,
+        "`store` must be a dict or an h5py group",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_POINTS))
+def test_an_odd_argument_to_any_entry_point_gets_a_clear_error(case):
+    call, error, fragment = ENTRY_POINTS[case]
+    with pytest.raises(error, match=fragment):
+        call()

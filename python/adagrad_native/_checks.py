@@ -118,13 +118,12 @@ def integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) 
     return int(value)
 
 
-def optional_integer(value: Any, name: str, *, minimum: int) -> Any:
+def optional_integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> Any:
     """`integer`, with None and 0 accepted as "off" and returned unchanged (as Keras)."""
-    return (
-        value
-        if value is None or (not is_bool(value) and value == 0)
-        else integer(value, name, minimum=minimum)
+    off = value is None or (
+        not is_bool(value) and isinstance(value, numbers.Integral) and value == 0
     )
+    return value if off else integer(value, name, minimum=minimum, maximum=maximum)
 
 
 def real_list(value: Any, name: str) -> list[Any] | tuple[Any, ...]:
@@ -168,6 +167,24 @@ def flag(value: Any, name: str) -> bool:
             + _received(name, value, with_type=True)
         )
     return bool(value)
+
+
+def iterable(value: Any, name: str, what: str) -> list[Any]:
+    """A list of what a list-like argument holds (an iterator is read once).
+
+    None, a string and a single array are refused: they are not lists, or would
+    iterate into something else.
+
+    Raises:
+        TypeError: Naming the argument and what it should hold.
+    """
+    single = isinstance(value, str | bytes | np.ndarray)
+    if value is None or single or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"Argument `{name}` must be a list (or another iterable) of {what}. "
+            f"Received: {name}={value!r:.80}"
+        )
+    return list(value)
 
 
 def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:

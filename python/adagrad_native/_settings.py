@@ -98,6 +98,7 @@ def fixed_after_build(check: Callable[[Any, str, Any], Any]) -> Callable[[Any, s
 def check_use_ema(optimizer: Any, name: str, value: Any) -> Any:
     # Turning EMA on needs an average per variable, made at build; the EMA
     # settings, accepted unchecked while EMA was off (as Keras), are checked now.
+    value = _checks.flag(value, name)
     if value and not optimizer.__dict__.get("use_ema"):
         if optimizer.__dict__.get("built"):
             raise ValueError(
@@ -131,7 +132,7 @@ def check_loss_scale_factor(optimizer: Any, name: str, value: Any) -> Any:
 
 def check_accumulation_steps(optimizer: Any, name: str, value: Any) -> Any:
     # Stored as given (0 and None both mean off), as Keras reports them back.
-    _checks.optional_integer(value, name, minimum=2)
+    _checks.optional_integer(value, name, minimum=2, maximum=2**62)
     if value and optimizer.__dict__.get("built") and not optimizer.gradient_accumulation_steps:
         raise ValueError(
             "Argument `gradient_accumulation_steps` cannot be turned on after the optimizer is "
@@ -232,8 +233,15 @@ class OptimizerSettings:
                 "`exclude_from_weight_decay()` can only be configured before the optimizer is "
                 "built."
             )
-        self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
-        names = list(var_names or ())
+        variables = [] if var_list is None else _checks.iterable(var_list, "var_list", "variables")
+        names = [] if var_names is None else _checks.iterable(var_names, "var_names", "strings")
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(
+                    "Argument `var_names` must hold strings (regular expressions searched in the "
+                    f"variable names). Received: var_names[{i}]={name!r}"
+                )
+        self._exclude_from_weight_decay = {id(v) for v in variables}
         self._exclude_from_weight_decay_pattern = (
             re.compile("|".join(set(names))) if names else None
         )
@@ -312,7 +320,16 @@ class OptimizerSettings:
     def from_config(
         cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
     ) -> Any:
-        """Creates an optimizer from `get_config()` output (ours or Keras')."""
+        """Creates an optimizer from `get_config()` output (ours or Keras').
+
+        Raises:
+            TypeError: When `config` is not a dict.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"Argument `config` must be a dict, as get_config() returns it. Received: "
+                f"config={config!r:.80} of type {type(config).__name__}."
+            )
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = schedules.deserialize(

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks
-from adagrad_native._calls import check_sequence
 from adagrad_native._native import assign_all
 from adagrad_native._surface import Wrappable
 from adagrad_native.variables import Variable
@@ -62,6 +61,20 @@ def state_entries(variables: Sequence[Variable]) -> dict[str, Variable]:
     return entries
 
 
+def check_optimizer(optimizer: Any) -> None:
+    """Raises a TypeError unless `optimizer` is an optimizer of this package.
+
+    The state functions take one as their first argument (a module function,
+    unlike a method, can be handed anything).
+    """
+    if not all(hasattr(optimizer, a) for a in ("built", "variables", "state_lock", "undo_point")):
+        raise TypeError(
+            "Argument `optimizer` must be an optimizer of this package (e.g. "
+            f"adagrad_native.Adagrad). Received: optimizer={optimizer!r:.80} of type "
+            f"{type(optimizer).__name__}."
+        )
+
+
 def state_dict(optimizer: Wrappable) -> dict[str, Any]:
     """The optimizer's state in memory: a copy of every variable, and the config.
 
@@ -71,8 +84,10 @@ def state_dict(optimizer: Wrappable) -> dict[str, Any]:
     they hold one step's state even while another thread trains.
 
     Raises:
+        TypeError: When `optimizer` is not an optimizer of this package.
         ValueError: When the optimizer is not built.
     """
+    check_optimizer(optimizer)
     if not optimizer.built:
         raise ValueError("The optimizer is not built: call build(variables) first.")
     with optimizer.state_lock():
@@ -251,6 +266,7 @@ def load_by_key(
         source: What the state came from, for messages.
         copy: As for `staged_values` (False for values the reader made).
     """
+    check_optimizer(optimizer)
     _checks.one_of(learning_rate, "learning_rate", LEARNING_RATES)
     if optimizer.built:  # its entries are fixed: the file is read outside the lock
         stored = read(state_entries(optimizer.variables))
@@ -318,7 +334,15 @@ def save_own_variables(optimizer: Wrappable, store: Any) -> None:
 
     The keys and order are Keras', so a real Keras optimizer built on the same
     variables can load the store, and the reverse.
+
+    Raises:
+        TypeError: When `store` is not a mapping-like store (`keys()` and `[key] =`).
     """
+    if not (hasattr(store, "keys") and hasattr(store, "__setitem__")):
+        raise TypeError(
+            "Argument `store` must be a dict or an h5py group, which save_own_variables fills "
+            f"under '0', '1', .... Received: store of type {type(store).__name__}."
+        )
     with optimizer.state_lock():  # a consistent snapshot, also while another thread steps
         values = [variable.numpy() for variable in optimizer.variables]
     for i, value in enumerate(values):
@@ -384,8 +408,7 @@ def set_weights(optimizer: Wrappable, weights: Sequence[Any]) -> None:
             f"Please call `optimizer.build(trainable_variables)` to create the optimizer "
             f"weights before calling `set_weights()`. Optimizer: '{optimizer.name}'."
         )
-    check_sequence(weights, "weights", "arrays, one per optimizer variable")
-    weights = list(weights)
+    weights = _checks.iterable(weights, "weights", "arrays, one per optimizer variable")
     with optimizer.state_lock():
         variables = optimizer.variables
         if len(weights) != len(variables):
@@ -412,7 +435,7 @@ def state_arrays(
     Raises:
         ValueError: Naming the argument `what` and the first entry that does not match.
     """
-    values = list(values)
+    values = _checks.iterable(values, what, "arrays, one per variable")
     if len(values) != len(variables):
         raise ValueError(
             f"Argument `{what}` must have one entry per variable: expected "
@@ -463,7 +486,8 @@ class KerasStateMethods:
         trainable = state_arrays(
             trainable_variables, self.trainable_variables, "trainable_variables"
         )
-        self.step_with(list(grads), stateless=(values, trainable))
+        grads = _checks.iterable(grads, "grads", "gradients (arrays, SparseGradients or None)")
+        self.step_with(grads, stateless=(values, trainable))
         return trainable, values
 
     def save_own_variables(self: Wrappable, store: Any) -> None:

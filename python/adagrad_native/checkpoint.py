@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from adagrad_native._state import CONFIG_KEY, load_by_key, state_dict
+from adagrad_native._state import CONFIG_KEY, check_optimizer, load_by_key, state_dict
 from adagrad_native._surface import Wrappable
 from adagrad_native.variables import Variable
 
@@ -45,11 +45,13 @@ def save_state(optimizer: Wrappable, file: str | os.PathLike[str] | BinaryIO) ->
             object open for writing.
 
     Raises:
-        TypeError: For a `file` that is neither a path nor a binary file object.
-        ValueError: When the optimizer is not built, `file` is a directory or
-            a file object not open for writing.
+        TypeError: For an `optimizer` or `file` of another kind (a file must be
+            a path or a binary file object).
+        ValueError: When the optimizer is not built, `file` is empty, a
+            directory or a file object not open for writing.
         FileNotFoundError: When the folder of `file` does not exist.
     """
+    check_optimizer(optimizer)
     _check_writable(file)
     state = state_dict(optimizer)
     config = state.pop(CONFIG_KEY)
@@ -77,6 +79,8 @@ def _check_writable(file: Any) -> None:
             f"open for writing. Received: file={file!r} of type {type(file).__name__}."
         )
     path = os.fspath(file)
+    if not path:
+        raise ValueError("Argument `file` is an empty path; name the file to write.")
     if os.path.isdir(path):
         raise ValueError(f"Cannot save to {path!r}: it is a directory; name a file in it.")
     folder = os.path.dirname(os.path.abspath(path))
@@ -283,6 +287,7 @@ def load_state(
             that is not a checkpoint; or for an unbuilt optimizer without
             `variables`.
     """
+    check_optimizer(optimizer)
     if not optimizer.built and variables is None:
         raise ValueError(
             "The optimizer is not built: pass its trainable variables to load_state "

@@ -221,7 +221,7 @@ class LossScaleOptimizer(Optimizer):
         at = {id(v): i for i, v in enumerate(variables)}
         counter, scale = values[at[id(self.step_counter)]], values[at[id(self.dynamic_scale)]]
         self.inner_optimizer.step_with(
-            list(grads),
+            _checks.iterable(grads, "grads", "gradients (arrays, SparseGradients or None)"),
             loss_scale=float(scale),
             settle=self._settle(counter, scale),
             stateless=(values[len(variables) - len(self.inner_optimizer.variables) :], trainable),
@@ -258,7 +258,22 @@ class LossScaleOptimizer(Optimizer):
     def from_config(
         cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
     ) -> LossScaleOptimizer:
-        """Recreates the optimizer (and its inner optimizer) from `get_config()` output."""
+        """Recreates the optimizer (and its inner optimizer) from `get_config()` output.
+
+        Raises:
+            TypeError: When `config` is not a dict.
+            ValueError: When it has no "inner_optimizer".
+        """
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"Argument `config` must be a dict, as get_config() returns it. Received: "
+                f"config={config!r:.80} of type {type(config).__name__}."
+            )
+        if "inner_optimizer" not in config:
+            raise ValueError(
+                "A LossScaleOptimizer config needs its 'inner_optimizer' (a serialized "
+                f"optimizer). Received the keys {sorted(config)}."
+            )
         config = dict(config)
         inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

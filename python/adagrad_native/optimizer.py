@@ -295,7 +295,13 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     # -------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
         """Applies `(gradient, variable)` pairs; returns the raw iteration counter."""
-        pairs = list(grads_and_vars)
+        pairs = _checks.iterable(grads_and_vars, "grads_and_vars", "(gradient, variable) pairs")
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(
+                    "Argument `grads_and_vars` must hold (gradient, variable) pairs. "
+                    f"Received: grads_and_vars[{i}] of type {type(pair).__name__}"
+                )
         self.apply([g for g, _ in pairs], [v for _, v in pairs])
         return self._iterations
 
@@ -510,7 +516,14 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """
         if not self.built or self._call_order is None:
             raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
-        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0, float32=True))
+        try:
+            number = float(learning_rate)  # also a 0-d array or a Variable
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"Argument `learning_rate` must be a number. Received: learning_rate="
+                f"{learning_rate!r:.80}"
+            ) from err
+        lr = float(_checks.real(number, "learning_rate", minimum=0, float32=True))
         with self._lock:
             index = self._call_order.index_of(variable, 0)
             self._engine.update_one(index, gradient, lr, float(self.plan_inputs().epsilon))
@@ -526,8 +539,8 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """
         if not self.use_ema:
             return
+        var_list = _checks.iterable(var_list, "var_list", "the trainable variables")
         with self._lock:
-            var_list = list(var_list)
             averages = self._model_variables_moving_average
             if len(var_list) != len(averages) or self._call_order is None:
                 raise ValueError(

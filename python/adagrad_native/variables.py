@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from adagrad_native import _buffers
+from adagrad_native import _buffers, _checks
 from adagrad_native._dtypes import resolve_dtype
 
 _name_counters: dict[str, itertools.count[int]] = {}
@@ -45,6 +45,22 @@ def auto_name(prefix: str) -> str:
     return prefix if n == 0 else f"{prefix}_{n}"
 
 
+def _checked_shape(shape: Any) -> tuple[int, ...] | None:
+    """None, or a tuple of dimensions >= 0 (a list or tuple of integers)."""
+    if shape is None:
+        return None
+    dims = list(shape) if isinstance(shape, list | tuple) else None
+    if dims is None or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool | np.bool_) and d >= 0
+        for d in dims
+    ):
+        raise ValueError(
+            "Argument `shape` must be a tuple (or list) of integers >= 0, or None. "
+            f"Received: shape={shape!r}"
+        )
+    return tuple(int(d) for d in dims)
+
+
 def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
     fills_shape = False  # a string or a number fills `shape`
     if isinstance(initializer, str):
@@ -74,7 +90,13 @@ def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dt
             f"The initial value has shape {value.shape}, but `shape` is {tuple(shape)}."
         )
     out = _buffers.empty(tuple(shape), dtype)
-    np.copyto(out, value, casting="unsafe")  # broadcasts a fill value
+    try:
+        np.copyto(out, value, casting="unsafe")  # broadcasts a fill value
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"The initial value ({value.dtype} of shape {value.shape}) does not convert to "
+            f"{dtype.name}: {err}"
+        ) from err
     return out
 
 
@@ -124,11 +146,11 @@ class Variable:
                 getattr(initializer, "dtype", None) if not isinstance(initializer, str) else None
             )
         np_dtype = resolve_dtype("float32" if dtype is None else dtype)
-        self._value = _initial_value(initializer, None if shape is None else tuple(shape), np_dtype)
+        self._value = _initial_value(initializer, _checked_shape(shape), np_dtype)
         self._init(
             self._value,
             name or auto_name("variable"),
-            trainable,
+            _checks.flag(trainable, "trainable"),
             constraint,
             overwrite_with_gradient,
             aggregation,
@@ -258,20 +280,31 @@ class Variable:
 
     def assign(self, value: Any) -> Variable:
         """Copies `value` into the buffer (cast to the variable's dtype)."""
-        np.copyto(self._value, self._checked(value, "assign"), casting="unsafe")
+        self._in_place(None, value, "assign")
         return self
 
     def assign_add(self, value: Any) -> Variable:
         """Adds `value` in place."""
-        np.add(self._value, self._checked(value, "assign_add"), out=self._value, casting="unsafe")
+        self._in_place(np.add, value, "assign_add")
         return self
 
     def assign_sub(self, value: Any) -> Variable:
         """Subtracts `value` in place."""
-        np.subtract(
-            self._value, self._checked(value, "assign_sub"), out=self._value, casting="unsafe"
-        )
+        self._in_place(np.subtract, value, "assign_sub")
         return self
+
+    def _in_place(self, ufunc: np.ufunc | None, value: Any, what: str) -> None:
+        checked = self._checked(value, what)
+        try:
+            if ufunc is None:
+                np.copyto(self._value, checked, casting="unsafe")
+            else:
+                ufunc(self._value, checked, out=self._value, casting="unsafe")
+        except (TypeError, ValueError) as err:  # e.g. strings
+            raise TypeError(
+                f"`variable.{what}(value)`: the value ({checked.dtype}) does not convert to "
+                f"the dtype of variable '{self.path}' ({self.dtype}): {err}"
+            ) from err
 
     def __repr__(self) -> str:
         return (
