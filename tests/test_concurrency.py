@@ -6,10 +6,12 @@ and writer takes the lock that a step holds.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import adagrad_native as an
 
@@ -194,3 +196,49 @@ def test_stateless_apply_is_never_seen_through_the_optimizers_variables(restore_
         thread.join()
     assert reads > 40, "the reads did not race the stateless steps"
     assert param.tobytes() == stepped.tobytes()
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    """Python switches threads every microsecond, so races show in a short test."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+SETTINGS = {
+    "clipnorm": lambda i: 1.0 if i % 2 else None,
+    "weight_decay": lambda i: 0.01 if i % 2 else None,
+    "epsilon": lambda i: 1e-7 if i % 2 else 1e-6,
+    "learning_rate": lambda i: 0.01 if i % 2 else 0.02,
+    "on_nonfinite": lambda i: "raise" if i % 2 else "propagate",
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_settings_changed_while_another_thread_steps_never_break_a_step(
+    setting, frequent_thread_switches
+):
+    param = np.zeros(64, np.float32)
+    opt = an.Adagrad(0.01, use_ema=True)  # the general path: each step reads the plan
+    grad = np.full(64, 0.5, np.float32)
+    errors, stop = [], threading.Event()
+
+    def train():
+        while not stop.is_set():
+            try:
+                opt.apply([grad], [param])
+            except Exception as err:  # noqa: BLE001 - any error at all is the finding
+                errors.append(repr(err))
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    try:
+        for i in range(20_000):
+            setattr(opt, setting, SETTINGS[setting](i))
+    finally:
+        stop.set()
+        trainer.join()
+    assert errors == [] and int(opt.iterations) > 0
+    assert np.isfinite(param).all() and param[0] == param[-1]

@@ -1,12 +1,13 @@
 """An optimizer's settings: checked descriptors, weight-decay exclusions, the plan they make.
 
 A `Hyperparameter` checks every value it is given (in the constructor and
-after it) and tells its optimizer that a setting changed, so the step engine
-re-reads the plan. Reads cost a plain attribute lookup.
+after it) and tells its optimizer, under its lock, that a setting changed, so
+the step engine re-reads the plan. Reads cost a plain attribute lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
@@ -40,9 +41,13 @@ class Hyperparameter(Generic[T]):
         self.name = name
 
     def __set__(self, optimizer: Any, value: T) -> None:
-        value = self.check(optimizer, self.name, value)
-        optimizer.__dict__[self.name] = value
-        optimizer.settings_changed()
+        # Under the optimizer's lock (once the constructor made it): a step in
+        # another thread sees the setting before or after, never half-applied.
+        lock = optimizer.__dict__.get("_lock")
+        with contextlib.nullcontext() if lock is None else lock:
+            value = self.check(optimizer, self.name, value)
+            optimizer.__dict__[self.name] = value
+            optimizer.settings_changed()
 
     if TYPE_CHECKING:
 

@@ -284,17 +284,14 @@ def load_by_key(
             f"'{optimizer.name}': build it first, or use adagrad_native.distributed.load_state."
         )
     with optimizer.state_lock():
-        if optimizer.built:  # built by another thread meanwhile
-            stored = read(state_entries(optimizer.variables))
-            commit(_staged_state(optimizer, stored, learning_rate, source, copy))
-            return
-        undo = optimizer.undo_point()
+        undo = None if optimizer.built else optimizer.undo_point()  # None: built meanwhile
         try:
             optimizer.build(variables)
             stored = read(state_entries(optimizer.variables))
             commit(_staged_state(optimizer, stored, learning_rate, source, copy))
         except BaseException:  # also a Ctrl-C: the optimizer is as it was
-            undo()
+            if undo is not None:
+                undo()
             raise
 
 

@@ -205,8 +205,9 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
-        if self._learning_rate.set(learning_rate, self._track, self._variables.remove):
-            self.settings_changed()
+        with self._lock:  # a step in another thread sees the old rate or the new one
+            if self._learning_rate.set(learning_rate, self._track, self._variables.remove):
+                self.settings_changed()
 
     # -------------------------------------------------------------------- build
     def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
