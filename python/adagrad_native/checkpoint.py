@@ -10,6 +10,7 @@ variable's, and no member may appear twice.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import os
@@ -218,32 +219,63 @@ def _name(file: Any) -> str:
 def write_atomically(path: str, write: Callable[[Any], None]) -> None:
     """Writes a file so that a crash leaves either the old file or the new one.
 
-    The content goes to a temporary file in the same folder (what an earlier
-    killed write left there is removed first), is flushed to disk, renamed over
-    `path`, and the folder is flushed so the rename survives a power loss. The
-    file gets the permissions of a newly created file (0666 less the umask).
+    The content goes to a temporary file in the same folder, is flushed to
+    disk, renamed over `path`, and the folder is flushed so the rename survives
+    a power loss. The file gets the permissions of a newly created file (0666
+    less the umask). A writer holds a lock on its temporary file until the
+    rename, so what a killed write left (nobody holds its lock) is removed,
+    and saves to the same path from other threads or processes are not: the
+    last rename wins, each file whole.
     """
     folder, name = os.path.split(os.path.abspath(path))
     prefix = f".{name}.tmp-"
     for leftover in os.listdir(folder):
         if leftover.startswith(prefix):
-            os.unlink(os.path.join(folder, leftover))
-    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+            _remove_if_abandoned(os.path.join(folder, leftover))
+    fd, tmp = _locked_temporary(folder, prefix)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before the close releases the lock
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     folder_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(folder_fd)
     finally:
         os.close(folder_fd)
+
+
+def _locked_temporary(folder: str, prefix: str) -> tuple[int, str]:
+    """A new temporary file in `folder`, locked by this writer (fd, path)."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:  # not removed as a leftover before the lock was taken
+            return fd, tmp
+        os.close(fd)
+
+
+def _remove_if_abandoned(path: str) -> None:
+    """Removes a temporary file that no writer holds (one a killed save left)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # a save in progress
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
