@@ -14,6 +14,7 @@ from adagrad_native import _buffers, _checks
 from adagrad_native._dtypes import resolve_dtype
 
 _name_counters: dict[str, itertools.count[int]] = {}
+_layout_versions = itertools.count(1)
 _name_lock = threading.Lock()
 
 
@@ -211,7 +212,7 @@ class Variable:
         if value is not None and not callable(value):
             raise ValueError(f"Argument `constraint` must be callable. Received: {value!r}")
         self._constraint = value
-        Variable.layout_version += 1
+        Variable.layout_version = next(_layout_versions)  # one C call: no lost update
 
     @property
     def overwrite_with_gradient(self) -> bool:
