@@ -36,7 +36,6 @@ bool ready(const py::handle& obj, const PyGroup& group, size_t i) {
   return !group.overlaps_written(a->data, static_cast<size_t>(elements * param.itemsize()));
 }
 
-// The items of a list or tuple (borrowed), or nullptr for anything else.
 PyGroup& group_of(const py::object& group) {
   if (!py::isinstance<PyGroup>(group)) {
     throw py::type_error("FastStep: `group` must be a SlotGroup; received " + type_name(group) +
@@ -45,6 +44,7 @@ PyGroup& group_of(const py::object& group) {
   return group.cast<PyGroup&>();
 }
 
+// The items of a list or tuple (borrowed), or nullptr for anything else.
 PyObject* const* items_of(const py::handle& seq, py::ssize_t& size) {
   if (PyList_Check(seq.ptr())) {
     size = PyList_GET_SIZE(seq.ptr());
