@@ -173,14 +173,17 @@ def _staged_value(variable: Variable, value: Any, copy: bool) -> np.ndarray:
             at = _first(overflow)
             raise _Refused(f"{want}, stored {stored[at]}{_where(at)}, which is inf in {target}")
     limits = variable._value_range
-    if limits is not None:
-        outside = ~((array >= limits.low) & (array <= limits.high))  # NaN is outside
-        if outside.any():
-            at = _first(outside)
-            raise _Refused(
-                f"expected {limits.what} in [{_shown(limits.low)}, {_shown(limits.high)}], stored "
-                f"{stored[at]}{_where(at)}"
-            )
+    # min and max read the array once each; NaN makes both fail (the search is for messages).
+    if (
+        limits is not None
+        and array.size
+        and not (array.min() >= limits.low and array.max() <= limits.high)
+    ):
+        at = _first(~((array >= limits.low) & (array <= limits.high)))
+        raise _Refused(
+            f"expected {limits.what} in [{_shown(limits.low)}, {_shown(limits.high)}], stored "
+            f"{stored[at]}{_where(at)}"
+        )
     return array
 
 
