@@ -99,9 +99,11 @@ def test_a_copy_taken_while_another_thread_trains_holds_one_step(how, wrapped, r
 
     trainer = threading.Thread(target=train)
     trainer.start()
-    seen = set()
+    seen = set()  # copies are taken until they saw the training move, whatever the machine
+    deadline = time.monotonic() + 120
     try:
-        for _ in range(25):
+        while len(seen) < 10:
+            assert time.monotonic() < deadline, f"the copies saw only {len(seen)} steps"
             copied = COPIES[how](opt)
             steps = int(copied.iterations)
             copied_inner = copied.inner_optimizer if wrapped else copied
@@ -115,4 +117,3 @@ def test_a_copy_taken_while_another_thread_trains_holds_one_step(how, wrapped, r
     finally:
         stop.set()
         trainer.join()
-    assert len(seen) > 5, "the copies did not race the training"
