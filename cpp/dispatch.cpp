@@ -74,15 +74,44 @@ const Kernels* find(const std::string& name) {
   return nullptr;
 }
 
+std::string& env_warning() {
+  static std::string warning;
+  return warning;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+// ADAGRAD_NATIVE_ISA names the kernels to use ("auto" or unset: the best this
+// CPU runs). A name this build does not have, or this CPU cannot run, falls
+// back to "auto" with a warning that names the valid values.
 const Kernels* initial() {
   const char* env = std::getenv("ADAGRAD_NATIVE_ISA");
-  const Kernels* chosen = env != nullptr ? find(env) : nullptr;
-  return chosen != nullptr ? chosen : find("auto");
+  const Kernels* best = find("auto");
+  if (env == nullptr || *env == '\0') return best;
+  if (const Kernels* chosen = find(env)) return chosen;
+  std::vector<std::string> built;
+  bool compiled_in = false;
+  for (const Kernels* k : compiled()) {
+    built.emplace_back(k->isa);
+    compiled_in = compiled_in || built.back() == env;
+  }
+  env_warning() = std::string("ADAGRAD_NATIVE_ISA='") + env + "' " +
+                  (compiled_in ? "is not supported by this CPU"
+                               : "is not an ISA of this build (auto, " + joined(built) + ")") +
+                  "; this CPU runs auto, " + joined(available_isas()) + ". Using auto (" +
+                  best->isa + ").";
+  return best;
 }
 
 std::atomic<const Kernels*> g_active{initial()};
 
 }  // namespace
+
+const std::string& isa_env_warning() { return env_warning(); }
 
 const Kernels& kernels() { return *g_active.load(std::memory_order_acquire); }
 

@@ -21,6 +21,9 @@ struct Kernels {
 // ADAGRAD_NATIVE_ISA environment variable at import, or by select_isa().
 const Kernels& kernels();
 
+// Why ADAGRAD_NATIVE_ISA was not followed at import (empty when it was, or unset).
+const std::string& isa_env_warning();
+
 // ISAs compiled into this build that this CPU can run, best first.
 std::vector<std::string> available_isas();
 

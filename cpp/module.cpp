@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m) {
   register_probe(m);  // benchmarks' builds only (CMakeLists.txt)
 #endif
   register_runtime(m);
+  register_copy_all(m);
 }

@@ -4,7 +4,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cstdlib>
+#include <string>
 #include <thread>
 
 namespace adagrad {
@@ -43,12 +46,13 @@ WorkList make_work_list(const std::vector<int64_t>& sizes, int64_t chunk) {
 }
 
 namespace {
-int default_threads() {
-  if (const char* env = std::getenv("OMP_NUM_THREADS")) {  // "4" or "4,2": the first level
-    char* end = nullptr;
-    const long n = std::strtol(env, &end, 10);
-    if (end != env && n >= 1) return static_cast<int>(std::min<long>(n, kMaxThreads));
-  }
+
+std::string& env_warning() {
+  static std::string warning;
+  return warning;
+}
+
+int cpu_count() {
 #if defined(__linux__)
   cpu_set_t cpus;
   if (sched_getaffinity(0, sizeof cpus, &cpus) == 0) {
@@ -57,8 +61,40 @@ int default_threads() {
 #endif
   return std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, kMaxThreads);
 }
+
+// OMP_NUM_THREADS as OpenMP reads it: a positive integer, or a list ("4,2")
+// whose first entry is this level's; spaces around it are allowed. Anything
+// else is ignored with a warning, and a count above kMaxThreads is capped.
+int default_threads() {
+  const char* env = std::getenv("OMP_NUM_THREADS");
+  const char* p = env;
+  while (p != nullptr && std::isspace(static_cast<unsigned char>(*p))) ++p;
+  if (p == nullptr || *p == '\0') return cpu_count();
+  char* end = nullptr;
+  errno = 0;
+  const long n = std::isdigit(static_cast<unsigned char>(*p)) ? std::strtol(p, &end, 10) : 0;
+  while (end != nullptr && std::isspace(static_cast<unsigned char>(*end))) ++end;
+  const bool number = end != nullptr && (*end == '\0' || *end == ',');
+  if (number && n >= 1 && n <= kMaxThreads && errno == 0) return static_cast<int>(n);
+  if (number && n > kMaxThreads) {
+    env_warning() = std::string("OMP_NUM_THREADS='") + env + "' is more than the " +
+                    std::to_string(kMaxThreads) + " threads a step may use; using " +
+                    std::to_string(kMaxThreads) + ".";
+    return kMaxThreads;
+  }
+  const int cpus = cpu_count();
+  env_warning() = std::string("OMP_NUM_THREADS='") + env +
+                  "' is not a thread count (a positive integer, or a list such as '4,2' whose "
+                  "first entry is used); using the " +
+                  std::to_string(cpus) + " CPUs this process may run on.";
+  return cpus;
+}
+
 std::atomic<int> g_threads{default_threads()};
+
 }  // namespace
+
+const std::string& threads_env_warning() { return env_warning(); }
 
 int get_num_threads() { return g_threads.load(std::memory_order_relaxed); }
 void set_num_threads(int n) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -62,6 +63,9 @@ std::vector<int64_t> sizes_of(const std::vector<Tensor>& tensors) {
 // process may run on; at most kMaxThreads).
 int get_num_threads();
 void set_num_threads(int n);
+
+// Why OMP_NUM_THREADS was not followed as given at import (empty when it was, or unset).
+const std::string& threads_env_warning();
 
 // Calls fn(task) for every task in [0, n_tasks) on the calling thread and the
 // thread team (thread_team.hpp), which takes tasks as its threads arrive. The

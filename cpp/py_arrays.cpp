@@ -64,10 +64,13 @@ void* optional_slot(const py::handle& obj, const py::array& param, const std::st
   if (obj.is_none()) return nullptr;
   py::array a = writable_buffer(obj, what);
   const bool same_dtype = a.dtype().num() == param.dtype().num();
-  const bool wide = wide_ok && dtype_code(a.dtype(), what) == DType::f32;
+  const DType p = dtype_code(param.dtype(), what);
+  const bool narrow_param = p == DType::f16 || p == DType::bf16;
+  const bool wide = wide_ok && narrow_param && dtype_code(a.dtype(), what) == DType::f32;
   if (!same_dtype && !wide) {
     throw py::type_error(what + " has dtype " + dtype_name(a.dtype()) + "; expected " +
-                         dtype_name(param.dtype()) + ".");
+                         dtype_name(param.dtype()) +
+                         (wide_ok && narrow_param ? " or float32." : "."));
   }
   const py::ssize_t want = expected_size >= 0 ? expected_size : param.size();
   if (a.size() != want) {
@@ -85,9 +88,21 @@ py::array cast_like_keras(const py::array& a, const py::array& param, int param_
   return a.attr("astype")(param.dtype());
 }
 
-py::array scalar_buffer(py::array a, int dtype_num, const std::string& what) {
-  if (a.ndim() != 0 || a.dtype().num() != dtype_num || !a.writeable()) {
-    throw std::invalid_argument(what + " must be a writeable 0-d array of the expected dtype.");
+bool holds_objects(const py::dtype& dt) { return dt.attr("hasobject").cast<bool>(); }
+
+py::array scalar_buffer(const py::handle& obj, int dtype_num, const std::string& what) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(what + " must be a numpy.ndarray; received " + type_name(obj) + ".");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const bool dtype_ok = dtype_num < 0 ? !holds_objects(a.dtype()) : a.dtype().num() == dtype_num;
+  if (a.ndim() != 0 || !dtype_ok || !(a.flags() & kWriteable) || !(a.flags() & kAligned) ||
+      !is_native(a.dtype())) {
+    throw py::value_error(what + " must be a writeable, aligned, native-byte-order 0-d array" +
+                          (dtype_num < 0 ? std::string(" of numbers")
+                                         : " of dtype " + dtype_name(py::dtype(dtype_num))) +
+                          "; received dtype " + dtype_name(a.dtype()) + " of shape " +
+                          shape_str(a) + ".");
   }
   return a;
 }

@@ -34,8 +34,9 @@ adagrad::DType dtype_code(const pybind11::dtype& dt, const std::string& what);
 pybind11::array writable_buffer(const pybind11::handle& obj, const std::string& what);
 
 // An optional slot of a parameter (None: null): a writable buffer with the
-// parameter's dtype (or float32 when `wide_ok`) and `expected_size` elements
-// (-1: the parameter's size), appended to `keep`.
+// parameter's dtype (or, when `wide_ok`, float32 for a float16 or bfloat16
+// parameter, the one wider storage the kernels have) and `expected_size`
+// elements (-1: the parameter's size), appended to `keep`.
 void* optional_slot(const pybind11::handle& obj, const pybind11::array& param,
                     const std::string& what, bool wide_ok, std::vector<pybind11::array>& keep,
                     pybind11::ssize_t expected_size = -1);
@@ -45,9 +46,14 @@ void* optional_slot(const pybind11::handle& obj, const pybind11::array& param,
 pybind11::array cast_like_keras(const pybind11::array& a, const pybind11::array& param,
                                 int param_dtype_num, const std::string& what);
 
-// A writeable 0-d array of the given dtype (a counter or a setting the core
-// reads or writes in place); std::invalid_argument otherwise.
-pybind11::array scalar_buffer(pybind11::array a, int dtype_num, const std::string& what);
+// Whether the dtype holds Python objects (whose bytes are pointers the core
+// must never copy or overwrite).
+bool holds_objects(const pybind11::dtype& dt);
+
+// A writeable, aligned, native 0-d array of the given dtype (-1: any dtype
+// without objects), which the core reads or writes in place (a counter, a
+// setting); ValueError naming `what` otherwise.
+pybind11::array scalar_buffer(const pybind11::handle& obj, int dtype_num, const std::string& what);
 
 // An array the core only reads, in the form it reads: C-contiguous, aligned,
 // native byte order; anything else is converted into a new array.

@@ -1,5 +1,8 @@
 #include "py_fast_step.hpp"
 
+#include <cstdint>
+#include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -33,6 +36,14 @@ bool ready(const py::handle& obj, const PyGroup& group, size_t i) {
   return !group.overlaps_written(a->data, static_cast<size_t>(elements * param.itemsize()));
 }
 
+PyGroup& group_of(const py::object& group) {
+  if (!py::isinstance<PyGroup>(group)) {
+    throw py::type_error("FastStep: `group` must be a SlotGroup; received " + type_name(group) +
+                         ".");
+  }
+  return group.cast<PyGroup&>();
+}
+
 // The items of a list or tuple (borrowed), or nullptr for anything else.
 PyObject* const* items_of(const py::handle& seq, py::ssize_t& size) {
   if (PyList_Check(seq.ptr())) {
@@ -48,14 +59,15 @@ PyObject* const* items_of(const py::handle& seq, py::ssize_t& size) {
 
 }  // namespace
 
-FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, py::array iterations,
-                   py::array learning_rate, const py::sequence& variables)
-    : group_object_(std::move(group)), group_(group_object_.cast<PyGroup&>()), plan_(plan),
-      iterations_(scalar_buffer(std::move(iterations), py::dtype::of<int64_t>().num(),
-                                "FastStep: iterations")),
-      learning_rate_(scalar_buffer(std::move(learning_rate), py::dtype::of<float>().num(),
-                                   "FastStep: learning_rate")),
+FastStep::FastStep(py::object group, const adagrad::StepPlan& plan, const py::object& iterations,
+                   const py::object& learning_rate, const py::sequence& variables)
+    : group_object_(std::move(group)), group_(group_of(group_object_)), plan_(plan),
+      iterations_(
+          scalar_buffer(iterations, py::dtype::of<int64_t>().num(), "FastStep: iterations")),
+      learning_rate_(
+          scalar_buffer(learning_rate, py::dtype::of<float>().num(), "FastStep: learning_rate")),
       steps_(group_.group.tensors().size()) {
+  group_.check_plan(plan_);
   if (variables.size() != steps_.size()) {
     throw std::invalid_argument("FastStep: one variable per tensor of the group.");
   }
@@ -83,6 +95,14 @@ int64_t FastStep::try_step(const py::handle& grads, const py::handle& variables)
   for (py::ssize_t i = 0; i < n; ++i) {
     if (!ready(items[i], group_, static_cast<size_t>(i))) return kDeclined;
   }
+  int64_t& iterations = *static_cast<int64_t*>(iterations_.mutable_data());
+  if (iterations == std::numeric_limits<int64_t>::max()) return kDeclined;
+  std::unique_lock<std::mutex> claimed;
+  try {
+    claimed = group_.claim();
+  } catch (const py::value_error&) {
+    return kDeclined;  // the general path raises the error
+  }
   // Every check passed; from here on the call is taken.
   held_.clear();
   for (py::ssize_t i = 0; i < n; ++i) {
@@ -98,13 +118,13 @@ int64_t FastStep::try_step(const py::handle& grads, const py::handle& variables)
   }
   held_.clear();
   if (!r.applied) return r.first_nonfinite;
-  ++*static_cast<int64_t*>(iterations_.mutable_data());
+  ++iterations;
   return -1;
 }
 
 void register_fast_step(py::module_& m) {
   py::class_<FastStep>(m, "FastStep")
-      .def(py::init<py::object, const adagrad::StepPlan&, py::array, py::array,
+      .def(py::init<py::object, const adagrad::StepPlan&, const py::object&, const py::object&,
                     const py::sequence&>(),
            py::arg("group"), py::arg("plan"), py::arg("iterations"), py::arg("learning_rate"),
            py::arg("variables"))

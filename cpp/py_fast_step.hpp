@@ -24,8 +24,10 @@ class FastStep {
   // `group` is a SlotGroup; `iterations` the int64 0-d counter and
   // `learning_rate` the float32 0-d learning-rate variable, both read or
   // written in place on every call; `variables` the objects a call may name.
-  FastStep(pybind11::object group, const adagrad::StepPlan& plan, pybind11::array iterations,
-           pybind11::array learning_rate, const pybind11::sequence& variables);
+  // A counter at its largest value declines (the general path explains).
+  FastStep(pybind11::object group, const adagrad::StepPlan& plan,
+           const pybind11::object& iterations, const pybind11::object& learning_rate,
+           const pybind11::sequence& variables);
 
   // Whether `variables` (None: build order) is a call this FastStep takes.
   bool accepts(const pybind11::handle& variables) const;

@@ -37,6 +37,28 @@ void PyGroup::index_written(const std::vector<size_t>& owners) {
   }
 }
 
+void PyGroup::check_plan(const adagrad::StepPlan& plan) const {
+  if (plan.phase == adagrad::Phase::update) return;
+  const std::vector<adagrad::TensorSlots>& tensors = group.tensors();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].grad_accumulator == nullptr) {
+      throw py::value_error("The step accumulates gradients, but " + label(i) +
+                            " has no gradient accumulator: gradient_accumulation_steps must "
+                            "be set when the optimizer is built.");
+    }
+  }
+}
+
+std::unique_lock<std::mutex> PyGroup::claim() {
+  std::unique_lock<std::mutex> lock(busy_, std::try_to_lock);
+  if (!lock.owns_lock()) {
+    throw py::value_error(
+        "This SlotGroup is in a step of another thread: a group takes one call at a time "
+        "(an optimizer's lock keeps its own steps apart).");
+  }
+  return lock;
+}
+
 bool PyGroup::overlaps_written(const void* data, size_t bytes) const {
   if (bytes == 0) return false;
   const auto begin = reinterpret_cast<uintptr_t>(data);
@@ -47,6 +69,33 @@ bool PyGroup::overlaps_written(const void* data, size_t bytes) const {
 }
 
 namespace {
+
+// The most work items a group may have: far
+// more than any model at the core's chunk (2**24 items of 16 Ki elements are
+// 2**38 elements), few enough that the work list (about 40 bytes an item)
+// stays small and every task index fits the thread team's 32 bits.
+constexpr int64_t kMaxItems = int64_t{1} << 24;
+
+// ValueError unless tensors of `sizes` (each >= 0) cut into at most kMaxItems
+// items of `chunk` elements (0: the core's choice).
+void check_work_size(const std::vector<int64_t>& sizes, int64_t chunk, const std::string& what) {
+  int64_t total = 0;
+  for (int64_t size : sizes) {
+    if (size < 0 || size > (int64_t{1} << 62) - total) {
+      throw py::value_error(what + " must be sizes in [0, 2**62) with a sum below 2**62; " +
+                            "received " + std::to_string(size) + ".");
+    }
+    total += size;
+  }
+  if (chunk <= 0) chunk = adagrad::work_chunk(sizes);
+  int64_t items = 0;
+  for (int64_t size : sizes) items += (size + chunk - 1) / chunk;
+  if (items > kMaxItems) {
+    throw py::value_error(what + " cut into " + std::to_string(items) + " work items of " +
+                          std::to_string(chunk) + " elements; at most " +
+                          std::to_string(kMaxItems) + " are allowed (use a larger chunk).");
+  }
+}
 
 std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accumulators,
                                     const py::list& averages, const py::list& grad_accumulators,
@@ -66,6 +115,9 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
   if (accumulators.size() != n || averages.size() != n || grad_accumulators.size() != n ||
       weight_decay.size() != n || overwrite.size() != n || names.size() != n) {
     throw py::value_error("SlotGroup: every list must have one entry per parameter.");
+  }
+  if (n > static_cast<size_t>(INT32_MAX)) {
+    throw py::value_error("SlotGroup: at most 2**31 - 1 parameters.");
   }
   std::vector<py::array> keep;
   std::vector<py::array> param_arrays;
@@ -102,6 +154,9 @@ std::unique_ptr<PyGroup> make_group(const py::list& params, const py::list& accu
     param_arrays.push_back(p);
     nums.push_back(p.dtype().num());
   }
+  std::vector<int64_t> sizes;
+  for (const adagrad::TensorSlots& s : slots) sizes.push_back(s.size);
+  check_work_size(sizes, chunk.value_or(0), "SlotGroup: the parameters");
   auto group =
       std::make_unique<PyGroup>(std::move(slots), std::move(keep), names, std::move(param_arrays),
                                 std::move(nums), chunk.value_or(0));
@@ -116,6 +171,11 @@ void register_group(py::module_& m) {
       .def(py::init(&make_group), py::arg("params"), py::arg("accumulators"), py::arg("averages"),
            py::arg("grad_accumulators"), py::arg("weight_decay"), py::arg("overwrite"),
            py::arg("names"), py::arg("rowwise") = py::none(), py::arg("chunk") = py::none());
-  m.def("work_chunk", &adagrad::work_chunk, py::arg("sizes"),
-        "The work-item size the core chooses for tensors of these element counts.");
+  m.def(
+      "work_chunk",
+      [](const std::vector<int64_t>& sizes) {
+        check_work_size(sizes, 0, "work_chunk: `sizes`");
+        return adagrad::work_chunk(sizes);
+      },
+      py::arg("sizes"), "The work-item size the core chooses for tensors of these element counts.");
 }

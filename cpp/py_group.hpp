@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -36,7 +37,17 @@ struct PyGroup {
   // would write the same memory twice, from different threads).
   void index_written(const std::vector<size_t>& owners);
 
+  // ValueError unless the group has every buffer the plan's phase reads and
+  // writes (an accumulation phase: every tensor's gradient accumulator).
+  void check_plan(const adagrad::StepPlan& plan) const;
+
+  // The group for one call (its scratch buffers are the call's): RuntimeError
+  // when another thread's call holds it. An optimizer's own lock keeps its
+  // steps apart; this keeps direct callers of the private module apart too.
+  std::unique_lock<std::mutex> claim();
+
  private:
+  std::mutex busy_;
   struct Range {
     uintptr_t begin, end;
     size_t owner;  // the variable index

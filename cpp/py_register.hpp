@@ -10,3 +10,4 @@ void register_fast_step(pybind11::module_& m);  // py_fast_step.cpp: FastStep, D
 void register_step(pybind11::module_& m);       // py_step.cpp: step()
 void register_probe(pybind11::module_& m);      // py_probe.cpp: StreamProbe, RowsProbe
 void register_runtime(pybind11::module_& m);    // py_runtime.cpp: threads and ISAs
+void register_copy_all(pybind11::module_& m);   // py_copy_all.cpp: assign_all()

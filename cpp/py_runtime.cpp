@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <vector>
 
 #include "dispatch.hpp"
 #include "parallel.hpp"
@@ -19,6 +20,17 @@ void register_runtime(py::module_& m) {
   m.def("isa", []() { return std::string(adagrad::kernels().isa); });
   m.def("available_isas", &adagrad::available_isas);
   m.def("select_isa", &adagrad::select_isa, py::arg("name"));
+  m.def(
+      "environment_warnings",
+      []() {
+        std::vector<std::string> warnings;
+        for (const std::string* w :
+             {&adagrad::isa_env_warning(), &adagrad::threads_env_warning()}) {
+          if (!w->empty()) warnings.push_back(*w);
+        }
+        return warnings;
+      },
+      "What the core could not follow in ADAGRAD_NATIVE_ISA and OMP_NUM_THREADS at import.");
   m.def("team_self_test", &adagrad::team_self_test,
         "Checks the thread team's rare paths (a task that throws, a loop inside a task); "
         "returns what failed.");

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -76,21 +77,6 @@ std::vector<adagrad::TensorStep> gradients(const PyGroup& g, const py::sequence&
   return steps;
 }
 
-// The accumulation phases read and write every tensor's gradient accumulator
-// (also of tensors without a gradient, which the update step resets): a group
-// built without them cannot take such a plan.
-void check_plan(const PyGroup& g, const adagrad::StepPlan& plan) {
-  if (plan.phase == adagrad::Phase::update) return;
-  const std::vector<adagrad::TensorSlots>& tensors = g.group.tensors();
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    if (tensors[i].grad_accumulator == nullptr) {
-      throw py::value_error("The step accumulates gradients, but " + g.label(i) +
-                            " has no gradient accumulator: gradient_accumulation_steps must "
-                            "be set when the optimizer is built.");
-    }
-  }
-}
-
 // One write that records a step's outcome: `target` (a writeable 0-d array)
 // takes the bytes of `applied` or `skipped` (0-d, same dtype; absent: unchanged).
 struct Settle {
@@ -98,14 +84,29 @@ struct Settle {
   std::optional<py::array> applied, skipped;
 };
 
+std::optional<py::array> settle_value(const py::handle& v) {
+  if (v.is_none()) return std::nullopt;
+  if (!py::isinstance<py::array>(v)) {
+    throw py::type_error("A settle value must be a 0-d numpy array or None; received " +
+                         type_name(v) + ".");
+  }
+  return py::reinterpret_borrow<py::array>(v);
+}
+
 std::vector<Settle> settle_writes(const py::sequence& writes) {
   std::vector<Settle> out;
   for (const py::handle& w : writes) {
-    auto t = py::cast<std::tuple<py::array, std::optional<py::array>, std::optional<py::array>>>(w);
-    Settle s{scalar_buffer(std::get<0>(t), std::get<0>(t).dtype().num(), "a settle target"),
-             std::get<1>(t), std::get<2>(t)};
+    if (!py::isinstance<py::tuple>(w) || py::len(w) != 3) {
+      throw py::type_error(
+          "A settle write must be a (target, if_applied, if_skipped) tuple; "
+          "received " +
+          type_name(w) + ".");
+    }
+    const py::tuple t = py::reinterpret_borrow<py::tuple>(w);
+    Settle s{scalar_buffer(t[0], -1, "A settle target"), settle_value(t[1]), settle_value(t[2])};
     for (const std::optional<py::array>& v : {s.applied, s.skipped}) {
       if (v && (v->ndim() != 0 || v->dtype().num() != s.target.dtype().num() ||
+                v->itemsize() != s.target.itemsize() || holds_objects(v->dtype()) ||
                 !is_native(v->dtype()))) {
         throw py::value_error("A settle value must be a 0-d array of its target's dtype (" +
                               dtype_name(s.target.dtype()) + "); received " +
@@ -134,9 +135,10 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
                           std::to_string(g.group.tensors().size()) + "); received " +
                           std::to_string(norms->size()) + ".");
   }
-  check_plan(g, plan);
+  g.check_plan(plan);
   std::vector<py::array> held;
   std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
+  std::unique_lock<std::mutex> claimed = g.claim();
   adagrad::StepResult r;
   {
     py::gil_scoped_release release;
@@ -149,9 +151,10 @@ int64_t step(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& pla
 }
 
 int64_t first_nonfinite(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
-  check_plan(g, plan);
+  g.check_plan(plan);
   std::vector<py::array> held;
   std::vector<adagrad::TensorStep> steps = gradients(g, grads, true, held);
+  std::unique_lock<std::mutex> claimed = g.claim();
   py::gil_scoped_release release;
   return adagrad::run_check(g.group, steps, plan);
 }
@@ -180,9 +183,10 @@ py::tuple fold_norms(const std::vector<int32_t>& tensor_of,
 }
 
 py::tuple partial_sums(PyGroup& g, const py::sequence& grads, const adagrad::StepPlan& plan) {
-  check_plan(g, plan);
+  g.check_plan(plan);
   std::vector<py::array> held;
   std::vector<adagrad::TensorStep> steps = gradients(g, grads, false, held);
+  std::unique_lock<std::mutex> claimed = g.claim();
   {
     py::gil_scoped_release release;
     adagrad::run_partials(g.group, steps, plan);

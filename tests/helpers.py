@@ -3,6 +3,12 @@ tolerances against the oracle, bitwise comparisons."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
 import ml_dtypes  # in the `test` extra: bfloat16 is always tested
 import numpy as np
 import pytest
@@ -54,3 +60,28 @@ def assert_identical(got, want, what="array"):
             f"{what} {i}: {a.shape} {a.dtype}, expected {b.shape} {b.dtype}"
         )
         assert a.tobytes() == b.tobytes(), f"{what} {i} differs: {a!r}, expected {b!r}"
+
+
+def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
+    """Runs `call` with a Ctrl-C (SIGINT) due after `delay` seconds; whether `call` returned.
+
+    The timer starts inside the `try` that handles its KeyboardInterrupt, and the
+    `try` ends only once the interrupt came: it lands in `call` or in the wait
+    after it, never in the test's own code, however late a busy machine runs the
+    timer's thread. Run it from the main thread (Python delivers signals there).
+    """
+    timer = threading.Timer(delay, signal.raise_signal, (signal.SIGINT,))
+    returned = False
+    try:
+        timer.start()
+        call()
+        returned = True
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.001)
+        raise AssertionError("the timer's SIGINT never came")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        timer.join()
+    return returned

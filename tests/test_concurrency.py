@@ -6,10 +6,12 @@ and writer takes the lock that a step holds.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
 import numpy as np
+import pytest
 
 import adagrad_native as an
 
@@ -158,3 +160,90 @@ def test_optimizers_stepping_at_once_in_two_threads_each_get_their_own_result(re
     train(params[2])
     assert params[0].tobytes() == params[2].tobytes()
     assert params[1].tobytes() == params[2].tobytes()
+
+
+def test_stateless_apply_is_never_seen_through_the_optimizers_variables(restore_threads):
+    # Another thread reads the live variables (no lock) while stateless_apply steps
+    # a hypothetical state: it sees only the optimizer's own.
+    an.set_num_threads(2)
+    param = np.zeros(N, np.float32)
+    opt = an.Adagrad(0.01)
+    opt.apply([np.full(N, 0.5, np.float32)], [param])
+    real = [v.numpy() for v in opt.variables]
+    stepped = param.copy()
+    hypothetical = [np.array(1000), real[1], np.full(N, 7.0, np.float32)]
+    grad = [np.full(N, 0.5, np.float32)]
+    inside, stop = threading.Event(), threading.Event()  # a stateless step is in flight
+
+    def imagine():
+        while not stop.is_set():
+            inside.set()
+            opt.stateless_apply(hypothetical, grad, [param.copy()])
+            inside.clear()
+
+    thread = threading.Thread(target=imagine)
+    thread.start()
+    overlapping = 0  # reads while a stateless step ran: until enough, whatever the machine
+    deadline = time.monotonic() + 120
+    try:
+        while overlapping < 200:
+            assert time.monotonic() < deadline, f"only {overlapping} reads raced a stateless step"
+            during = inside.is_set()
+            iteration, _, accumulator = (v.value for v in opt.variables)
+            assert int(iteration) == 1
+            assert accumulator[0] == accumulator[N // 2] == accumulator[-1] == real[2][0]
+            overlapping += during and inside.is_set()
+    finally:
+        stop.set()
+        thread.join()
+    assert param.tobytes() == stepped.tobytes()
+
+
+@pytest.fixture
+def frequent_thread_switches():
+    """Python switches threads every microsecond, so races show in a short test."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(interval)
+
+
+SETTINGS = {
+    "clipnorm": lambda i: 1.0 if i % 2 else None,
+    "weight_decay": lambda i: 0.01 if i % 2 else None,
+    "epsilon": lambda i: 1e-7 if i % 2 else 1e-6,
+    "learning_rate": lambda i: 0.01 if i % 2 else 0.02,
+    "on_nonfinite": lambda i: "raise" if i % 2 else "propagate",
+}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_settings_changed_while_another_thread_steps_never_break_a_step(
+    setting, frequent_thread_switches
+):
+    param = np.zeros(64, np.float32)
+    opt = an.Adagrad(0.01, use_ema=True)  # the general path: each step reads the plan
+    grad = np.full(64, 0.5, np.float32)
+    errors, stop = [], threading.Event()
+
+    def train():
+        while not stop.is_set():
+            try:
+                opt.apply([grad], [param])
+            except Exception as err:  # noqa: BLE001 - any error at all is the finding
+                errors.append(repr(err))
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    deadline = time.monotonic() + 120
+    try:
+        i = 0  # settings change until the trainer took 500 steps among them
+        while i < 20_000 or int(opt.iterations) < 500:
+            assert time.monotonic() < deadline, "the trainer did not step"
+            setattr(opt, setting, SETTINGS[setting](i))
+            i += 1
+    finally:
+        stop.set()
+        trainer.join()
+    assert errors == []
+    assert np.isfinite(param).all() and param[0] == param[-1]

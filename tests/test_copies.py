@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -64,3 +66,54 @@ def test_a_variable_reads_as_an_array_for_numpy_and_jax():
     assert np.result_type(v, np.float64) == np.float64
     jnp = pytest.importorskip("jax.numpy")
     assert jnp.asarray(v).dtype == jnp.float32
+
+
+# ------------------------------------------------------- copies while training
+def _replayed(steps, cache={}):  # noqa: B006 - a cache across the calls of one test run
+    """The parameter and accumulator values after `steps` steps of gradient 0.5."""
+    if steps not in cache:
+        param = np.zeros(16, F32)
+        opt = an.Adagrad(0.01)
+        for _ in range(steps):
+            opt.apply([np.full(16, 0.5, F32)], [param])
+        cache[steps] = (param[0], opt.variables[-1].value[0])
+    return cache[steps]
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["adagrad", "loss-scale-optimizer"])
+@pytest.mark.parametrize("how", list(COPIES))
+def test_a_copy_taken_while_another_thread_trains_holds_one_step(how, wrapped, restore_threads):
+    an.set_num_threads(2)
+    n = 1 << 20  # a step of about a millisecond: copies land inside steps
+    param = np.zeros(n, F32)
+    inner = an.Adagrad(0.01)
+    opt = an.LossScaleOptimizer(inner, 1.0, dynamic_growth_steps=10**9) if wrapped else inner
+    grad = np.full(n, 0.5, F32)
+    opt.apply([grad], [param])
+    stop = threading.Event()
+
+    def train():
+        while not stop.is_set():
+            opt.apply([grad], [param])
+            time.sleep(0.0002)  # a lock is not fair: let the copies in
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    seen = set()  # copies are taken until they saw the training move, whatever the machine
+    deadline = time.monotonic() + 120
+    try:
+        while len(seen) < 10:
+            assert time.monotonic() < deadline, f"the copies saw only {len(seen)} steps"
+            copied = COPIES[how](opt)
+            steps = int(copied.iterations)
+            copied_inner = copied.inner_optimizer if wrapped else copied
+            values = (copied_inner.trainable_variables[0].value, copied_inner.variables[-1].value)
+            want = _replayed(steps)
+            for got, expected in zip(values, want):
+                assert got[0] == got[-1] == expected, f"a copy of half a step at {steps}"
+            if wrapped:
+                assert int(copied.step_counter) == steps
+            seen.add(steps)
+    finally:
+        stop.set()
+        trainer.join()

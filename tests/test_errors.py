@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
+from adagrad_native._native import NativeStep
 
 F32, F64 = np.float32, np.float64
 ANY_ERROR = (ValueError, TypeError)
@@ -200,6 +201,12 @@ CTOR_CASES = {
     "clipnorm_negative": (dict(clipnorm=-1.0), ["clipnorm", "-1.0"]),
     "clipvalue_negative": (dict(clipvalue=-1.0), ["clipvalue", "-1.0"]),
     "global_clipnorm_negative": (dict(global_clipnorm=-1.0), ["global_clipnorm", "-1.0"]),
+    # Below float32's smallest normal, a divisor flushes to 0 or scales gradients to
+    # inf: parameters became NaN.
+    "clipnorm_denormal": (dict(clipnorm=1e-40), ["clipnorm", "smallest normal", "1e-40"]),
+    "clipnorm_below_float32": (dict(clipnorm=1e-300), ["clipnorm", "smallest normal"]),
+    "global_clipnorm_denormal": (dict(global_clipnorm=1e-40), ["global_clipnorm", "normal"]),
+    "loss_scale_factor_denormal": (dict(loss_scale_factor=1e-40), ["loss_scale_factor", "normal"]),
     "unknown_kwarg": (dict(foo=1), ["not recognized", "foo"]),
     "misspelled_kwarg": (dict(learningrate=0.1), ["not recognized", "learningrate"]),
 }
@@ -223,6 +230,9 @@ def test_constructor_rejects(case):
         pytest.param(dict(learning_rate=np.float32(0.5)), id="numpy_learning_rate"),
         pytest.param(dict(initial_accumulator_value=0.0, epsilon=0.0), id="zeros"),
         pytest.param(dict(clipnorm=0.0), id="clipnorm_zero_is_off"),
+        pytest.param(dict(global_clipnorm=1.2e-38), id="smallest_normal_global_clipnorm"),
+        pytest.param(dict(loss_scale_factor=1.2e-38), id="smallest_normal_loss_scale"),
+        pytest.param(dict(clipvalue=1e-40), id="denormal_clipvalue_clips_to_it"),
     ],
 )
 def test_constructor_accepts(kwargs):
@@ -297,3 +307,187 @@ def test_non_finite_gradient_is_not_rejected_by_default():
     opt = an.Adagrad()
     opt.apply([np.array([np.nan, 1.0], F32)], [v])
     assert np.isnan(v.numpy()[0]) and np.isfinite(v.numpy()[1])
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("clipnorm", 1e-40), ("global_clipnorm", 5e-324), ("loss_scale_factor", 1e-39)],
+)
+def test_a_denormal_divisor_set_after_build_is_refused(name, value, trained, snapshot):
+    opt, variables = trained
+    snap = snapshot(opt, variables)
+    with pytest.raises(ValueError, match=f"`{name}` must be at least 1.1754944e-38"):
+        setattr(opt, name, value)
+    snap.assert_unchanged()
+
+
+def test_a_denormal_initial_loss_scale_is_refused():
+    with pytest.raises(ValueError, match="`initial_scale` must be at least 1.1754944e-38"):
+        an.LossScaleOptimizer(an.Adagrad(0.1), initial_scale=1e-40)
+
+
+def test_a_refused_build_leaves_nothing_behind():
+    # The second variable cannot be updated in place: nothing of the first stays.
+    opt = an.Adagrad(0.1, use_ema=True)
+    before = dict(opt.__dict__)
+    good, bad = np.ones(3, F32), np.ones(6, F32)[::2]
+    with pytest.raises(ValueError, match="not C-contiguous"):
+        opt.build([good, bad])
+    assert not opt.built and [v.path for v in opt.variables] == [
+        f"{opt.name}/iteration",
+        f"{opt.name}/learning_rate",
+    ]
+    assert opt.__dict__.keys() == before.keys()
+    opt.apply([np.ones(3, F32)], [good])  # and it builds on
+    assert len(opt.variables) == 4
+
+
+def test_a_build_refused_after_its_slots_were_made_is_undone(monkeypatch):
+    opt = an.Adagrad(0.1)
+    params = [np.ones(3, F32)]
+
+    def refuse(self, variables):  # the last step of a build fails
+        raise ValueError("refused by the test")
+
+    monkeypatch.setattr(NativeStep, "bind", refuse)
+    with pytest.raises(ValueError, match="refused by the test"):
+        opt.build(params)
+    monkeypatch.undo()
+    assert not opt.built and len(opt.variables) == 2 and opt.trainable_variables == []
+    opt.apply([np.ones(3, F32)], params)
+    assert int(opt.iterations) == 1 and len(opt.variables) == 3
+
+
+# ------------------------------------------------------- every other entry point
+def _built():
+    opt, param = an.Adagrad(0.1, use_ema=True), np.ones(3, F32)
+    opt.apply([np.ones(3, F32)], [param])
+    return opt, param
+
+
+ENTRY_POINTS = {
+    "save_state-of-no-optimizer": (
+        lambda: an.save_state(None, sys.stdout.buffer),
+        TypeError,
+        "`optimizer` must be an optimizer of this package",
+    ),
+    "load_state-into-no-optimizer": (
+        lambda: an.load_state("state.npz", "state.npz"),
+        TypeError,
+        "`optimizer` must be an optimizer",
+    ),
+    "save_state-to-an-empty-path": (lambda: an.save_state(_built()[0], ""), ValueError, "empty"),
+    "serialize-no-optimizer": (lambda: an.serialize(3), TypeError, "`optimizer` must be"),
+    "from_config-of-a-string": (
+        lambda: an.Adagrad.from_config("x"),
+        TypeError,
+        "`config` must be a dict",
+    ),
+    "deserialize-a-string-config": (
+        lambda: an.deserialize({"class_name": "Adagrad", "config": "x"}),
+        TypeError,
+        "`config` must be a dict",
+    ),
+    "loss-scale-config-without-inner": (
+        lambda: an.LossScaleOptimizer.from_config({"initial_scale": 2.0}),
+        ValueError,
+        "needs its 'inner_optimizer'",
+    ),
+    "use_ema-an-array": (
+        lambda: an.Adagrad(use_ema=np.ones(2)),
+        TypeError,
+        "`use_ema` must be a bool",
+    ),
+    "use_ema-a-string": (lambda: an.Adagrad(use_ema="yes"), TypeError, "`use_ema` must be a bool"),
+    "accumulation-beyond-int64": (
+        lambda: an.Adagrad(gradient_accumulation_steps=2**70),
+        ValueError,
+        "gradient_accumulation_steps",
+    ),
+    "variable-shape-an-int": (lambda: an.Variable("zeros", shape=5), ValueError, "`shape` must be"),
+    "variable-shape-a-float": (
+        lambda: an.Variable("zeros", shape=(2.5,)),
+        ValueError,
+        "`shape` must be",
+    ),
+    "variable-shape-negative": (
+        lambda: an.Variable("zeros", shape=(-1,)),
+        ValueError,
+        "`shape` must be",
+    ),
+    "variable-trainable-an-array": (
+        lambda: an.Variable(np.ones(2), trainable=np.ones(2)),
+        TypeError,
+        "`trainable` must be a bool",
+    ),
+    "variable-of-bytes": (lambda: an.Variable(b"x"), TypeError, "does not convert to float32"),
+    "variable-assigned-strings": (
+        lambda: an.Variable(np.ones(2)).assign(np.array(["a", "b"])),
+        TypeError,
+        r"assign\(value\)`: the value \(<U1\) does not convert",
+    ),
+    "sparse-dense-shape-a-float": (
+        lambda: an.SparseGradient([0], np.ones((1, 3)), (4.5, 3)),
+        TypeError,
+        "integer dimensions",
+    ),
+    "sparse-dense-shape-inf": (
+        lambda: an.SparseGradient([0], np.ones((1, 3)), (np.inf, 3)),
+        TypeError,
+        "integer dimensions",
+    ),
+    "apply_gradients-none": (
+        lambda: _built()[0].apply_gradients(None),
+        TypeError,
+        "`grads_and_vars` must be a list",
+    ),
+    "apply_gradients-not-pairs": (
+        lambda: _built()[0].apply_gradients([np.ones(3, F32)]),
+        TypeError,
+        r"grads_and_vars\[0\] of type ndarray",
+    ),
+    "update_step-learning-rate-a-string": (
+        lambda: (lambda o, p: o.update_step(np.ones(3, F32), p, "x"))(*_built()),
+        TypeError,
+        "`learning_rate` must be a number",
+    ),
+    "finalize-none": (
+        lambda: _built()[0].finalize_variable_values(None),
+        TypeError,
+        "`var_list` must be a list",
+    ),
+    "exclude-names-not-strings": (
+        lambda: an.Adagrad().exclude_from_weight_decay(var_names=[1]),
+        TypeError,
+        r"var_names\[0\]=1",
+    ),
+    "exclude-list-an-int": (
+        lambda: an.Adagrad().exclude_from_weight_decay(var_list=3),
+        TypeError,
+        "`var_list` must be a list",
+    ),
+    "stateless-values-none": (
+        lambda: (lambda o, p: o.stateless_apply(None, [np.ones(3, F32)], [p]))(*_built()),
+        TypeError,
+        "`optimizer_variables` must be a list",
+    ),
+    "stateless-grads-none": (
+        lambda: (lambda o, p: o.stateless_apply([v.numpy() for v in o.variables], None, [p]))(
+            *_built()
+        ),
+        TypeError,
+        "`grads` must be a list",
+    ),
+    "save_own_variables-into-an-array": (
+        lambda: _built()[0].save_own_variables(np.ones(3)),
+        TypeError,
+        "`store` must be a dict or an h5py group",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENTRY_POINTS))
+def test_an_odd_argument_to_any_entry_point_gets_a_clear_error(case):
+    call, error, fragment = ENTRY_POINTS[case]
+    with pytest.raises(error, match=fragment):
+        call()

@@ -114,3 +114,30 @@ def test_a_refused_first_call_leaves_the_optimizer_unbuilt(grads):
     with pytest.raises((ValueError, TypeError)):
         opt.apply(grads(_grads(params)), params)
     assert not opt.built
+
+
+COLLIDING = {
+    "build": lambda opt, a, b: opt.build({1: a, "1": b}),
+    "first-apply": lambda opt, a, b: opt.apply({1: a, "1": b}, {1: a, "1": b}),
+    "gradients-after-a-build": lambda opt, a, b: (
+        opt.build({"1": a, "2": b}),
+        opt.apply({1: np.ones(3, np.float32), "1": np.ones(3, np.float32), "2": b}),
+    ),
+    "loss-scale-first-apply": lambda opt, a, b: an.LossScaleOptimizer(opt).apply(
+        {1: a, "1": b}, {1: a, "1": b}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLIDING))
+def test_keys_that_are_the_same_as_strings_are_refused(case):
+    # {1: a, "1": b}: one key would name two variables (or two gradients one variable).
+    a, b = np.ones(3, np.float32), np.full(3, 2.0, np.float32)
+    opt = an.Adagrad(0.1)
+    with pytest.raises(ValueError, match=r"keys 1 and '1' of .* are the same as strings"):
+        COLLIDING[case](opt, a, b)
+    assert (a == 1).all() and (b == 2).all()
+    if case != "gradients-after-a-build":
+        assert not opt.built
+    else:
+        assert int(opt.iterations) == 0

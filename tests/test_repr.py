@@ -30,3 +30,11 @@ def test_iterations_prints_and_formats_as_the_number():
     assert str(opt.iterations) == "3"
     assert f"{opt.iterations:04d}" == "0003"
     assert "value=3" in repr(opt.iterations)
+
+
+def test_with_gradient_accumulation_the_repr_counts_optimizer_steps():
+    opt, param = an.Adagrad(0.1, gradient_accumulation_steps=2), np.zeros(2, np.float32)
+    for calls in range(1, 6):
+        opt.apply([np.ones(2, np.float32)], [param])
+        assert int(opt.iterations) == calls // 2
+        assert repr(opt).endswith(f"iterations={calls // 2}>")

@@ -186,7 +186,7 @@ def test_a_store_value_that_does_not_convert_loads_nothing(snapshot):
     store = {str(i): v.numpy() for i, v in enumerate(opt.variables)}
     store[str(len(store) - 1)] = np.array(["a", "b", "c"])
     snap = snapshot(opt, params)
-    with pytest.raises(ValueError, match="does not convert"):
+    with pytest.raises(ValueError, match="must convert to its variable"):
         opt.load_own_variables(store)
     snap.assert_unchanged()
 
@@ -254,4 +254,61 @@ def test_a_save_killed_by_sigkill_leaves_a_whole_checkpoint(tmp_path, delay):
     step = int(opt.iterations)
     assert step in (1, 2) and (opt.variables[-1].value == np.float32(step)).all()
     an.save_state(opt, path)  # removes whatever the killed save left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
+
+
+def test_saves_to_one_path_from_many_threads_each_land_whole(tmp_path):
+    # A save removes what a killed save left, never another save's temporary file.
+    import threading
+
+    opt = an.Adagrad(0.1)
+    opt.build([np.zeros(1 << 20, np.float32)])
+    errors = []
+
+    def save(value):
+        for _ in range(15):
+            try:
+                with opt.state_lock():  # a state whose count says what it holds
+                    opt.variables[-1].assign(np.full(1 << 20, value, np.float32))
+                    opt.iterations.assign(int(value))
+                an.save_state(opt, tmp_path / "state.npz")
+            except Exception as err:  # noqa: BLE001 - any error at all is the finding
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=save, args=(float(v),)) for v in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]
+    other = an.Adagrad(0.1)
+    an.load_state(other, tmp_path / "state.npz", [np.zeros(1 << 20, np.float32)])
+    step = int(other.iterations)
+    assert step in (1, 2, 3) and (other.variables[-1].value == np.float32(step)).all()
+
+
+_RIVAL = """
+import sys, numpy as np, adagrad_native as an
+opt = an.Adagrad(0.1)
+opt.build([np.zeros(1 << 20, np.float32)])
+opt.iterations.assign(int(sys.argv[2]))
+for _ in range(20):
+    an.save_state(opt, sys.argv[1])
+"""
+
+
+def test_saves_to_one_path_from_many_processes_each_land_whole(tmp_path):
+    path = tmp_path / "state.npz"
+    rivals = [
+        subprocess.Popen([sys.executable, "-c", _RIVAL, str(path), str(n)], stderr=subprocess.PIPE)
+        for n in (1, 2, 3)
+    ]
+    outcomes = [(r.wait(timeout=300), r.stderr.read()) for r in rivals]
+    for rival in rivals:
+        rival.stderr.close()
+    assert [code for code, _ in outcomes] == [0, 0, 0], outcomes
+    opt = an.Adagrad(0.1)
+    an.load_state(opt, path, [np.zeros(1 << 20, np.float32)])
+    assert int(opt.iterations) in (1, 2, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.npz"]

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from adagrad_native import _checks
 from adagrad_native._dtypes import check_updatable
 from adagrad_native.variables import Variable
 
@@ -48,8 +49,7 @@ def split_named(variables: Any) -> tuple[list[Any], list[str] | None]:
         names = [str(k) for k in variables]
         _check_unique_keys(list(variables), names, "the variables")
         return list(variables.values()), names
-    check_sequence(variables, "var_list", "variables")
-    return list(variables), None
+    return _checks.iterable(variables, "var_list", "variables"), None
 
 
 def as_variables(var_list: Sequence[Any], names: list[str] | None) -> list[Variable]:
@@ -82,19 +82,6 @@ def as_variables(var_list: Sequence[Any], names: list[str] | None) -> list[Varia
     return variables
 
 
-def check_sequence(value: Any, name: str, what: str) -> None:
-    """A list-like argument: not None, a string or a single array (which would iterate)."""
-    if (
-        value is None
-        or isinstance(value, str | bytes | np.ndarray)
-        or not hasattr(value, "__iter__")
-    ):
-        raise TypeError(
-            f"Argument `{name}` must be a list (or another iterable) of {what}. "
-            f"Received: {name}={value!r:.80}"
-        )
-
-
 class Call(NamedTuple):
     """A call's gradients and variables as lists, in the order the call named them."""
 
@@ -122,12 +109,12 @@ def as_lists(grads: Any, variables: Any, built_keys: list[str] | None) -> Call:
     """
     if isinstance(grads, Mapping) or isinstance(variables, Mapping):
         return _paired(grads, variables, built_keys)
-    check_sequence(grads, "grads", "gradients, one per variable (arrays, SparseGradients or None)")
-    grads = list(grads)
+    grads = _checks.iterable(
+        grads, "grads", "gradients, one per variable (arrays, SparseGradients or None)"
+    )
     if variables is None or not grads:  # no gradients: a no-op, as in Keras
         return Call(grads, None, None)
-    check_sequence(variables, "trainable_variables", "variables")
-    variables = list(variables)  # may be an iterator
+    variables = _checks.iterable(variables, "trainable_variables", "variables")
     if len(grads) != len(variables):
         raise ValueError(
             f"Received {len(grads)} gradients for {len(variables)} "

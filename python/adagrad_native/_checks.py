@@ -26,6 +26,7 @@ def _received(name: str, value: Any, with_type: bool = False) -> str:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32
 
 
 def real(
@@ -36,6 +37,7 @@ def real(
     strict: bool = False,
     maximum: float | None = None,
     float32: bool = False,
+    normal: bool = False,
 ) -> Any:
     """Checks a finite real number, optionally bounded; returns it unchanged.
 
@@ -47,6 +49,9 @@ def real(
         maximum: The (inclusive) upper bound, or None for none.
         float32: The value is used in float32 math (or stored as float32): it
             must not overflow there, where it would silently become inf.
+        normal: A positive value must be a normal float32 (>= 1.1754944e-38): it
+            divides (or its inverse scales) gradients, and a smaller one flushes
+            to 0 or overflows them to inf, turning the variables into NaN.
 
     Raises:
         TypeError: When `value` is not a real number (bools are not).
@@ -64,6 +69,12 @@ def real(
         raise ValueError(
             f"Argument `{name}` must be at most {FLOAT32_MAX:.6g} in magnitude: it is used "
             "in float32, where it would overflow to inf. " + _received(name, value)
+        )
+    if normal and 0 < abs(number) < FLOAT32_TINY:
+        raise ValueError(
+            f"Argument `{name}` must be at least {FLOAT32_TINY:.8g} (the smallest normal "
+            "float32) when it is not 0: a smaller value is flushed to 0 or scales the "
+            "gradients to inf, and the variables become NaN. " + _received(name, value)
         )
     too_low = minimum is not None and (number <= minimum if strict else number < minimum)
     too_high = maximum is not None and number > maximum
@@ -85,11 +96,12 @@ def optional_real(
     minimum: float | None = None,
     strict: bool = False,
     float32: bool = False,
+    normal: bool = False,
 ) -> Any:
     """`real`, with None accepted (meaning "off")."""
     if value is None:
         return None
-    return real(value, name, minimum=minimum, strict=strict, float32=float32)
+    return real(value, name, minimum=minimum, strict=strict, float32=float32, normal=normal)
 
 
 def integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> int:
@@ -106,13 +118,12 @@ def integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) 
     return int(value)
 
 
-def optional_integer(value: Any, name: str, *, minimum: int) -> Any:
+def optional_integer(value: Any, name: str, *, minimum: int, maximum: int | None = None) -> Any:
     """`integer`, with None and 0 accepted as "off" and returned unchanged (as Keras)."""
-    return (
-        value
-        if value is None or (not is_bool(value) and value == 0)
-        else integer(value, name, minimum=minimum)
+    off = value is None or (
+        not is_bool(value) and isinstance(value, numbers.Integral) and value == 0
     )
+    return value if off else integer(value, name, minimum=minimum, maximum=maximum)
 
 
 def real_list(value: Any, name: str) -> list[Any] | tuple[Any, ...]:
@@ -156,6 +167,24 @@ def flag(value: Any, name: str) -> bool:
             + _received(name, value, with_type=True)
         )
     return bool(value)
+
+
+def iterable(value: Any, name: str, what: str) -> list[Any]:
+    """A list of what a list-like argument holds (an iterator is read once).
+
+    None, a string and a single array are refused: they are not lists, or would
+    iterate into something else.
+
+    Raises:
+        TypeError: Naming the argument and what it should hold.
+    """
+    single = isinstance(value, str | bytes | np.ndarray)
+    if value is None or single or not hasattr(value, "__iter__"):
+        raise TypeError(
+            f"Argument `{name}` must be a list (or another iterable) of {what}. "
+            f"Received: {name}={value!r:.80}"
+        )
+    return list(value)
 
 
 def one_of(value: Any, name: str, choices: Sequence[Any]) -> Any:

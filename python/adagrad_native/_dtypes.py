@@ -21,6 +21,16 @@ def bfloat16() -> np.dtype:
     return dtype
 
 
+def largest(dtype: Any) -> float:
+    """The largest finite value of a floating dtype (bfloat16 included)."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).max)  # type: ignore[no-untyped-call]
+    return float(np.finfo(dtype).max)
+
+
 def resolve_dtype(dtype: Any) -> np.dtype:
     """The numpy dtype for `dtype`; the name "bfloat16" resolves through ml_dtypes."""
     if isinstance(dtype, str) and dtype == "bfloat16":

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 
 from adagrad_native import _checks, schedules
-from adagrad_native.variables import Variable
+from adagrad_native.variables import ValueRange, Variable
 
-Track = Callable[[np.ndarray, str, str], Variable]  # (value, name, aggregation) -> tracked
+Track = Callable[[np.ndarray, str, str, ValueRange], Variable]  # (value, name, ...) -> tracked
+RATES = ValueRange("a learning rate", 0.0, _checks.FLOAT32_MAX)
 
 
 class LearningRate:
@@ -54,7 +55,7 @@ class LearningRate:
             self.variable.value[...] = value
         elif self.source is None:
             self.variable = track(
-                np.array(value, np.float32), "learning_rate", "only_first_replica"
+                np.array(value, np.float32), "learning_rate", "only_first_replica", RATES
             )
         else:
             raise TypeError(

@@ -3,11 +3,14 @@
 A step, a checkpoint and a load each hold their optimizer's lock, so none sees
 half of another. A child made by `fork()` while another thread held a lock
 would inherit it held by a thread that does not exist there, and hang on its
-first step. So before a fork every lock is taken (the fork waits for the steps
-in flight, and the child gets the state of whole steps), and the child gets new
-locks. Locks are taken newest first: a wrapper (`LossScaleOptimizer`) is made
-after the optimizer it wraps and takes its own lock first, so this is the order
-every step takes them in too.
+first step. So before a fork every lock is taken, newest first (the fork waits
+for the steps, loads and saves in flight, and the child gets the state of
+whole steps), and both processes release them after it. A lock made while the
+fork waited is re-initialised in the child, as CPython re-initialises its own
+locks there.
+
+The locks are CPython's re-entrant locks themselves, so taking and releasing
+one in a `with` block is C code that a Ctrl-C cannot split.
 """
 
 from __future__ import annotations
@@ -16,49 +19,46 @@ import itertools
 import os
 import threading
 import weakref
-from types import TracebackType
 
 _serials = itertools.count()
-_live: weakref.WeakValueDictionary[int, StateLock] = weakref.WeakValueDictionary()
-_held_for_fork: list[StateLock] = []
+_live: dict[int, tuple[weakref.ref[object], threading.RLock]] = {}  # by serial: age
+_held_for_fork: list[threading.RLock] = []
 
 
-class StateLock:
-    """A re-entrant lock that the at-fork handlers of this module know of."""
+def fork_safe_lock(owner: object) -> threading.RLock:
+    """A new re-entrant lock for `owner`'s state, known to the at-fork handlers while it lives."""
+    lock = threading.RLock()
+    serial = next(_serials)
 
-    def __init__(self) -> None:
-        self._rlock = threading.RLock()
-        _live[next(_serials)] = self
+    def forget(_: object) -> None:
+        _live.pop(serial, None)
 
-    def __enter__(self) -> None:
-        self._rlock.acquire()
+    _live[serial] = (weakref.ref(owner, forget), lock)
+    return lock
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._rlock.release()
+
+def _newest_first() -> list[threading.RLock]:
+    entries = sorted(list(_live.items()), key=lambda item: item[0], reverse=True)  # list(): atomic
+    return [lock for _, (_, lock) in entries]
 
 
 def _before_fork() -> None:
-    for serial in sorted(_live.keys(), reverse=True):
-        lock = _live.get(serial)
-        if lock is not None:
-            lock._rlock.acquire()
-            _held_for_fork.append(lock)
+    for lock in _newest_first():
+        lock.acquire()
+        _held_for_fork.append(lock)
 
 
 def _after_fork_in_parent() -> None:
     while _held_for_fork:
-        _held_for_fork.pop()._rlock.release()
+        _held_for_fork.pop().release()
 
 
 def _after_fork_in_child() -> None:
-    _held_for_fork.clear()
-    for lock in list(_live.values()):
-        lock._rlock = threading.RLock()
+    held = set(map(id, _held_for_fork))
+    _after_fork_in_parent()  # the forking thread is this process's one thread
+    for lock in _newest_first():
+        if id(lock) not in held:  # made while the fork waited: its holder is not here
+            lock._at_fork_reinit()  # type: ignore[attr-defined]
 
 
 os.register_at_fork(

@@ -15,6 +15,7 @@ module that imports `_core`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,12 +29,26 @@ T = TypeVar("T")
 
 _FORMULAS = {"keras": _core.Formula.keras, "torch": _core.Formula.torch}
 
+# ADAGRAD_NATIVE_ISA or OMP_NUM_THREADS that the core could not follow as given
+# (docs/performance.md): it says so, and what it uses instead.
+for _message in _core.environment_warnings():
+    warnings.warn(_message, RuntimeWarning, stacklevel=2)
+
 _CLIP_MODES = {
     None: _core.Clip.none,
     "norm": _core.Clip.norm,
     "global_norm": _core.Clip.global_norm,
     "value": _core.Clip.value,
 }
+
+
+def assign_all(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Copies each source over its target (same dtype and size), all in one native call.
+
+    Every pair is checked before anything is copied, and no Python code (a
+    Ctrl-C's handler) runs between two copies.
+    """
+    _core.assign_all(pairs)
 
 
 def settle(writes: Sequence[Settle], applied: bool) -> None:

@@ -1,12 +1,13 @@
 """An optimizer's settings: checked descriptors, weight-decay exclusions, the plan they make.
 
 A `Hyperparameter` checks every value it is given (in the constructor and
-after it) and tells its optimizer that a setting changed, so the step engine
-re-reads the plan. Reads cost a plain attribute lookup.
+after it) and tells its optimizer, under its lock, that a setting changed, so
+the step engine re-reads the plan. Reads cost a plain attribute lookup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import warnings
@@ -40,9 +41,13 @@ class Hyperparameter(Generic[T]):
         self.name = name
 
     def __set__(self, optimizer: Any, value: T) -> None:
-        value = self.check(optimizer, self.name, value)
-        optimizer.__dict__[self.name] = value
-        optimizer.settings_changed()
+        # Under the optimizer's lock (once the constructor made it): a step in
+        # another thread sees the setting before or after, never half-applied.
+        lock = optimizer.__dict__.get("_lock")
+        with contextlib.nullcontext() if lock is None else lock:
+            value = self.check(optimizer, self.name, value)
+            optimizer.__dict__[self.name] = value
+            optimizer.settings_changed()
 
     if TYPE_CHECKING:
 
@@ -64,6 +69,14 @@ def non_negative(optimizer: Any, name: str, value: Any) -> Any:
 def non_negative_or_off(optimizer: Any, name: str, value: Any) -> Any:
     """None, or a finite number >= 0 that fits float32."""
     return _checks.optional_real(value, name, minimum=0, float32=True)
+
+
+def norm_bound(optimizer: Any, name: str, value: Any) -> Any:
+    """None, or a finite number >= 0 that fits float32 and is 0 or a normal float32.
+
+    The clip divides by it (or by the norm): a denormal makes a zero gradient NaN.
+    """
+    return _checks.optional_real(value, name, minimum=0, float32=True, normal=True)
 
 
 def one_of(*choices: Any) -> Callable[[Any, str, Any], Any]:
@@ -90,6 +103,7 @@ def fixed_after_build(check: Callable[[Any, str, Any], Any]) -> Callable[[Any, s
 def check_use_ema(optimizer: Any, name: str, value: Any) -> Any:
     # Turning EMA on needs an average per variable, made at build; the EMA
     # settings, accepted unchecked while EMA was off (as Keras), are checked now.
+    value = _checks.flag(value, name)
     if value and not optimizer.__dict__.get("use_ema"):
         if optimizer.__dict__.get("built"):
             raise ValueError(
@@ -118,12 +132,12 @@ def check_ema_frequency(optimizer: Any, name: str, value: Any, force: bool = Fal
 
 
 def check_loss_scale_factor(optimizer: Any, name: str, value: Any) -> Any:
-    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True)
+    return _checks.optional_real(value, name, minimum=0, strict=True, float32=True, normal=True)
 
 
 def check_accumulation_steps(optimizer: Any, name: str, value: Any) -> Any:
     # Stored as given (0 and None both mean off), as Keras reports them back.
-    _checks.optional_integer(value, name, minimum=2)
+    _checks.optional_integer(value, name, minimum=2, maximum=2**62)
     if value and optimizer.__dict__.get("built") and not optimizer.gradient_accumulation_steps:
         raise ValueError(
             "Argument `gradient_accumulation_steps` cannot be turned on after the optimizer is "
@@ -137,9 +151,9 @@ class OptimizerSettings:
     """The settings of Keras' base optimizer, and the native plan fields they make."""
 
     weight_decay: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    clipnorm: Hyperparameter[float | None] = Hyperparameter(norm_bound)
     clipvalue: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
-    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(non_negative_or_off)
+    global_clipnorm: Hyperparameter[float | None] = Hyperparameter(norm_bound)
     use_ema: Hyperparameter[bool] = Hyperparameter(check_use_ema)
     ema_momentum: Hyperparameter[float] = Hyperparameter(check_ema_momentum)
     ema_overwrite_frequency: Hyperparameter[int | None] = Hyperparameter(check_ema_frequency)
@@ -224,8 +238,15 @@ class OptimizerSettings:
                 "`exclude_from_weight_decay()` can only be configured before the optimizer is "
                 "built."
             )
-        self._exclude_from_weight_decay = {id(v) for v in var_list or ()}
-        names = list(var_names or ())
+        variables = [] if var_list is None else _checks.iterable(var_list, "var_list", "variables")
+        names = [] if var_names is None else _checks.iterable(var_names, "var_names", "strings")
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(
+                    "Argument `var_names` must hold strings (regular expressions searched in the "
+                    f"variable names). Received: var_names[{i}]={name!r}"
+                )
+        self._exclude_from_weight_decay = {id(v) for v in variables}
         self._exclude_from_weight_decay_pattern = (
             re.compile("|".join(set(names))) if names else None
         )
@@ -341,7 +362,16 @@ class OptimizerSettings:
     def from_config(
         cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
     ) -> Any:
-        """Creates an optimizer from `get_config()` output (ours or Keras')."""
+        """Creates an optimizer from `get_config()` output (ours or Keras').
+
+        Raises:
+            TypeError: When `config` is not a dict.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"Argument `config` must be a dict, as get_config() returns it. Received: "
+                f"config={config!r:.80} of type {type(config).__name__}."
+            )
         config = dict(config)
         if isinstance(config.get("learning_rate"), dict):
             config["learning_rate"] = schedules.deserialize(

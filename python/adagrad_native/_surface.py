@@ -246,12 +246,16 @@ class Wrappable(Protocol):
         """The constructor arguments (Keras' format)."""
         ...
 
-    def state_lock(self) -> AbstractContextManager[None]:
+    def state_lock(self) -> AbstractContextManager[Any]:
         """Held by every step and by every whole-state reader or writer (re-entrant)."""
         ...
 
     def collective(self, op: str, fn: Callable[[], T]) -> T:
         """Runs `fn` as one call of the optimizer (see `StepEngine.collective`)."""
+        ...
+
+    def undo_point(self) -> Callable[[], None]:
+        """A callable that puts the optimizer back as it is now (how a refused load unbuilds)."""
         ...
 
     def step_with(

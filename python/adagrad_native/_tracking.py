@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from adagrad_native._surface import AlgorithmSlots, SlotInfo, Slots
-from adagrad_native.variables import Variable
+from adagrad_native.variables import ValueRange, Variable
 
 
 class VariableTracker:
@@ -45,10 +45,28 @@ class VariableTracker:
         ]
         self._algorithm_slots = self.build_slots(stepped)
 
-    def _track(self, value: np.ndarray, name: str, aggregation: str = "none") -> Variable:
+    def _track(
+        self,
+        value: np.ndarray,
+        name: str,
+        aggregation: str = "none",
+        value_range: ValueRange | None = None,
+    ) -> Variable:
         var = Variable._owned(value, name, f"{self.name}/{name}", aggregation)
+        var._value_range = value_range
         self._variables.append(var)
         return var
+
+    def declare_value_range(self, variable: Variable, what: str, low: float, high: float) -> None:
+        """Declares the values an optimizer variable can hold; loaders refuse any other.
+
+        Args:
+            variable: A variable this optimizer made (`add_variable...`).
+            what: What the values are, for messages (e.g. "sums of squares").
+            low: The smallest value.
+            high: The largest value (inf: inf is a value a step can store).
+        """
+        variable._value_range = ValueRange(what, low, high)
 
     def add_variable(
         self,

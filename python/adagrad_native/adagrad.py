@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from adagrad_native._dtypes import largest
 from adagrad_native._settings import Hyperparameter, fixed_after_build, non_negative, one_of
 from adagrad_native._surface import AlgorithmSlots, PlanInputs
 from adagrad_native.optimizer import Optimizer
@@ -132,7 +134,19 @@ class Adagrad(Optimizer):
             )
             for v in variables
         ]
+        self.declare_sums_of_squares(self._accumulators)
         return AlgorithmSlots(self._accumulators, [False] * len(variables))
+
+    def declare_sums_of_squares(self, accumulators: list[Variable | None]) -> None:
+        """Accumulators hold sums of squares: >= 0 and never NaN (loads refuse others).
+
+        Finite too, but in float16, whose accumulators reach inf in ordinary
+        training (a step then leaves its variable unchanged).
+        """
+        for slot in accumulators:
+            if slot is not None:
+                high = math.inf if slot.dtype == "float16" else largest(slot.dtype)
+                self.declare_value_range(slot, "sums of squares", 0.0, high)
 
     def accumulator_dtype_for(self, variable: Variable) -> str:
         """The dtype of `variable`'s accumulator (see `accumulator_dtype`)."""

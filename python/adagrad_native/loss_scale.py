@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -78,7 +78,9 @@ class LossScaleOptimizer(Optimizer):
                 "Argument `inner_optimizer` must be an optimizer of this package (e.g. "
                 f"adagrad_native.Adagrad). Received: {inner_optimizer!r}"
             )
-        _checks.real(initial_scale, "initial_scale", minimum=0, strict=True, float32=True)
+        _checks.real(
+            initial_scale, "initial_scale", minimum=0, strict=True, float32=True, normal=True
+        )
         _checks.integer(dynamic_growth_steps, "dynamic_growth_steps", minimum=1)
         super().__init__(learning_rate=0.0, name=name)
         self.inner_optimizer = inner_optimizer
@@ -98,7 +100,28 @@ class LossScaleOptimizer(Optimizer):
             self.dynamic_scale = self.add_variable(
                 (), float(self.initial_scale), "float32", "none", "dynamic_scale"
             )
+            growth = self.dynamic_growth_steps
+            self.declare_value_range(
+                self.step_counter,
+                f"finite steps since the scale last changed (< {growth})",
+                0,
+                growth - 1,
+            )
+            # A scale of 0 or inf makes every step skip, for good.
+            self.declare_value_range(
+                self.dynamic_scale, "a loss scale", _checks.FLOAT32_TINY, _checks.FLOAT32_MAX
+            )
             self.built = True
+
+    def undo_point(self) -> Callable[[], None]:
+        """Puts this optimizer and its inner optimizer back as they are now."""
+        inner, own = self.inner_optimizer.undo_point(), super().undo_point()
+
+        def undo() -> None:
+            own()
+            inner()
+
+        return undo
 
     @property
     def sharded(self) -> bool:
@@ -110,11 +133,12 @@ class LossScaleOptimizer(Optimizer):
         """The inner optimizer's trainable variables."""
         return self.inner_optimizer.trainable_variables
 
-    @contextlib.contextmanager
-    def state_lock(self) -> Iterator[None]:
-        """This optimizer's lock, then the inner optimizer's: the order `apply` takes them."""
-        with super().state_lock(), self.inner_optimizer.state_lock():
-            yield
+    def state_lock(self) -> AbstractContextManager[Any]:
+        """The inner optimizer's lock, which guards this optimizer's variables too.
+
+        One lock for both: every step of this optimizer is a step of the inner one.
+        """
+        return self.inner_optimizer.state_lock()
 
     @property
     def variables(self) -> list[Variable]:
@@ -175,7 +199,9 @@ class LossScaleOptimizer(Optimizer):
 
     def _settle(self, counter: np.ndarray, scale: np.ndarray) -> list[Settle]:
         """Both outcomes' records of a step, written by the step itself (never torn by a signal)."""
-        grow = int(counter) == self.dynamic_growth_steps - 1
+        # Keras grows at exactly growth - 1; a counter assigned beyond it grows at once
+        # instead of counting on to an overflow.
+        grow = int(counter) >= self.dynamic_growth_steps - 1
         return [
             (counter, np.array(0 if grow else counter + 1, np.int64), np.array(0, np.int64)),
             (
@@ -205,7 +231,7 @@ class LossScaleOptimizer(Optimizer):
         at = {id(v): i for i, v in enumerate(variables)}
         counter, scale = values[at[id(self.step_counter)]], values[at[id(self.dynamic_scale)]]
         self.inner_optimizer.step_with(
-            list(grads),
+            _checks.iterable(grads, "grads", "gradients (arrays, SparseGradients or None)"),
             loss_scale=float(scale),
             settle=self._settle(counter, scale),
             stateless=(values[len(variables) - len(self.inner_optimizer.variables) :], trainable),
@@ -242,7 +268,22 @@ class LossScaleOptimizer(Optimizer):
     def from_config(
         cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
     ) -> LossScaleOptimizer:
-        """Recreates the optimizer (and its inner optimizer) from `get_config()` output."""
+        """Recreates the optimizer (and its inner optimizer) from `get_config()` output.
+
+        Raises:
+            TypeError: When `config` is not a dict.
+            ValueError: When it has no "inner_optimizer".
+        """
+        if not isinstance(config, dict):
+            raise TypeError(
+                f"Argument `config` must be a dict, as get_config() returns it. Received: "
+                f"config={config!r:.80} of type {type(config).__name__}."
+            )
+        if "inner_optimizer" not in config:
+            raise ValueError(
+                "A LossScaleOptimizer config needs its 'inner_optimizer' (a serialized "
+                f"optimizer). Received the keys {sorted(config)}."
+            )
         config = dict(config)
         inner = deserialize(config.pop("inner_optimizer"), custom_objects=custom_objects)
         return cls(inner, **config)

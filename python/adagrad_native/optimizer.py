@@ -21,8 +21,8 @@ import numpy as np
 
 from adagrad_native import _calls, _checks, _state
 from adagrad_native._learning_rate import LearningRate
-from adagrad_native._locks import StateLock
-from adagrad_native._native import NativeStep
+from adagrad_native._locks import fork_safe_lock
+from adagrad_native._native import NativeStep, assign_all
 from adagrad_native._settings import OptimizerSettings, format_settings
 from adagrad_native._surface import (
     AlgorithmSlots,
@@ -32,7 +32,12 @@ from adagrad_native._surface import (
     StepEngine,
 )
 from adagrad_native._tracking import VariableTracker
-from adagrad_native.variables import Variable, auto_name
+from adagrad_native.variables import ValueRange, Variable, auto_name
+
+# The largest iteration count a load accepts: room for 2**62 more steps. A step
+# at the counter's own limit (2**63 - 1) raises instead of wrapping around.
+LOADABLE_ITERATIONS = 2**62
+_COUNTER_LIMIT = 2**63 - 1
 
 T = TypeVar("T")
 
@@ -121,7 +126,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             **kwargs,
         )
         self.built = False
-        self._lock = StateLock()
+        self._lock = fork_safe_lock(self)
         self._variables: list[Variable] = []
         self._trainable_variables: list[Variable] = []
         self._stepped_variables: list[Variable] = []  # what the engine steps
@@ -134,7 +139,10 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         self._algorithm_slots = AlgorithmSlots([], [])
         self._constrained_cache: tuple[int, list[int]] = (-1, [])
         self._iterations = self._track(
-            np.zeros((), np.int64), "iteration", aggregation="only_first_replica"
+            np.zeros((), np.int64),
+            "iteration",
+            aggregation="only_first_replica",
+            value_range=ValueRange("a step count", 0, LOADABLE_ITERATIONS),
         )
         self._learning_rate = LearningRate()
         self.learning_rate = learning_rate
@@ -158,7 +166,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         with self._lock:
             return self._engine.collective(op, fn)
 
-    def state_lock(self) -> AbstractContextManager[None]:
+    def state_lock(self) -> AbstractContextManager[Any]:
         """Held by every step and every whole-state reader or writer (re-entrant, fork-safe)."""
         return self._lock
 
@@ -188,8 +196,9 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
 
     @learning_rate.setter
     def learning_rate(self, learning_rate: Any) -> None:
-        if self._learning_rate.set(learning_rate, self._track, self._variables.remove):
-            self.settings_changed()
+        with self._lock:  # a step in another thread sees the old rate or the new one
+            if self._learning_rate.set(learning_rate, self._track, self._variables.remove):
+                self.settings_changed()
 
     # -------------------------------------------------------------------- build
     def build(self, var_list: Sequence[Any] | Mapping[Any, Any]) -> None:
@@ -206,16 +215,30 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
                 self.collective("build", lambda: self._build_or_roll_back(var_list))
 
     def _build_or_roll_back(self, var_list: Any) -> None:
-        rollback = (dict(self.__dict__), len(self._variables))
+        undo = self.undo_point()
         try:
             user_variables, names = _calls.split_named(var_list)
             variables = _calls.as_variables(user_variables, names)
             self._build(user_variables, names, variables)
         except BaseException:  # nothing of a refused build stays behind
-            del self._variables[rollback[1] :]
-            self.__dict__.clear()
-            self.__dict__.update(rollback[0])
+            undo()
             raise
+
+    def undo_point(self) -> Callable[[], None]:
+        """A callable that puts the optimizer back as it is now, in one assignment.
+
+        What a refused build, or a refused load into an optimizer it built,
+        calls: the optimizer is then as it was (unbuilt, with its settings),
+        even when a Ctrl-C lands in the middle. Take it under `state_lock()`.
+        """
+        saved = dict(self.__dict__)
+        saved["_variables"] = list(self._variables)  # build appends to the list itself
+        saved["_engine"] = self.make_step_engine()  # not bound to the undone build's buffers
+
+        def undo() -> None:
+            self.__dict__ = saved
+
+        return undo
 
     def _build(
         self, user_variables: list[Any], names: list[str] | None, variables: list[Variable]
@@ -238,7 +261,13 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     # -------------------------------------------------------------------- apply
     def apply_gradients(self, grads_and_vars: Iterable[tuple[Any, Any]]) -> Variable:
         """Applies `(gradient, variable)` pairs; returns the raw iteration counter."""
-        pairs = list(grads_and_vars)
+        pairs = _checks.iterable(grads_and_vars, "grads_and_vars", "(gradient, variable) pairs")
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(
+                    "Argument `grads_and_vars` must hold (gradient, variable) pairs. "
+                    f"Received: grads_and_vars[{i}] of type {type(pair).__name__}"
+                )
         self.apply([g for g, _ in pairs], [v for _, v in pairs])
         return self._iterations
 
@@ -410,9 +439,14 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             any_update = any(g is not None and not overwrite[i] for i, g in enumerate(grads))
         else:
             any_update = True
+        raw = int(target.counter)
+        if raw >= _COUNTER_LIMIT:
+            raise ValueError(
+                f"The iteration counter of optimizer '{self.name}' is at its largest value "
+                f"({raw}): another step would overflow it. Nothing was updated."
+            )
         if target.engine.needs_configuration:
             target.engine.configure(self.static_plan())
-        raw = int(target.counter)
         rate = self._learning_rate
         return self.call_plan(
             raw, any_update, lambda: rate.at(raw, target.learning_rate), loss_scale
@@ -460,7 +494,14 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """
         if not self.built or self._call_order is None:
             raise ValueError("Call `build()` (or `apply()`) before `update_step()`.")
-        lr = float(_checks.real(float(learning_rate), "learning_rate", minimum=0, float32=True))
+        try:
+            number = float(learning_rate)  # also a 0-d array or a Variable
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"Argument `learning_rate` must be a number. Received: learning_rate="
+                f"{learning_rate!r:.80}"
+            ) from err
+        lr = float(_checks.real(number, "learning_rate", minimum=0, float32=True))
         with self._lock:
             index = self._call_order.index_of(variable, 0)
             self._engine.update_one(index, gradient, lr, float(self.plan_inputs().epsilon))
@@ -476,8 +517,8 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
         """
         if not self.use_ema:
             return
+        var_list = _checks.iterable(var_list, "var_list", "the trainable variables")
         with self._lock:
-            var_list = list(var_list)
             averages = self._model_variables_moving_average
             if len(var_list) != len(averages) or self._call_order is None:
                 raise ValueError(
@@ -487,10 +528,14 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
             indices = [self._call_order.index_of(v, i) for i, v in enumerate(var_list)]
 
             def finalize() -> None:
-                for i in indices:
-                    average = averages[i]
-                    if average is not None:  # the variable's buffer, as the engine steps it
-                        self._stepped_variables[i].assign(average.value)
+                # Every variable in one native call: a Ctrl-C never leaves some averaged.
+                assign_all(
+                    [
+                        (self._stepped_variables[i].value, average.value)
+                        for i in indices
+                        if (average := averages[i]) is not None
+                    ]
+                )
                 self._engine.publish()
 
             self._engine.collective("finalize_variable_values", finalize)
@@ -509,7 +554,7 @@ class Optimizer(OptimizerSettings, VariableTracker, _state.KerasStateMethods):
     def __setstate__(self, state: dict[str, Any]) -> None:
         snapshot = state.pop("_snapshot", [])
         self.__dict__.update(state)  # the settings were checked when they were set
-        self._lock = StateLock()
+        self._lock = fork_safe_lock(self)
         self._engine = self.make_step_engine()
         for variable, value in zip(self.variables + self.trainable_variables, snapshot):
             np.copyto(variable.value, value)

@@ -57,6 +57,7 @@ class RowWiseAdagrad(Adagrad):
             else:
                 slots.append(self.add_variable_from_reference(v, "accumulator", init, dtype=dtype))
         self._accumulators = slots
+        self.declare_sums_of_squares(slots)
         return AlgorithmSlots(slots, rowwise)
 
     def get_config(self) -> dict[str, Any]:

@@ -25,7 +25,15 @@ def serialize(optimizer: Any) -> dict[str, Any]:
     Returns:
         `{"module": "keras.optimizers", "class_name": ..., "config": ...,
         "registered_name": None}`, loadable by `keras.optimizers.deserialize`.
+
+    Raises:
+        TypeError: When `optimizer` is not an optimizer of this package.
     """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            "Argument `optimizer` must be an optimizer of this package (e.g. "
+            f"adagrad_native.Adagrad). Received: optimizer={optimizer!r:.80}."
+        )
     return {
         "module": "keras.optimizers",
         "class_name": type(optimizer).__name__,
@@ -56,7 +64,7 @@ def deserialize(config: dict[str, Any], custom_objects: dict[str, Any] | None = 
             "'Adagrad', 'RowWiseAdagrad' and 'LossScaleOptimizer' (pass others in "
             "`custom_objects`)."
         )
-    return cls.from_config(dict(config.get("config", {})), custom_objects=custom_objects)
+    return cls.from_config(config.get("config", {}), custom_objects=custom_objects)
 
 
 def get(identifier: Any) -> Any:

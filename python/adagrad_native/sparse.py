@@ -74,7 +74,13 @@ class SparseGradient:
                 f"indices, values of shape {values.shape}."
             )
         if dense_shape is not None:
-            dense_shape = tuple(int(d) for d in np.asarray(dense_shape).reshape(-1))
+            dims = np.asarray(dense_shape).reshape(-1).tolist()
+            if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+                raise TypeError(
+                    "SparseGradient dense_shape must hold integer dimensions; received "
+                    f"dense_shape={dense_shape!r}."
+                )
+            dense_shape = tuple(dims)
             if any(not 0 <= d < 2**63 for d in dense_shape):
                 raise ValueError(
                     "SparseGradient dense_shape must hold dimensions in [0, 2**63); received "

@@ -3,17 +3,40 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from adagrad_native import _buffers
+from adagrad_native import _buffers, _checks
 from adagrad_native._dtypes import resolve_dtype
 
 _name_counters: dict[str, itertools.count[int]] = {}
+_layout_versions = itertools.count(1)
 _name_lock = threading.Lock()
+
+
+def _new_name_lock() -> None:
+    # A child made by fork() while another thread named a variable would
+    # inherit the lock held by a thread that does not exist there.
+    global _name_lock
+    _name_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_name_lock)
+
+
+class ValueRange(NamedTuple):
+    """The values an optimizer variable can hold; loaders refuse any other.
+
+    NaN is never in a range; `high` is inf only where a step can store inf.
+    """
+
+    what: str  # what the values are, for messages: "a step count", "sums of squares"
+    low: float
+    high: float
 
 
 def auto_name(prefix: str) -> str:
@@ -21,6 +44,22 @@ def auto_name(prefix: str) -> str:
     with _name_lock:
         n = next(_name_counters.setdefault(prefix, itertools.count()))
     return prefix if n == 0 else f"{prefix}_{n}"
+
+
+def _checked_shape(shape: Any) -> tuple[int, ...] | None:
+    """None, or a tuple of dimensions >= 0 (a list or tuple of integers)."""
+    if shape is None:
+        return None
+    dims = list(shape) if isinstance(shape, list | tuple) else None
+    if dims is None or not all(
+        isinstance(d, int | np.integer) and not isinstance(d, bool | np.bool_) and d >= 0
+        for d in dims
+    ):
+        raise ValueError(
+            "Argument `shape` must be a tuple (or list) of integers >= 0, or None. "
+            f"Received: shape={shape!r}"
+        )
+    return tuple(int(d) for d in dims)
 
 
 def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dtype) -> np.ndarray:
@@ -52,7 +91,13 @@ def _initial_value(initializer: Any, shape: tuple[int, ...] | None, dtype: np.dt
             f"The initial value has shape {value.shape}, but `shape` is {tuple(shape)}."
         )
     out = _buffers.empty(tuple(shape), dtype)
-    np.copyto(out, value, casting="unsafe")  # broadcasts a fill value
+    try:
+        np.copyto(out, value, casting="unsafe")  # broadcasts a fill value
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"The initial value ({value.dtype} of shape {value.shape}) does not convert to "
+            f"{dtype.name}: {err}"
+        ) from err
     return out
 
 
@@ -102,11 +147,11 @@ class Variable:
                 getattr(initializer, "dtype", None) if not isinstance(initializer, str) else None
             )
         np_dtype = resolve_dtype("float32" if dtype is None else dtype)
-        self._value = _initial_value(initializer, None if shape is None else tuple(shape), np_dtype)
+        self._value = _initial_value(initializer, _checked_shape(shape), np_dtype)
         self._init(
             self._value,
             name or auto_name("variable"),
-            trainable,
+            _checks.flag(trainable, "trainable"),
             constraint,
             overwrite_with_gradient,
             aggregation,
@@ -128,6 +173,7 @@ class Variable:
         self.constraint = constraint
         self.overwrite_with_gradient = overwrite_with_gradient
         self.aggregation = aggregation
+        self._value_range: ValueRange | None = None  # optimizer variables: what loads may hold
 
     @classmethod
     def _wrap(cls, array: np.ndarray, name: str) -> Variable:
@@ -166,7 +212,7 @@ class Variable:
         if value is not None and not callable(value):
             raise ValueError(f"Argument `constraint` must be callable. Received: {value!r}")
         self._constraint = value
-        Variable.layout_version += 1
+        Variable.layout_version = next(_layout_versions)  # one C call: no lost update
 
     @property
     def overwrite_with_gradient(self) -> bool:
@@ -235,20 +281,31 @@ class Variable:
 
     def assign(self, value: Any) -> Variable:
         """Copies `value` into the buffer (cast to the variable's dtype)."""
-        np.copyto(self._value, self._checked(value, "assign"), casting="unsafe")
+        self._in_place(None, value, "assign")
         return self
 
     def assign_add(self, value: Any) -> Variable:
         """Adds `value` in place."""
-        np.add(self._value, self._checked(value, "assign_add"), out=self._value, casting="unsafe")
+        self._in_place(np.add, value, "assign_add")
         return self
 
     def assign_sub(self, value: Any) -> Variable:
         """Subtracts `value` in place."""
-        np.subtract(
-            self._value, self._checked(value, "assign_sub"), out=self._value, casting="unsafe"
-        )
+        self._in_place(np.subtract, value, "assign_sub")
         return self
+
+    def _in_place(self, ufunc: np.ufunc | None, value: Any, what: str) -> None:
+        checked = self._checked(value, what)
+        try:
+            if ufunc is None:
+                np.copyto(self._value, checked, casting="unsafe")
+            else:
+                ufunc(self._value, checked, out=self._value, casting="unsafe")
+        except (TypeError, ValueError) as err:  # e.g. strings
+            raise TypeError(
+                f"`variable.{what}(value)`: the value ({checked.dtype}) does not convert to "
+                f"the dtype of variable '{self.path}' ({self.dtype}): {err}"
+            ) from err
 
     def __repr__(self) -> str:
         return (
@@ -318,4 +375,4 @@ for _name, _op in [
         setattr(Variable, f"__r{_name}__", _binary(_op, reflected=True))
 setattr(Variable, "__neg__", lambda self: -self._value)  # noqa: B010 - set like the rest
 
-__all__ = ["Variable"]
+__all__ = ["ValueRange", "Variable"]

@@ -207,6 +207,25 @@ def checkpoint_wrong_rank_count() -> Callable[[], Any]:
     return _manifest_fault(lambda m: m.__setitem__("ranks", max(SIZE - 1, 1)))
 
 
+def checkpoint_negative_accumulator() -> Callable[[], Any]:
+    """The last rank's piece of an accumulator holds -1 (no training makes one)."""
+    opt, params = _trained()
+    folder = _folder()
+    distributed.save_state(opt, folder)
+    opt.apply(_grads(3), params)
+    COMM.Barrier()
+    if RANK == SIZE - 1:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            generation = json.load(f)["generation"]
+        path = os.path.join(folder, generation, f"rank-{RANK:05d}.npz")
+        with np.load(path) as data:
+            arrays = dict(data)
+        arrays["param_1_accumulator"][-1] = -1.0
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+    COMM.Barrier()
+    return _call(opt, params, lambda: distributed.load_state(opt, folder), folder)
+
+
 def checkpoint_of_another_model() -> Callable[[], Any]:
     """A checkpoint of variables of other shapes."""
     other = distributed.ShardedAdagrad(0.1, timeout=30)
@@ -390,6 +409,7 @@ AGREED: dict[str, Callable[[], Any]] = {
         checkpoint_overlap,
         checkpoint_shifted,
         checkpoint_wrong_rank_count,
+        checkpoint_negative_accumulator,
         checkpoint_of_another_model,
         on_nonfinite_differs,
         clipnorm_set_after_build,

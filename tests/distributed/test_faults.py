@@ -26,6 +26,10 @@ AGREED = {
     "checkpoint-overlap": ("ValueError", r"'param_1_accumulator' has an overlap at element \d+"),
     "checkpoint-shifted": ("ValueError", r"does not hold the piece of 'param_1_accumulator'"),
     "checkpoint-wrong-rank-count": ("ValueError", r"piece from rank \d+, but the manifest has"),
+    "checkpoint-negative-accumulator": (
+        "ValueError",
+        r"param_1_accumulator: expected sums of squares in \[0, .*\], stored -1\.0",
+    ),
     "checkpoint-of-another-model": ("ValueError", r"missing entries \['param_1_accumulator'"),
     "on-nonfinite-differs": (
         "ValueError",

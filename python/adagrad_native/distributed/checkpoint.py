@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from adagrad_native._dtypes import resolve_dtype
-from adagrad_native._state import state_entries
+from adagrad_native._state import commit, staged_values, state_entries
 from adagrad_native._surface import Wrappable
 from adagrad_native.checkpoint import (
     CONFIG_KEY,
     DTYPES_KEY,
+    parse_config,
     read_npz,
     write_atomically,
     write_npz,
@@ -161,10 +162,16 @@ def _load(state: ShardedState, path: str) -> dict[str, Any] | None:
         raise ValueError(
             f"The checkpoint {path!r} does not match '{state.name}': {err}. Nothing was loaded."
         ) from err
+    checked, problems = staged_values(
+        {key: (place.variable, staged[key]) for key, place in places.items()}, copy=False
+    )
+    if problems:
+        raise ValueError(
+            f"The checkpoint {path!r} does not fit '{state.name}': {problems}. Nothing was loaded."
+        )
     state.coordinator.agree(Fingerprint("the checkpoint being loaded", {"source": source}))
     with state.state_lock():
-        for key, place in places.items():
-            place.variable.assign(staged[key])
+        commit(checked)
     return config
 
 
@@ -174,7 +181,7 @@ def _read_places(
     """This rank's part of every entry, read and checked; the config; what was read."""
     if not os.path.isdir(path):
         whole = read_npz(path)
-        config = json.loads(str(whole.pop(CONFIG_KEY, "null")))
+        config = parse_config(whole.pop(CONFIG_KEY, None), path)
         _check_keys(set(whole), places)
         staged = {}
         for key, place in places.items():
