@@ -172,9 +172,9 @@ def _build_info() -> Any:
         return f"not importable: {e}"
 
 
-# Sections of RESULTS.md that other scripts write (benchmarks.sparse, benchmarks.distributed);
-# a run of the suite keeps them.
-OTHER_SECTIONS = ("## Row-sparse", "## Distributed")
+# Sections of RESULTS.md that other scripts write (benchmarks.sparse, benchmarks.distributed,
+# benchmarks.torch_drop_in); a run of the suite keeps them.
+OTHER_SECTIONS = ("## Row-sparse", "## Distributed", "## torch drop-in")
 
 
 def _sections(text: str) -> list[str]:

@@ -72,8 +72,13 @@ def _optimizer_classes() -> tuple[set[type], set[type]]:
     from adagrad_native.optimizer import Optimizer
 
     for name in _graph():
-        if not name.endswith("._core"):
+        if name.endswith("._core"):
+            continue
+        try:
             importlib.import_module(name)
+        except ImportError as err:  # a module of an extra that is not installed (torch)
+            if "pip install" not in str(err):
+                raise
     own = {c for c in Optimizer.__mro__ if c.__module__.startswith(NAME)}
     users: set[type] = set()
     todo = [Optimizer]

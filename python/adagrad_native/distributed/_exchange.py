@@ -7,12 +7,16 @@ part of its slice is read where it is. Only MPI's own sum (`reduction="sum"`)
 packs the bucket, because a reduce-scatter takes one buffer. Every wait has the
 coordinator's deadline. Buffers are made once, at the size of the largest
 bucket, and touched then, so no step pays for first use.
+
+A reduction is started (its messages posted) and finished (waited for, added)
+apart, so a step can post the next bucket's messages before it updates this
+one; a gather is only started, and the step waits for all of them at its end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,6 +31,14 @@ _GRADIENTS, _PARAMETERS = 21, 22  # message tags on the private communicator
 
 def _piece(array: np.ndarray, begin: int, end: int) -> np.ndarray:
     return array.reshape(-1)[begin:end]
+
+
+class Reduction(NamedTuple):
+    """A bucket's reduction in flight (`Exchange.start_reduce`)."""
+
+    bucket: int
+    grads: Sequence[np.ndarray | None]
+    requests: list[Any]  # its posted messages (none for MPI's sum: posted when finished)
 
 
 class Exchange:
@@ -75,28 +87,20 @@ class Exchange:
         """A reused buffer for one bucket's slice of the summed gradient."""
         return self._buffer("reduced", dtype, size)
 
-    def reduce(self, b: int, grads: Sequence[np.ndarray | None], out: np.ndarray) -> None:
-        """This rank's slice of bucket `b`'s summed (or averaged) gradients, into `out`.
+    def start_reduce(self, b: int, grads: Sequence[np.ndarray | None]) -> Reduction:
+        """Posts bucket `b`'s gradient messages; `finish_reduce` completes them.
+
+        Until then the received pieces land in this exchange's one receive
+        buffer: one reduction is in flight at a time.
 
         Args:
             b: The bucket.
             grads: This rank's full gradient of each tensor (C-contiguous, the
-                tensor's dtype); None where it has none, as on every rank (its
-                elements of `out` are then left as they are).
-            out: This rank's slice, flat, of the bucket's dtype.
+                tensor's dtype); None where it has none, as on every rank.
         """
         bucket = self.buckets[b]
         if self._mpi_sum(bucket):
-            self._mpi_reduce(bucket, grads, out)
-        else:
-            self._ordered_reduce(bucket, grads, out)
-        if self.average:
-            np.divide(out, bucket.dtype.type(self.size), out=out)
-
-    def _ordered_reduce(
-        self, bucket: Bucket, grads: Sequence[np.ndarray | None], out: np.ndarray
-    ) -> None:
-        mine = bucket.slices[self.rank].pieces
+            return Reduction(b, grads, [])
         size = bucket.slices[self.rank].size
         received = self._buffer("received", bucket.dtype, self.size * size).reshape(self.size, -1)
         requests = []
@@ -108,14 +112,37 @@ class Exchange:
                 if g is not None and p.size:
                     requests.append(self._send(_piece(g, p.begin, p.end), peer, _GRADIENTS))
             at = 0
-            for p in mine:  # what this rank owns, from the peer
+            for p in bucket.slices[self.rank].pieces:  # what this rank owns, from the peer
                 if grads[p.tensor] is not None and p.size:
                     part = received[peer, at : at + p.size]
                     requests.append(self._receive(part, peer, _GRADIENTS))
                 at += p.size
-        self.coordinator.wait(requests, "the exchange of the gradients")
+        return Reduction(b, grads, requests)
+
+    def finish_reduce(self, reduction: Reduction, out: np.ndarray) -> None:
+        """This rank's slice of the bucket's summed (or averaged) gradients, into `out`.
+
+        Args:
+            reduction: What `start_reduce` posted.
+            out: This rank's slice, flat, of the bucket's dtype (elements of
+                tensors without gradients are left as they are).
+        """
+        bucket = self.buckets[reduction.bucket]
+        if self._mpi_sum(bucket):
+            self._mpi_reduce(bucket, reduction.grads, out)
+        else:
+            self.coordinator.wait(reduction.requests, "the exchange of the gradients")
+            self._add_in_rank_order(bucket, reduction.grads, out)
+        if self.average:
+            np.divide(out, bucket.dtype.type(self.size), out=out)
+
+    def _add_in_rank_order(
+        self, bucket: Bucket, grads: Sequence[np.ndarray | None], out: np.ndarray
+    ) -> None:
+        size = bucket.slices[self.rank].size
+        received = self._buffer("received", bucket.dtype, self.size * size).reshape(self.size, -1)
         at = 0
-        for p in mine:  # in rank order: the sum one process would take
+        for p in bucket.slices[self.rank].pieces:  # the sum one process would take
             g = grads[p.tensor]
             if g is not None:
                 parts = [
@@ -147,8 +174,12 @@ class Exchange:
         request = self.comm.Ireduce_scatter([send, kind], [out, kind], sizes, op=mpi().SUM)
         self.coordinator.wait([request], "the reduce-scatter of the gradients")
 
-    def gather(self, b: int, tensors: Sequence[np.ndarray]) -> None:
-        """Copies every rank's slice of bucket `b` into every rank's full tensors, in place."""
+    def start_gather(self, b: int, tensors: Sequence[np.ndarray]) -> list[Any]:
+        """Posts the copies of bucket `b`'s slices into every rank's full tensors, in place.
+
+        Returns:
+            The posted requests, for the caller to wait for.
+        """
         bucket = self.buckets[b]
         requests = []
         for peer in range(self.size):
@@ -164,7 +195,7 @@ class Exchange:
                     requests.append(
                         self._receive(_piece(tensors[p.tensor], p.begin, p.end), peer, _PARAMETERS)
                     )
-        self.coordinator.wait(requests, "the all-gather of the parameters")
+        return requests
 
     def _send(self, data: np.ndarray, peer: int, tag: int) -> Any:
         return self.comm.Isend(as_bytes(data), dest=peer, tag=tag)

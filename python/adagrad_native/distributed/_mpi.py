@@ -1,4 +1,4 @@
-"""mpi4py, imported on first use, and the collectives the distributed layer needs."""
+"""mpi4py, imported on first use, and the buffer specs the distributed layer passes to it."""
 
 from __future__ import annotations
 
@@ -44,22 +44,3 @@ def vector(array: np.ndarray, counts: Any, displacements: Any) -> list[Any]:
         ([int(c) * item for c in counts], [int(d) * item for d in displacements]),
         mpi().BYTE,
     ]
-
-
-def agree(comm: Any, description: Any, what: str) -> None:
-    """Raises the same error on every rank unless all ranks pass equal `description`s.
-
-    One all-gather of small Python objects; every rank sees every description,
-    so every rank builds the same message and none is left waiting.
-
-    Raises:
-        ValueError: Naming the first rank whose description differs from rank 0's.
-    """
-    everything = comm.allgather(description)
-    for rank, other in enumerate(everything):
-        if other != everything[0]:
-            raise ValueError(
-                f"Ranks disagree on {what}: rank 0 has {everything[0]!r}, rank {rank} has "
-                f"{other!r}. Every rank must make the same calls with the same variables "
-                "and arguments."
-            )

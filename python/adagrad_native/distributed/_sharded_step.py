@@ -286,11 +286,17 @@ class ShardedStep:
                 settle(settle_with, False)
                 return bad
         params_change = call.update or call.ema_overwrite
+        params = [v.value for v in self._variables]
         last = len(self._steps) - 1
+        streamed = norms is None  # one bucket's reduced gradient at a time
+        reduction = exchange.start_reduce(0, dense) if streamed and self._steps else None
+        gathers: list[Any] = []
         for b, step in enumerate(self._steps):
-            if norms is None:  # streamed: one bucket's buffer at a time
+            if reduction is not None:
                 reduced = self._reduced_buffer(b, keep=False)
-                exchange.reduce(b, dense, reduced)
+                exchange.finish_reduce(reduction, reduced)
+                # The next bucket's messages are posted before this bucket's update.
+                reduction = exchange.start_reduce(b + 1, dense) if b < last else None
             else:
                 reduced = self._reduced_buffer(b, keep=True)
             pieces = exchange.buckets[b].slices[self.coordinator.rank].pieces
@@ -301,7 +307,8 @@ class ShardedStep:
                 settle_with if b == last else (),
             )
             if params_change:
-                exchange.gather(b, [v.value for v in self._variables])
+                gathers += exchange.start_gather(b, params)
+        self.coordinator.wait(gathers, "the all-gather of the parameters")
         if not self._steps:
             settle(settle_with, True)
         return -1
@@ -347,9 +354,12 @@ class ShardedStep:
         assert exchange is not None and self._items is not None
         rank = self.coordinator.rank
         sums, finite = [], []
+        reduction = exchange.start_reduce(0, dense) if self._steps else None
         for b, step in enumerate(self._steps):
             reduced = self._reduced_buffer(b, keep=True)
-            exchange.reduce(b, dense, reduced)
+            assert reduction is not None
+            exchange.finish_reduce(reduction, reduced)
+            reduction = exchange.start_reduce(b + 1, dense) if b + 1 < len(self._steps) else None
             pieces = exchange.buckets[b].slices[rank].pieces
             s, f = step.partial_sums(self._gradient_views(reduced, pieces, dense))
             sums.append(s)
@@ -409,5 +419,10 @@ class ShardedStep:
         """Every rank's pieces were assigned: all-gathers them into every rank's variables."""
         assert self._exchange is not None, "bind() runs first"
         self.coordinator.agree()
-        for b in range(len(self._exchange.buckets)):
-            self._exchange.gather(b, [v.value for v in self._variables])
+        params = [v.value for v in self._variables]
+        requests = [
+            r
+            for b in range(len(self._exchange.buckets))
+            for r in self._exchange.start_gather(b, params)
+        ]
+        self.coordinator.wait(requests, "the all-gather of the parameters")
