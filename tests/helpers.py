@@ -70,6 +70,9 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
     after it, never in the test's own code, however late a busy machine runs the
     timer's thread. Run it from the main thread (Python delivers signals there).
     """
+    # A runner started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python then installs no handler: put Python's own in place.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(delay, signal.raise_signal, (signal.SIGINT,))
     returned = False
     try:
@@ -84,4 +87,5 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
         pass
     finally:
         timer.join()
+        signal.signal(signal.SIGINT, previous)
     return returned
