@@ -66,9 +66,13 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
     """Runs `call` with a Ctrl-C (SIGINT) due after `delay` seconds; whether `call` returned.
 
     The timer starts inside the `try` that handles its KeyboardInterrupt, and the
-    `try` ends only once the interrupt came: it lands in `call` or in the wait
-    after it, never in the test's own code, however late a busy machine runs the
-    timer's thread. Run it from the main thread (Python delivers signals there).
+    `try` ends only once the timer has fired and its handler had its turn: the
+    interrupt lands in `call` or in the wait after it, never in the test's own
+    code, however late a busy machine runs the timer's thread. Python runs the
+    handler at the main thread's next instruction; when that instruction is in a
+    finalizer (`__del__`), Python reports the KeyboardInterrupt there and drops
+    it, so no interrupt comes at all: then `call` simply returned. Run it from
+    the main thread (Python delivers signals there).
     """
     # A runner started in the background (`cmd &` in a script) inherits SIGINT
     # ignored, and Python then installs no handler: put Python's own in place.
@@ -79,10 +83,9 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
         timer.start()
         call()
         returned = True
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        while timer.is_alive():  # the interrupt lands here at the latest
             time.sleep(0.001)
-        raise AssertionError("the timer's SIGINT never came")
+        time.sleep(0.01)  # its handler runs at the next instruction
     except KeyboardInterrupt:
         pass
     finally:
