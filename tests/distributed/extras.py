@@ -242,7 +242,34 @@ def build_mismatch_message_is_short(folder: str) -> list[str]:
     return ["no error"]
 
 
+def micro_steps_gather_nothing(folder: str) -> list[str]:
+    from adagrad_native.distributed._exchange import Exchange
+
+    gathers: list[int] = []
+    original = Exchange.start_gather
+
+    def counted(self: Exchange, b: int, tensors: Any) -> list[Any]:
+        gathers.append(b)
+        return original(self, b, tensors)
+
+    Exchange.start_gather = counted  # type: ignore[method-assign]
+    try:
+        params = [np.ones((64, 8), np.float32)]
+        opt = distributed.ShardedAdagrad(0.1, gradient_accumulation_steps=3)
+        per_call = []
+        for step in range(6):
+            before = len(gathers)
+            opt.apply(_grads([(64, 8)], step), params)
+            per_call.append(len(gathers) - before)
+    finally:
+        Exchange.start_gather = original  # type: ignore[method-assign]
+    micro, updates = per_call[0:2] + per_call[3:5], [per_call[2], per_call[5]]
+    problems = [f"micro-steps gathered parameters: {per_call}"] if any(micro) else []
+    return problems + ([] if all(updates) else [f"an update gathered nothing: {per_call}"])
+
+
 SCENARIOS = [
+    micro_steps_gather_nothing,
     broadcast_variables,
     broadcast_state,
     stop_together,
