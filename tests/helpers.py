@@ -4,6 +4,7 @@ tolerances against the oracle, bitwise comparisons."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -70,13 +71,21 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
     interrupt lands in `call` or in the wait after it, never in the test's own
     code, however late a busy machine runs the timer's thread. Python runs the
     handler at the main thread's next instruction; when that instruction is in a
-    finalizer (`__del__`), Python reports the KeyboardInterrupt there and drops
-    it, so no interrupt comes at all: then `call` simply returned. Run it from
+    finalizer (`__del__`, a gc callback), Python reports the KeyboardInterrupt as
+    unraisable and drops it, so no interrupt comes: then `call` simply returned
+    (and that report, which is expected, is not passed on). Run it from
     the main thread (Python delivers signals there).
     """
     # A runner started in the background (`cmd &` in a script) inherits SIGINT
     # ignored, and Python then installs no handler: put Python's own in place.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    report_unraisable = sys.unraisablehook
+
+    def drop_our_interrupt(unraisable: Any) -> None:  # the one a finalizer dropped
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            report_unraisable(unraisable)
+
+    sys.unraisablehook = drop_our_interrupt
     timer = threading.Timer(delay, signal.raise_signal, (signal.SIGINT,))
     returned = False
     try:
@@ -91,4 +100,5 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
     finally:
         timer.join()
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = report_unraisable
     return returned
