@@ -258,14 +258,20 @@ def test_can_load_older_state_dict(kwargs):
     assert opt.param_groups[0]["maximize"] is False
 
 
-@pytest.mark.parametrize("kwargs", INPUTS)
-def test_load_nontensor_step(kwargs):
+def _stepped_three_times(kwargs):
+    """An optimizer over two 2x3 parameters with gradients, after three steps."""
     params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
     for p in params:
         p.grad = torch.rand_like(p)
     opt = Adagrad(params, **options(kwargs))
     for _ in range(3):
         opt.step()
+    return opt, params
+
+
+@pytest.mark.parametrize("kwargs", INPUTS)
+def test_load_nontensor_step(kwargs):
+    opt, params = _stepped_three_times(kwargs)
     state_dict = copy.deepcopy(opt.state_dict())
     for p_state in state_dict["state"].values():
         p_state["step"] = p_state["step"].item()
@@ -276,12 +282,7 @@ def test_load_nontensor_step(kwargs):
 
 @pytest.mark.parametrize("kwargs", INPUTS)
 def test_deepcopy_copies_all_public_attrs(kwargs):
-    params = [Parameter(torch.randn(2, 3)) for _ in range(2)]
-    for p in params:
-        p.grad = torch.rand_like(p)
-    opt = Adagrad(params, **options(kwargs))
-    for _ in range(3):
-        opt.step()
+    opt, _ = _stepped_three_times(kwargs)
 
     def public(obj):
         return {k for k in obj.__dict__ if not k.startswith("_")}
