@@ -54,101 +54,78 @@ void radix_pass(const uint64_t* __restrict a, uint64_t* __restrict b, int64_t n,
   });
 }
 
-// The distinct rows of sorted keys (row id above, position below), where each
-// one's copies start, and the positions in order: counted per block, then written.
-void group_sorted(const uint64_t* __restrict a, int64_t n, int64_t n_blocks, SparseRows& s) {
-  std::vector<int64_t> firsts(static_cast<size_t>(n_blocks) + 1, 0);
+// Groups (row id, position) pairs sorted by row id, stably: the distinct rows,
+// where each one's copies start, the positions in order, and the multi rows
+// (SparseRows::multi, SparseRows::slot), in one count and one write pass over
+// blocks of pairs. `row(i)` and `pos(i)` read pair i.
+template <class Row, class Pos>
+void group_sorted(int64_t n, int64_t n_blocks, Row&& row, Pos&& pos, SparseRows& s) {
+  const auto first_copy = [&](int64_t i) { return i == 0 || row(i) != row(i - 1); };
+  const auto has_more = [&](int64_t i) { return i + 1 < n && row(i + 1) == row(i); };
+  // Per block: the distinct rows and the multi rows whose first copy it holds.
+  std::vector<int64_t> distinct_before(static_cast<size_t>(n_blocks) + 1, 0);
+  std::vector<int64_t> multi_before(static_cast<size_t>(n_blocks) + 1, 0);
   parallel_for(n_blocks, [&](int64_t blk) {
     const auto [begin, end] = block_range(blk, n_blocks, n);
-    int64_t count = 0;
-    for (int64_t i = begin; i < end; ++i) count += i == 0 || (a[i] >> 32) != (a[i - 1] >> 32);
-    firsts[blk + 1] = count;
+    int64_t distinct = 0, multi = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      if (!first_copy(i)) continue;
+      ++distinct;
+      multi += has_more(i);
+    }
+    distinct_before[blk + 1] = distinct;
+    multi_before[blk + 1] = multi;
   });
-  for (int64_t blk = 0; blk < n_blocks; ++blk) firsts[blk + 1] += firsts[blk];
-  const int64_t distinct = firsts[n_blocks];
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    distinct_before[blk + 1] += distinct_before[blk];
+    multi_before[blk + 1] += multi_before[blk];
+  }
+  const int64_t distinct = distinct_before[n_blocks];
+  s.multi_count = multi_before[n_blocks];
   s.rows.resize(static_cast<size_t>(distinct));
   s.start.resize(static_cast<size_t>(distinct) + 1);
+  s.multi.resize(static_cast<size_t>(distinct));
   s.order.resize(static_cast<size_t>(n));
+  s.slot.resize(static_cast<size_t>(n));
   parallel_for(n_blocks, [&](int64_t blk) {
     const auto [begin, end] = block_range(blk, n_blocks, n);
     int64_t* __restrict rows = s.rows.data();
     int64_t* __restrict start = s.start.data();
+    int64_t* __restrict multi = s.multi.data();
     int64_t* __restrict order = s.order.data();
-    int64_t k = firsts[blk];
+    int64_t* __restrict slot = s.slot.data();
+    int64_t k = distinct_before[blk], m = multi_before[blk];
+    // The multi index of the row in progress: a row that began in an earlier
+    // block and goes on here is the last multi row begun before this block.
+    int64_t current = begin < end && !first_copy(begin) ? m - 1 : -1;
     for (int64_t i = begin; i < end; ++i) {
-      if (i == 0 || (a[i] >> 32) != (a[i - 1] >> 32)) {
-        rows[k] = static_cast<int64_t>(a[i] >> 32);
-        start[k++] = i;
+      const int64_t p = pos(i);
+      order[i] = p;
+      if (!first_copy(i)) {
+        slot[p] = 2 * current;
+        continue;
       }
-      order[i] = static_cast<int64_t>(a[i] & 0xFFFFFFFFu);
+      rows[k] = row(i);
+      start[k] = i;
+      current = has_more(i) ? m++ : -1;
+      multi[k++] = current;
+      slot[p] = current >= 0 ? 2 * current + 1 : -1;
     }
   });
   s.start[distinct] = n;
 }
 
-// Numbers the rows with more than one copy (SparseRows::multi) and marks each
-// position with the multi row it adds to (SparseRows::slot), in blocks of
-// distinct rows: counted per block, then written.
-void mark_multi_rows(int64_t n, int64_t n_blocks, SparseRows& s) {
-  const int64_t distinct = s.count();
-  std::vector<int64_t> firsts(static_cast<size_t>(n_blocks) + 1, 0);
-  const int64_t* __restrict start = s.start.data();
-  parallel_for(n_blocks, [&](int64_t blk) {
-    const auto [begin, end] = block_range(blk, n_blocks, distinct);
-    int64_t count = 0;
-    for (int64_t d = begin; d < end; ++d) count += start[d + 1] - start[d] > 1;
-    firsts[blk + 1] = count;
-  });
-  for (int64_t blk = 0; blk < n_blocks; ++blk) firsts[blk + 1] += firsts[blk];
-  s.multi_count = firsts[n_blocks];
-  s.multi.resize(static_cast<size_t>(distinct));
-  s.slot.resize(static_cast<size_t>(n));
-  parallel_for(n_blocks, [&](int64_t blk) {
-    const auto [begin, end] = block_range(blk, n_blocks, distinct);
-    const int64_t* __restrict order = s.order.data();
-    int64_t* __restrict multi = s.multi.data();
-    int64_t* __restrict slot = s.slot.data();
-    int64_t m = firsts[blk];
-    for (int64_t d = begin; d < end; ++d) {
-      if (start[d + 1] - start[d] == 1) {
-        multi[d] = -1;
-        slot[order[start[d]]] = -1;
-        continue;
-      }
-      multi[d] = m;
-      slot[order[start[d]]] = 2 * m + 1;
-      for (int64_t p = start[d] + 1; p < start[d + 1]; ++p) slot[order[p]] = 2 * m;
-      ++m;
-    }
-  });
-}
-
 template <class I>
 void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& s) {
-  if (n == 0) {
-    s.rows.clear();
-    s.order.clear();
-    s.start.assign(1, 0);
-    mark_multi_rows(0, 1, s);
-    return;
-  }
   constexpr int64_t kPosLimit = int64_t(1) << 32;
   if (n >= kPosLimit || n_rows > kPosLimit) {
-    s.rows.clear();
-    s.start.assign(1, 0);
-    s.order.resize(static_cast<size_t>(n));
+    // Too many positions or rows to pack a pair into 64 bits.
     std::vector<std::pair<int64_t, int64_t>> pairs(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pairs[i] = {static_cast<int64_t>(idx[i]), i};
     std::sort(pairs.begin(), pairs.end());
-    for (int64_t i = 0; i < n; ++i) {
-      if (i == 0 || pairs[i].first != pairs[i - 1].first) {
-        if (i > 0) s.start.push_back(i);
-        s.rows.push_back(pairs[i].first);
-      }
-      s.order[i] = pairs[i].second;
-    }
-    s.start.push_back(n);
-    mark_multi_rows(n, 1, s);
+    group_sorted(
+        n, 1, [&](int64_t i) { return pairs[i].first; }, [&](int64_t i) { return pairs[i].second; },
+        s);
     return;
   }
   const int64_t n_blocks = std::clamp<int64_t>(n / kDedupBlock, 1, kMaxDedupBlocks);
@@ -179,8 +156,10 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
       std::swap(a, b);
     }
   }
-  group_sorted(a.data(), n, n_blocks, s);
-  mark_multi_rows(n, n_blocks, s);
+  const uint64_t* keys = a.data();
+  group_sorted(
+      n, n_blocks, [keys](int64_t i) { return static_cast<int64_t>(keys[i] >> 32); },
+      [keys](int64_t i) { return static_cast<int64_t>(keys[i] & 0xFFFFFFFFu); }, s);
 }
 
 }  // namespace
