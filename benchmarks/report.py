@@ -202,7 +202,8 @@ def replace_section(path: Path, heading: str, section: str) -> None:
     parts = _sections(path.read_text()) if path.exists() else [""]
     for i, part in enumerate(parts):
         if part.startswith(heading):
-            parts[i] = section
+            # A section followed by another keeps the blank line between them.
+            parts[i] = section.rstrip("\n") + "\n\n" if i + 1 < len(parts) else section
             break
     else:
         parts.append("\n" + section)
