@@ -107,6 +107,12 @@ inline void canonical_nans(X* __restrict p, int64_t n) {
     if (c != c) p[i] = nan;
   }
 }
+// One value in the compute type: x, or the canonical NaN when x is NaN (a
+// select, where a loop's check and rewrite would branch on every result).
+template <class C>
+inline C canonical_nan(C x) {
+  return x != x ? std::numeric_limits<C>::quiet_NaN() : x;
+}
 // The check and the rewrite together, for a block that holds nothing else.
 template <class X>
 inline void canonicalize_nans(X* __restrict p, int64_t n) {

@@ -117,13 +117,17 @@ struct RowwiseUpdate {
   const Ema<P, C> ema;
   const C lr, eps, wd;
   const bool decay, update_gacc;
-  C* g_row;  // the clipped gradient of the row (L items)
+  // The gradient needs no conversion, scaling or clip: the row reads the input.
+  const bool gradient_as_is;
+  C* g_row;  // else the clipped gradient of the row (L items)
 
   RowwiseUpdate(const TensorSlots& t_, const TensorStep& ts, const StepPlan& plan_)
       : t(t_), plan(plan_), clip(plan_, ts), ema(plan_), lr(static_cast<C>(plan_.learning_rate)),
         eps(static_cast<C>(plan_.epsilon)), wd(static_cast<C>(plan_.weight_decay)),
         decay(t_.weight_decay && plan_.weight_decay != 0.0),
         update_gacc(plan_.phase == Phase::accumulate_update && t_.grad_accumulator != nullptr),
+        gradient_as_is(std::is_same_v<P, C> && plan_.clip == Clip::none &&
+                       plan_.loss_scale == 0.0 && !update_gacc),
         g_row(scratch<C>(t_.row_len)) {}
 
   // Row r, whose gradient is grad[0, L).
@@ -141,45 +145,62 @@ struct RowwiseUpdate {
         P* __restrict ga = static_cast<P*>(t.grad_accumulator) + e0 + b;
         for (int64_t i = 0; i < n; ++i) ga[i] = from_c<P>(C(0));
       }
-      C* __restrict out = g_row + b;
-      clip.apply(g, out, n);
-      int64_t i = 0;
-      for (; i + kMeanLanes <= n; i += kMeanLanes) {
-        for (int j = 0; j < kMeanLanes; ++j) {
-          const double x = static_cast<double>(out[i + j]);
-          lanes[j] += x * x;
-        }
+      if (!gradient_as_is) {
+        clip.apply(g, g_row + b, n);
+        g = g_row + b;
       }
-      for (; i < n; ++i) {  // tail; kBlock is a multiple of kMeanLanes
-        const double x = static_cast<double>(out[i]);
-        lanes[i % kMeanLanes] += x * x;
-      }
+      add_squares(g, n, lanes);
     }
     for (int width = kMeanLanes / 2; width >= 1; width /= 2) {
       for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
     }
     const C mean = static_cast<C>(lanes[0] / static_cast<double>(L));
     A* acc = static_cast<A*>(t.accumulator) + r;
-    const C a = to_c<C>(acc[0]) + mean;
+    const C a = canonical_nan(to_c<C>(acc[0]) + mean);
     acc[0] = from_c<A>(a);
-    canonical_nans(acc, 1);
     const C denom = sqrt_c(a + eps);
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
       P* vp = static_cast<P*>(t.param) + e0 + b;
       C* __restrict v = load_view<C>(vp, vbuf, n);
-      const C* __restrict g = g_row + b;
+      const C* __restrict g = clipped(grad, b);
       if (decay) {
         for (int64_t i = 0; i < n; ++i) v[i] = v[i] - v[i] * wd * lr;
       }
-      for (int64_t i = 0; i < n; ++i) v[i] = v[i] - (lr * g[i]) / denom;
-      canonicalize_nans(v, n);
+      // The NaN rewrite as a select, not a check and a second pass: a branch on
+      // each row's result held up the loads of the rows after it.
+      for (int64_t i = 0; i < n; ++i) v[i] = canonical_nan(v[i] - (lr * g[i]) / denom);
       store_view(vp, v, n);
       if (plan.ema && t.average != nullptr) {
         // As the dense kernel: the EMA follows the stored value of v (rounded to P).
         ema.apply(load_view<C>(vp, vbuf, n), static_cast<P*>(t.average) + e0 + b, vp, n);
       }
     }
+  }
+
+ private:
+  // Adds the squares of g[0, n) to the lanes: element i to lane i % kMeanLanes.
+  static void add_squares(const C* __restrict g, int64_t n, double* __restrict lanes) {
+    int64_t i = 0;
+    for (; i + kMeanLanes <= n; i += kMeanLanes) {
+      for (int j = 0; j < kMeanLanes; ++j) {
+        const double x = static_cast<double>(g[i + j]);
+        lanes[j] += x * x;
+      }
+    }
+    for (; i < n; ++i) {  // tail; kBlock is a multiple of kMeanLanes
+      const double x = static_cast<double>(g[i]);
+      lanes[i % kMeanLanes] += x * x;
+    }
+  }
+
+  // Block b of the row's clipped gradient: the input itself when nothing
+  // changes it (no copy), else g_row.
+  const C* clipped(const P* grad, int64_t b) const {
+    if constexpr (std::is_same_v<P, C>) {
+      if (gradient_as_is) return grad + b;
+    }
+    return g_row + b;
   }
 };
 
