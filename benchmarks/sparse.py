@@ -29,7 +29,8 @@ must move, with no sort and no math, measured with the roofline probe (`benchmar
 the step's thread team and ISA) on the package optimizer's own buffers:
 - the touched rows in place: each distinct row of the table and of the accumulator (whole
   rows of L elements; RowWiseAdagrad: the one accumulator element of the row) read and
-  written back, in ascending row order, 3 rows prefetched ahead (`RowsProbe`), then
+  written back, in ascending row order, the rows ahead prefetched as the step prefetches
+  them (about 27 cache lines in flight, at least 3 rows; `RowsProbe`), then
 - the gradient values read once, as one contiguous stream (`StreamProbe`).
 Bytes counted: distinct x (4 L + 4 L) x 2 + ids x 4 L for Adagrad, distinct x (4 L + 4) x 2
 + ids x 4 L for RowWiseAdagrad (the ids themselves, 8 bytes each, are not counted). The
@@ -437,11 +438,11 @@ def notes(
     lines = [
         "- roofline: the time the probe needs to read and write back, in place, every touched "
         "row of the table and of the accumulator (RowWiseAdagrad: its one accumulator element "
-        "per row) in ascending order, 3 rows prefetched ahead, and to read the gradient values "
-        "once as a stream, over the step's time; contiguous: the same bytes as contiguous "
-        "arrays (a bound no sparse step reaches), over the step's time. Bytes: distinct x L x "
-        "(4 + 4) x 2 + ids x L x 4 (Adagrad), distinct x (4 L + 4) x 2 + ids x L x 4 "
-        "(RowWiseAdagrad). Peers face the roofline of their kind (element-wise or row-wise).",
+        "per row) in ascending order, rows ahead prefetched as the step does, and to read the "
+        "gradient values once as a stream, over the step's time; contiguous: the same bytes "
+        "as contiguous arrays (a bound no sparse step reaches), over the step's time. Bytes: "
+        "distinct x L x (4 + 4) x 2 + ids x L x 4 (Adagrad), distinct x (4 L + 4) x 2 + ids x "
+        "L x 4 (RowWiseAdagrad). Peers face the roofline of their kind (element-wise or row-wise).",
         "- time / FBGEMM: this row's time over FBGEMM's of the same kind (EXACT_ADAGRAD for "
         "element-wise steps, EXACT_ROWWISE_ADAGRAD for RowWiseAdagrad); targets: at most "
         f"{TARGETS['element-wise']} (Adagrad) and {TARGETS['row-wise']} (RowWiseAdagrad), and "

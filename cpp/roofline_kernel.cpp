@@ -118,11 +118,6 @@ void touch_items(void* data, int itemsize, bool write, int64_t n) {
   }
 }
 
-// Rows ahead whose lines are prefetched: the rows are scattered, so without it
-// the probe would wait for every miss. 3, as the sparse step: on the development
-// host 2-4 rows ahead moved 16- to 256-wide rows fastest, 8 and 16 were slower.
-constexpr int64_t kProbeRowsAhead = 3;
-
 }  // namespace
 
 void probe_item(const ProbeTensor& t, int64_t begin, int64_t end) {
@@ -141,12 +136,17 @@ void probe_item(const ProbeTensor& t, int64_t begin, int64_t end) {
   }
 }
 
+// The rows' lines are prefetched as the sparse step's are (rows_ahead): the rows
+// are scattered, so without it the probe would wait for every miss.
 void probe_rows(const std::vector<ProbeTable>& tables, const int64_t* rows, int64_t n) {
+  int64_t lines = 0;
+  for (const ProbeTable& t : tables) lines += lines_of(t.row_len * t.itemsize);
+  const int64_t ahead = rows_ahead(std::max<int64_t>(lines, 1));
   for (int64_t k = 0; k < n; ++k) {
-    if (k + kProbeRowsAhead < n) {
+    if (k + ahead < n) {
       for (const ProbeTable& t : tables) {
         const int64_t bytes = t.row_len * t.itemsize;
-        const char* row = static_cast<const char*>(t.data) + rows[k + kProbeRowsAhead] * bytes;
+        const char* row = static_cast<const char*>(t.data) + rows[k + ahead] * bytes;
         for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(row + line, 1, 3);
       }
     }

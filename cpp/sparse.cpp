@@ -21,11 +21,6 @@
 namespace adagrad::ADAGRAD_ISA_NS {
 namespace {
 
-// Rows ahead of the current one whose gradient, parameter and accumulator lines
-// are prefetched: rows are scattered (a miss each). On the development host (Zen
-// 4) the 16-wide row-wise step took 2.3x as long without; 2-6 rows ahead
-// measured alike, 8 or more slower at 16 wide (more lines in flight than it keeps).
-constexpr int64_t kRowsAhead = 3;
 constexpr int kMeanLanes = 8;  // lanes of the row-wise mean (fixed order)
 
 // Prefetches every cache line of [p, p + bytes): a row need not start on a line
@@ -228,7 +223,8 @@ struct RowsOp {
   }
 
   // update(r, g) for every distinct row r of the task, g its summed gradient;
-  // the gradient, parameter and accumulator rows ahead are prefetched.
+  // the gradient, parameter and accumulator lines of the rows ahead are
+  // prefetched (rows are scattered: a miss each).
   template <class P, class A, class C, class Update>
   void each_row(Update&& update) const {
     const int64_t L = t.row_len;
@@ -236,13 +232,14 @@ struct RowsOp {
     const int64_t grad_bytes = L * static_cast<int64_t>(sizeof(P));
     const int64_t acc_items = t.rowwise ? 1 : L;
     const int64_t acc_bytes = acc_items * static_cast<int64_t>(sizeof(A));
-    for (int64_t d = d0; d < std::min(d1, d0 + kRowsAhead); ++d) {
+    const int64_t ahead = rows_ahead(2 * lines_of(grad_bytes) + lines_of(acc_bytes));
+    for (int64_t d = d0; d < std::min(d1, d0 + ahead); ++d) {
       prefetch_bytes(grads[d], grad_bytes, false);
     }
     for (int64_t d = d0; d < d1; ++d) {
-      if (d + kRowsAhead < d1) {
-        const int64_t r = s.rows[d + kRowsAhead];
-        prefetch_bytes(grads[d + kRowsAhead], grad_bytes, false);
+      if (d + ahead < d1) {
+        const int64_t r = s.rows[d + ahead];
+        prefetch_bytes(grads[d + ahead], grad_bytes, false);
         prefetch_bytes(static_cast<P*>(t.param) + r * L, grad_bytes, true);
         prefetch_bytes(static_cast<A*>(t.accumulator) + r * acc_items, acc_bytes, true);
       }
