@@ -36,6 +36,11 @@ struct SparseRows;
   X(sparse_rows, void,                                                                            \
     (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
      int64_t d0, int64_t d1))                                                                     \
+  /* Row mode, a row-wise update of a sparse gradient whose rows are mostly single copies:        \
+     the distinct rows whose first copy is at index positions [p0, p1), in index order. */        \
+  X(sparse_rows_in_index_order, void,                                                             \
+    (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
+     int64_t p0, int64_t p1))                                                                     \
   /* Row mode, pass 1: one ReduceResult per distinct row in [d0, d1), into out. */                \
   X(sparse_reduce_rows, void,                                                                     \
     (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \

@@ -19,10 +19,11 @@
 namespace adagrad {
 
 namespace {
-// Distinct rows of one sparse tensor handled by one task.
+// Distinct rows (or index positions) of one sparse tensor handled by one task.
 struct RowTask {
   int32_t tensor;
-  int64_t d0, d1;
+  int64_t d0, d1;  // distinct rows, or with by_position index positions
+  bool by_position = false;
 };
 
 // Elements a row task moves (summed gradient rows, rows and their state): 16 Ki,
@@ -41,6 +42,16 @@ bool needs_full_pass(const TensorSlots& t, const StepPlan& plan) {
   if (plan.sparse_lazy) return false;
   if (plan.ema && t.average != nullptr) return true;
   return plan.phase != Phase::accumulate && t.weight_decay && plan.weight_decay != 0.0;
+}
+
+// A row-wise update whose rows are mostly single copies (at least half of the
+// index positions) runs in index order (sparse_rows_in_index_order): its
+// gradient rows are then read as one stream. On Zipf ids, where a few rows have
+// most copies, index order measured slower than the distinct rows in row order.
+bool updates_in_index_order(const TensorSlots& t, const StepPlan& plan, const SparseRows& s,
+                            int64_t n_indices) {
+  const bool rowwise_update = t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
+  return rowwise_update && 2 * (s.count() - s.multi_count) >= n_indices;
 }
 
 // The elements an item updates: its own range, or for a row-wise tensor the
@@ -63,20 +74,21 @@ struct StepRun {
 
 // How each tensor takes part in this step, and the tasks of both passes.
 struct StepTasks {
-  std::vector<Mode> mode;            // per tensor
-  std::vector<int32_t> sparse_ids;   // tensors with a sparse gradient, ascending
-  std::vector<RowTask> row_tasks;    // the distinct rows of row-mode tensors
-  std::vector<int64_t> dense_tasks;  // work-list tasks with an item not in row mode
+  std::vector<Mode> mode;             // per tensor
+  std::vector<int32_t> sparse_ids;    // tensors with a sparse gradient, ascending
+  std::vector<RowTask> row_tasks;     // the distinct rows of row-mode tensors
+  std::vector<RowTask> update_tasks;  // pass 2's: the same, or positions (updates_in_index_order)
+  std::vector<int64_t> dense_tasks;   // work-list tasks with an item not in row mode
   bool any_sparse() const { return !sparse_ids.empty(); }
 };
 
 // One parallel loop over the dense tasks (all of the work list's when no
-// gradient is sparse) and then the row tasks.
+// gradient is sparse) and then the given row tasks.
 template <class ItemFn, class RowFn>
-void for_each_task(const StepRun& run, const StepTasks& tasks, ItemFn&& item_fn, RowFn&& row_fn) {
+void for_each_task(const StepRun& run, const StepTasks& tasks,
+                   const std::vector<RowTask>& row_tasks, ItemFn&& item_fn, RowFn&& row_fn) {
   const WorkList& work = run.work;
   const std::vector<int64_t>* dense_tasks = tasks.any_sparse() ? &tasks.dense_tasks : nullptr;
-  const std::vector<RowTask>& row_tasks = tasks.row_tasks;
   const int64_t n_dense =
       dense_tasks != nullptr ? static_cast<int64_t>(dense_tasks->size()) : work.n_tasks();
   const int64_t n = n_dense + static_cast<int64_t>(row_tasks.size());
@@ -165,8 +177,18 @@ StepTasks plan_sparse(StepRun& run) {
     // Every row moves the same: its summed gradient, the row and its state.
     const int64_t per_task = std::max<int64_t>(1, kRowTaskElements / (3 * L));
     const int64_t count = run.rows[t].count();
+    const size_t first = tasks.row_tasks.size();
     for (int64_t d0 = 0; d0 < count; d0 += per_task) {
       tasks.row_tasks.push_back({t, d0, std::min(count, d0 + per_task)});
+    }
+    const int64_t n = run.steps[t].n_indices;
+    if (updates_in_index_order(run.tensors[t], run.plan, run.rows[t], n)) {
+      for (int64_t p0 = 0; p0 < n; p0 += per_task) {
+        tasks.update_tasks.push_back({t, p0, std::min(n, p0 + per_task), true});
+      }
+    } else {
+      tasks.update_tasks.insert(tasks.update_tasks.end(), tasks.row_tasks.begin() + first,
+                                tasks.row_tasks.end());
     }
   }
   // Dense tasks: only those with an item of a tensor that is not in row mode.
@@ -205,7 +227,7 @@ RowPartials compute_partials(const StepRun& run, SlotGroup& group, const StepTas
     if (mode[t] == Mode::rows) row_partial[t].resize(static_cast<size_t>(run.rows[t].count()));
   }
   for_each_task(
-      run, tasks,
+      run, tasks, tasks.row_tasks,
       [&](int64_t i) {
         const WorkItem& item = work.items[i];
         const TensorStep& ts = steps[item.tensor];
@@ -284,7 +306,7 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
   const StepPlan& plan = run.plan;
   const Kernels& k = run.k;
   for_each_task(
-      run, tasks,
+      run, tasks, tasks.update_tasks,
       [&](int64_t i) {
         const WorkItem& item = run.work.items[i];
         const TensorSlots& t = run.tensors[item.tensor];
@@ -316,8 +338,14 @@ void update_pass(const StepRun& run, const StepTasks& tasks) {
         }
       },
       [&](const RowTask& task) {
-        k.sparse_rows(run.tensors[task.tensor], run.steps[task.tensor], run.rows[task.tensor], plan,
-                      task.d0, task.d1);
+        const SparseRows& rows = run.rows[task.tensor];
+        if (task.by_position) {
+          k.sparse_rows_in_index_order(run.tensors[task.tensor], run.steps[task.tensor], rows, plan,
+                                       task.d0, task.d1);
+        } else {
+          k.sparse_rows(run.tensors[task.tensor], run.steps[task.tensor], rows, plan, task.d0,
+                        task.d1);
+        }
       });
 }
 
