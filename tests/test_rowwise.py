@@ -237,3 +237,35 @@ def test_stateless_apply_and_state_round_trip(rng):
     other.build([an.Variable(init.copy(), name="emb")])
     other.set_weights([v.numpy() for v in opt.variables])
     assert other._accumulators[0].numpy().tobytes() == opt._accumulators[0].numpy().tobytes()
+
+
+ORDER_FEATURES = {
+    "plain": {},
+    "lazy_wd_ema": dict(sparse_updates="lazy", weight_decay=0.05, **EMA),
+    "clipnorm": dict(clipnorm=1.0),
+    "global_clipnorm": dict(global_clipnorm=1.0),
+    "clipvalue": dict(clipvalue=0.5),
+    "loss_scale": dict(loss_scale_factor=8.0),
+}
+
+
+@pytest.mark.parametrize("feat_id", list(ORDER_FEATURES))
+@pytest.mark.parametrize("dtype_id", list(FLOAT_DTYPES))
+def test_index_order_and_row_order_give_the_same_bits(dtype_id, feat_id, rng):
+    """Rows with one copy each are updated in index order; the same rows each given a
+    second copy of zeros (x + 0 is x) are updated over the distinct rows in row order."""
+    dt = FLOAT_DTYPES[dtype_id]
+    shape = (3000, 300)  # 300 wide: two blocks of a row
+    init = rng.standard_normal(shape).astype(dt)
+    single, doubled = init.copy(), init.copy()
+    kwargs = dict(learning_rate=0.1, **ORDER_FEATURES[feat_id])
+    o1, o2 = an.RowWiseAdagrad(**kwargs), an.RowWiseAdagrad(**kwargs)
+    for _ in range(3):
+        idx = sparse_ids("single", shape[0], 700, rng)
+        values = (rng.standard_normal((len(idx), shape[1])) * 2).astype(dt)
+        o1.apply([an.SparseGradient(idx, values)], [single])
+        twice = an.SparseGradient(np.concatenate([idx, idx]), np.concatenate([values, 0 * values]))
+        o2.apply([twice], [doubled])
+    assert single.tobytes() == doubled.tobytes()
+    for a, b in zip(o1.variables, o2.variables, strict=True):
+        assert a.numpy().tobytes() == b.numpy().tobytes(), a.path
