@@ -165,11 +165,7 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
 }  // namespace
 
 void dedup(const TensorStep& ts, int64_t n_rows, SparseRows& s) {
-  if (ts.index_bytes == 4) {
-    dedup_rows(static_cast<const int32_t*>(ts.indices), ts.n_indices, n_rows, s);
-  } else {
-    dedup_rows(static_cast<const int64_t*>(ts.indices), ts.n_indices, n_rows, s);
-  }
+  with_ids(ts, [&](const auto* ids) { dedup_rows(ids, ts.n_indices, n_rows, s); });
 }
 
 }  // namespace adagrad

@@ -67,7 +67,11 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
   // refill the caller's array: it reads a private copy, checked here.
   idx = idx.attr("copy")();
   const int64_t rows = p.shape(0);
-  auto check_range = [&](auto* ids) {
+  ts.sparse = true;
+  ts.n_indices = n;
+  ts.index_bytes = static_cast<int>(idx.itemsize());
+  ts.indices = idx.data();
+  with_ids(ts, [&](const auto* ids) {
     for (py::ssize_t j = 0; j < n; ++j) {
       const int64_t r = static_cast<int64_t>(ids[j]);
       if (r < 0 || r >= rows) {
@@ -77,16 +81,7 @@ std::pair<py::array, py::array> sparse_gradient(const PyGroup& g, size_t i, cons
                               ") for a variable of shape " + shape_str(p) + ".");
       }
     }
-  };
-  ts.sparse = true;
-  ts.n_indices = n;
-  ts.index_bytes = static_cast<int>(idx.itemsize());
-  ts.indices = idx.data();
-  if (ts.index_bytes == 4) {
-    check_range(static_cast<const int32_t*>(ts.indices));
-  } else {
-    check_range(static_cast<const int64_t*>(ts.indices));
-  }
+  });
   if (g.overlaps_written(values.data(), static_cast<size_t>(values.nbytes()))) {
     values = values.attr("copy")();  // read as it was when the call began
   }

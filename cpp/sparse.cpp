@@ -290,11 +290,7 @@ struct IndexOrderRowsOp {
 
   template <class P, class A, class C>
   void operator()() const {
-    if (ts.index_bytes == 4) {
-      run<P, A, C>(static_cast<const int32_t*>(ts.indices));
-    } else {
-      run<P, A, C>(static_cast<const int64_t*>(ts.indices));
-    }
+    with_ids(ts, [&](const auto* ids) { run<P, A, C>(ids); });
   }
 
   template <class P, class A, class C, class I>

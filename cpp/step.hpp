@@ -110,6 +110,13 @@ struct TensorStep {
   const TensorScalars* scalars = nullptr;
 };
 
+// fn(ids) with the row ids of a sparse gradient as the type they are stored in.
+template <class Fn>
+inline decltype(auto) with_ids(const TensorStep& ts, Fn&& fn) {
+  if (ts.index_bytes == 4) return fn(static_cast<const int32_t*>(ts.indices));
+  return fn(static_cast<const int64_t*>(ts.indices));
+}
+
 struct StepResult {
   bool finite = true;
   int64_t first_nonfinite = -1;  // tensor index, when !finite
