@@ -26,6 +26,8 @@ inline std::pair<int64_t, int64_t> block_range(int64_t blk, int64_t n_blocks, in
   return {std::min(n, blk * size), std::min(n, (blk + 1) * size)};
 }
 
+int64_t blocks_of(int64_t n) { return std::clamp<int64_t>(n / kDedupBlock, 1, kMaxDedupBlocks); }
+
 // One stable pass over the digit at `shift`: a histogram per block, the offsets
 // of digit d of block b after those of (d, blocks < b) and of all smaller digits,
 // then each block scattered in order.
@@ -52,6 +54,21 @@ void radix_pass(const uint64_t* __restrict a, uint64_t* __restrict b, int64_t n,
     const auto [begin, end] = block_range(blk, n_blocks, n);
     for (int64_t i = begin; i < end; ++i) b[c[(a[i] >> shift) & mask]++] = a[i];
   });
+}
+
+// Sorts s.keys_a[0, n), pairs (row id << 32) | position of rows below n_rows,
+// by row id, stably (s.keys_b, as long, is the other buffer of the passes).
+void sort_by_row(SparseRows& s, int64_t n, int64_t n_rows) {
+  int bits = 0;
+  while ((int64_t(1) << bits) < n_rows) ++bits;
+  const int passes = (bits + 10) / 11;
+  const int digit = passes > 0 ? (bits + passes - 1) / passes : 0;
+  const uint64_t mask = (uint64_t(1) << digit) - 1;
+  std::vector<int64_t> counts;
+  for (int p = 0; p < passes; ++p) {
+    radix_pass(s.keys_a.data(), s.keys_b.data(), n, blocks_of(n), 32 + p * digit, mask, counts);
+    std::swap(s.keys_a, s.keys_b);
+  }
 }
 
 // Groups (row id, position) pairs sorted by row id, stably: the distinct rows,
@@ -81,7 +98,10 @@ void group_sorted(int64_t n, int64_t n_blocks, Row&& row, Pos&& pos, SparseRows&
     multi_before[blk + 1] += multi_before[blk];
   }
   const int64_t distinct = distinct_before[n_blocks];
+  s.distinct = distinct;
   s.multi_count = multi_before[n_blocks];
+  s.positions_only = false;
+  s.multi_copies.resize(static_cast<size_t>(s.multi_count) + 1);
   s.rows.resize(static_cast<size_t>(distinct));
   s.start.resize(static_cast<size_t>(distinct) + 1);
   s.multi.resize(static_cast<size_t>(distinct));
@@ -94,6 +114,7 @@ void group_sorted(int64_t n, int64_t n_blocks, Row&& row, Pos&& pos, SparseRows&
     int64_t* __restrict multi = s.multi.data();
     int64_t* __restrict order = s.order.data();
     int64_t* __restrict slot = s.slot.data();
+    int64_t* __restrict multi_copies = s.multi_copies.data();
     int64_t k = distinct_before[blk], m = multi_before[blk];
     // The multi index of the row in progress: a row that began in an earlier
     // block and goes on here is the last multi row begun before this block.
@@ -107,18 +128,26 @@ void group_sorted(int64_t n, int64_t n_blocks, Row&& row, Pos&& pos, SparseRows&
       }
       rows[k] = row(i);
       start[k] = i;
+      // Before position i: k rows, m of them multi, the other k - m one copy each.
+      if (has_more(i)) multi_copies[m] = i - (k - m);
       current = has_more(i) ? m++ : -1;
       multi[k++] = current;
       slot[p] = current >= 0 ? 2 * current + 1 : -1;
     }
   });
   s.start[distinct] = n;
+  s.multi_copies[s.multi_count] = n - (distinct - s.multi_count);
+}
+
+// Whether a (row id, position) pair packs into the 64 bits of a sort key.
+bool fits_keys(int64_t n, int64_t n_rows) {
+  constexpr int64_t kPosLimit = int64_t(1) << 32;
+  return n < kPosLimit && n_rows <= kPosLimit;
 }
 
 template <class I>
 void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& s) {
-  constexpr int64_t kPosLimit = int64_t(1) << 32;
-  if (n >= kPosLimit || n_rows > kPosLimit) {
+  if (!fits_keys(n, n_rows)) {
     // Too many positions or rows to pack a pair into 64 bits.
     std::vector<std::pair<int64_t, int64_t>> pairs(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) pairs[i] = {static_cast<int64_t>(idx[i]), i};
@@ -128,11 +157,10 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
         s);
     return;
   }
-  const int64_t n_blocks = std::clamp<int64_t>(n / kDedupBlock, 1, kMaxDedupBlocks);
+  const int64_t n_blocks = blocks_of(n);
   std::vector<uint64_t>& a = s.keys_a;
-  std::vector<uint64_t>& b = s.keys_b;
   a.resize(static_cast<size_t>(n));
-  b.resize(static_cast<size_t>(n));
+  s.keys_b.resize(static_cast<size_t>(n));
   std::vector<unsigned char> block_sorted(static_cast<size_t>(n_blocks));
   parallel_for(n_blocks, [&](int64_t blk) {
     const auto [begin, end] = block_range(blk, n_blocks, n);
@@ -144,25 +172,82 @@ void dedup_rows(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& 
     }
     block_sorted[blk] = sorted;
   });
-  if (std::count(block_sorted.begin(), block_sorted.end(), 0) > 0) {
-    int bits = 0;
-    while ((int64_t(1) << bits) < n_rows) ++bits;
-    const int passes = (bits + 10) / 11;
-    const int digit = passes > 0 ? (bits + passes - 1) / passes : 0;
-    const uint64_t mask = (uint64_t(1) << digit) - 1;
-    std::vector<int64_t> counts;
-    for (int p = 0; p < passes; ++p) {
-      radix_pass(a.data(), b.data(), n, n_blocks, 32 + p * digit, mask, counts);
-      std::swap(a, b);
-    }
-  }
-  const uint64_t* keys = a.data();
+  if (std::count(block_sorted.begin(), block_sorted.end(), 0) > 0) sort_by_row(s, n, n_rows);
+  const uint64_t* keys = s.keys_a.data();
   group_sorted(
       n, n_blocks, [keys](int64_t i) { return static_cast<int64_t>(keys[i] >> 32); },
       [keys](int64_t i) { return static_cast<int64_t>(keys[i] & 0xFFFFFFFFu); }, s);
 }
 
+// dedup_by_position for ids of one width. Two bits per table row, in word
+// pairs (one cache line holds both): "seen", then "seen again"; only the
+// positions of rows seen again are then sorted. Nothing between the first bit
+// set and the last one cleared allocates, so the bits are all zero again
+// whenever this returns or throws.
+template <class I>
+bool positions_by_bitmap(const I* __restrict idx, int64_t n, int64_t n_rows, SparseRows& s) {
+  if (!fits_keys(n, n_rows)) return false;
+  const size_t words = 2 * static_cast<size_t>((n_rows + 63) / 64);
+  if (s.row_bits.size() < words) s.row_bits.assign(words, 0);
+  s.slot.resize(static_cast<size_t>(n));
+  s.keys_a.resize(static_cast<size_t>(n));
+  s.keys_b.resize(static_cast<size_t>(n));
+  uint64_t* __restrict bits = s.row_bits.data();
+  // Branch-free: on uniform ids a repeat is rare and would be mispredicted.
+  int64_t repeats = 0, multi = 0;
+  for (int64_t p = 0; p < n; ++p) {
+    const uint64_t r = static_cast<uint64_t>(idx[p]);
+    const uint64_t bit = uint64_t(1) << (r & 63);
+    uint64_t* __restrict pair = bits + 2 * (r >> 6);
+    const uint64_t was_seen = pair[0], was_repeated = pair[1];
+    const uint64_t again = was_seen & bit;
+    pair[0] = was_seen | bit;
+    pair[1] = was_repeated | again;
+    repeats += again != 0;
+    multi += (again & ~was_repeated) != 0;
+  }
+  const int64_t distinct = n - repeats;
+  if (2 * (distinct - multi) < n) {  // not mostly single copies: dedup() will sort them all
+    for (int64_t p = 0; p < n; ++p) {
+      uint64_t* __restrict pair = bits + 2 * (static_cast<uint64_t>(idx[p]) >> 6);
+      pair[0] = 0;
+      pair[1] = 0;
+    }
+    return false;
+  }
+  int64_t* __restrict slot = s.slot.data();
+  uint64_t* __restrict keys = s.keys_a.data();
+  int64_t copies = 0;  // of multi rows
+  for (int64_t p = 0; p < n; ++p) {
+    const uint64_t r = static_cast<uint64_t>(idx[p]);
+    uint64_t* __restrict pair = bits + 2 * (r >> 6);
+    pair[0] = 0;
+    slot[p] = -1;
+    if ((pair[1] >> (r & 63)) & 1) keys[copies++] = (r << 32) | static_cast<uint64_t>(p);
+  }
+  for (int64_t i = 0; i < copies; ++i) bits[2 * (keys[i] >> 38) + 1] = 0;
+  sort_by_row(s, copies, n_rows);
+  keys = s.keys_a.data();
+  s.multi_copies.clear();
+  for (int64_t i = 0; i < copies; ++i) {
+    const int64_t p = static_cast<int64_t>(keys[i] & 0xFFFFFFFFu);
+    const bool first = i == 0 || (keys[i] >> 32) != (keys[i - 1] >> 32);
+    if (first) s.multi_copies.push_back(i);
+    slot[p] = 2 * (static_cast<int64_t>(s.multi_copies.size()) - 1) + (first ? 1 : 0);
+  }
+  s.multi_count = static_cast<int64_t>(s.multi_copies.size());
+  s.multi_copies.push_back(copies);
+  s.distinct = distinct;
+  s.positions_only = true;
+  return true;
+}
+
 }  // namespace
+
+bool dedup_by_position(const TensorStep& ts, int64_t n_rows, SparseRows& s) {
+  return with_ids(
+      ts, [&](const auto* ids) { return positions_by_bitmap(ids, ts.n_indices, n_rows, s); });
+}
 
 void dedup(const TensorStep& ts, int64_t n_rows, SparseRows& s) {
   with_ids(ts, [&](const auto* ids) { dedup_rows(ids, ts.n_indices, n_rows, s); });

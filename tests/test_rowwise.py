@@ -269,3 +269,43 @@ def test_index_order_and_row_order_give_the_same_bits(dtype_id, feat_id, rng):
     assert single.tobytes() == doubled.tobytes()
     for a, b in zip(o1.variables, o2.variables, strict=True):
         assert a.numpy().tobytes() == b.numpy().tobytes(), a.path
+
+
+# Index lists whose kind changes from step to step: mostly single copies (de-duplicated
+# by position, from bitmaps of the table's rows, when the last list was alike and the
+# de-duplication runs on one thread: one thread, or a table per thread) and mostly
+# repeated rows (sorted). Hand-made lists sit at the boundary: [5, 5, 1, 2] is half
+# single copies, [5, 5, 5, 1] a quarter.
+KIND_SEQUENCE = ["repeated", "single", "single", [5, 5, 1, 2], "repeated", "single", [5, 5, 5, 1]]
+TABLES = [(3000, 16), (2000, 5)]
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+def test_index_lists_that_change_kind_give_the_bits_of_row_order(
+    index_dtype, threads, rng, restore_threads
+):
+    """Every step matches the same rows each given a second copy of zeros (always sorted,
+    updated in row order): the bitmaps start clean whichever way the last step went."""
+    an.set_num_threads(threads)
+    single = [rng.standard_normal(shape).astype(np.float32) for shape in TABLES]
+    doubled = [a.copy() for a in single]
+    o1, o2 = an.RowWiseAdagrad(learning_rate=0.1), an.RowWiseAdagrad(learning_rate=0.1)
+    for kind in KIND_SEQUENCE:
+        grads, twice = [], []
+        for rows, width in TABLES:
+            if isinstance(kind, list):
+                idx = np.array(kind)
+            else:
+                idx = sparse_ids(kind, rows, 2 * rows if kind == "repeated" else 700, rng)
+            idx = idx.astype(index_dtype)
+            values = (rng.standard_normal((len(idx), width)) * 2).astype(np.float32)
+            grads.append(an.SparseGradient(idx, values))
+            doubled_idx = np.concatenate([idx, idx])
+            twice.append(an.SparseGradient(doubled_idx, np.concatenate([values, 0 * values])))
+        o1.apply(grads, single)
+        o2.apply(twice, doubled)
+        for a, b in zip(single, doubled, strict=True):
+            assert a.tobytes() == b.tobytes(), f"after {kind}"
+    for a, b in zip(o1.variables, o2.variables, strict=True):
+        assert a.numpy().tobytes() == b.numpy().tobytes(), a.path
