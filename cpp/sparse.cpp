@@ -326,16 +326,25 @@ struct IndexOrderRowsOp {
       return (k & 1) != 0 ? sums + (k >> 1) * L : nullptr;
     };
     const int64_t row_bytes = L * static_cast<int64_t>(sizeof(P));
-    const int64_t ahead = rows_ahead(2 * lines_of(row_bytes) + 1);
+    // The chunk's means first when the gradient is used as is (else each
+    // update() needs its own mean() just before). Its rows' accumulator lines
+    // are then prefetched in the means pass, and the updates prefetch only the
+    // table rows, as many rows ahead as keep the table's and the accumulator's
+    // lines in flight: on uniform ids, 64-wide rows, 5-10% faster with one
+    // thread and 3-9% with two; 256-wide up to 4%; 16-wide within noise
+    // (development host, alternated step by step in one process).
+    bool means_first = false;
+    if constexpr (std::is_same_v<P, C>) means_first = update.gradient_as_is;
+    const int64_t ahead =
+        rows_ahead(means_first ? lines_of(row_bytes) + 1 : 2 * lines_of(row_bytes) + 1);
     C means[kIndexChunk];
     double totals[kIndexChunk];
     for (int64_t c0 = p0; c0 < p1; c0 += kIndexChunk) {
       const int64_t c1 = std::min(p1, c0 + kIndexChunk);
-      // The chunk's means first when the gradient is used as is (else each
-      // update() needs its own mean() just before).
       if constexpr (std::is_same_v<P, C>) {
-        if (update.gradient_as_is) {
+        if (means_first) {
           for (int64_t p = c0; p < c1; ++p) {
+            prefetch_bytes(static_cast<A*>(t.accumulator) + ids[p], sizeof(A), true);
             const P* g = gradient(p);
             totals[p - c0] = g != nullptr ? update.square_total(g) : 0.0;
           }
@@ -348,12 +357,12 @@ struct IndexOrderRowsOp {
         if (p + ahead < p1) {
           const int64_t r = ids[p + ahead];
           prefetch_bytes(static_cast<P*>(t.param) + r * L, row_bytes, true);
-          prefetch_bytes(static_cast<A*>(t.accumulator) + r, sizeof(A), true);
+          if (!means_first) prefetch_bytes(static_cast<A*>(t.accumulator) + r, sizeof(A), true);
         }
         const P* g = gradient(p);
         if (g == nullptr) continue;
         const int64_t r = ids[p];
-        update.update(r, g, update.gradient_as_is ? means[p - c0] : update.mean(r, g));
+        update.update(r, g, means_first ? means[p - c0] : update.mean(r, g));
       }
     }
   }
