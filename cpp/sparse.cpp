@@ -241,6 +241,14 @@ struct RowwiseUpdate {
   }
 };
 
+// The plan of one row's update: under torch's formula, a row takes the
+// operation order of torch's sparse path.
+StepPlan row_plan_of(const StepPlan& plan) {
+  StepPlan row_plan = plan;
+  if (plan.formula == Formula::torch) row_plan.formula = Formula::torch_sparse;
+  return row_plan;
+}
+
 struct RowsOp {
   const TensorSlots& t;
   const TensorStep& ts;
@@ -252,13 +260,11 @@ struct RowsOp {
   void operator()() const {
     const int64_t L = t.row_len;
     if (L <= 0) return;
-    if (t.rowwise && plan.phase != Phase::accumulate && !t.overwrite) {
+    if (rowwise_update(t, plan)) {
       RowwiseUpdate<P, A, C> update(t, ts, plan);
       each_row<P, A, C>([&](int64_t r, const P* g) { update.row(r, g); });
     } else {
-      // Under torch's formula a row takes the operation order of torch's sparse path.
-      StepPlan row_plan = plan;
-      if (plan.formula == Formula::torch) row_plan.formula = Formula::torch_sparse;
+      const StepPlan row_plan = row_plan_of(plan);
       const Blocks<P, A, C> update(t, ts, row_plan);
       each_row<P, A, C>([&](int64_t r, const P* g) { update.run(r * L, r * L + L, g); });
     }
@@ -290,13 +296,35 @@ struct RowsOp {
   }
 };
 
-// Row-wise Adagrad in index order: each distinct row at its first copy, in
-// chunks of kIndexChunk positions, the means of the chunk's rows first and their
-// updates after. The gradient rows are then one stream, read apart from the
-// scattered table rows: on uniform ids, where nearly every row is one copy, the
-// one-thread step was 10-15%, 6-7% and 21-24% faster at widths 16, 64 and 256
-// than with the distinct rows in row order (development host, the two
-// alternated step by step in one process, caches cold and warm).
+// The summed gradient of the row whose first copy is at position p of a sparse
+// gradient; null at a later copy.
+template <class P>
+struct PositionGradients {
+  const P* values;
+  const P* sums;
+  const int64_t* __restrict slot;
+  int64_t row_len;
+
+  PositionGradients(const TensorStep& ts, const SparseRows& s, int64_t row_len_)
+      : values(static_cast<const P*>(ts.grad)), sums(reinterpret_cast<const P*>(s.sums.data())),
+        slot(s.slot.data()), row_len(row_len_) {}
+
+  const P* operator()(int64_t p) const {
+    const int64_t k = slot[p];
+    if (k < 0) return values + p * row_len;
+    return (k & 1) != 0 ? sums + (k >> 1) * row_len : nullptr;
+  }
+};
+
+// Rows in index order: each distinct row at its first copy. The gradient rows
+// are then one stream, read apart from the scattered table rows: on uniform
+// ids, where nearly every row is one copy, the one-thread row-wise step was
+// 10-15%, 6-7% and 21-24% faster at widths 16, 64 and 256 than with the
+// distinct rows in row order (development host, the two alternated step by
+// step in one process, caches cold and warm); the element-wise one, with the
+// de-duplication by position (dedup.hpp), 15-29%, 5-14% and 1-6%, and 1-12% on
+// two threads. Row-wise Adagrad runs in chunks of kIndexChunk positions, the
+// means of the chunk's rows first and their updates after.
 constexpr int64_t kIndexChunk = 256;
 
 struct IndexOrderRowsOp {
@@ -308,23 +336,44 @@ struct IndexOrderRowsOp {
 
   template <class P, class A, class C>
   void operator()() const {
-    with_ids(ts, [&](const auto* ids) { run<P, A, C>(ids); });
+    if (t.row_len <= 0) return;
+    with_ids(ts, [&](const auto* ids) {
+      if (rowwise_update(t, plan)) {
+        rowwise<P, A, C>(ids);
+      } else {
+        blocks<P, A, C>(ids);
+      }
+    });
+  }
+
+  // Any other row update (Blocks), with the table's and the state's row of the
+  // positions ahead prefetched.
+  template <class P, class A, class C, class I>
+  void blocks(const I* __restrict ids) const {
+    const int64_t L = t.row_len;
+    const StepPlan row_plan = row_plan_of(plan);
+    const Blocks<P, A, C> update(t, ts, row_plan);
+    const PositionGradients<P> gradient(ts, s, L);
+    const int64_t row_bytes = L * static_cast<int64_t>(sizeof(P));
+    const int64_t acc_items = t.rowwise ? 1 : L;
+    const int64_t acc_bytes = acc_items * static_cast<int64_t>(sizeof(A));
+    const int64_t ahead = rows_ahead(lines_of(row_bytes) + lines_of(acc_bytes));
+    for (int64_t p = p0; p < p1; ++p) {
+      if (p + ahead < p1) {
+        const int64_t r = ids[p + ahead];
+        prefetch_bytes(static_cast<P*>(t.param) + r * L, row_bytes, true);
+        prefetch_bytes(static_cast<A*>(t.accumulator) + r * acc_items, acc_bytes, true);
+      }
+      const P* g = gradient(p);
+      if (g != nullptr) update.run(ids[p] * L, ids[p] * L + L, g);
+    }
   }
 
   template <class P, class A, class C, class I>
-  void run(const I* __restrict ids) const {
+  void rowwise(const I* __restrict ids) const {
     const int64_t L = t.row_len;
-    if (L <= 0) return;
     RowwiseUpdate<P, A, C> update(t, ts, plan);
-    const P* values = static_cast<const P*>(ts.grad);
-    const P* sums = reinterpret_cast<const P*>(s.sums.data());
-    const int64_t* __restrict slot = s.slot.data();
-    // The summed gradient of the row whose first copy is at position p (null at a later copy).
-    const auto gradient = [&](int64_t p) -> const P* {
-      const int64_t k = slot[p];
-      if (k < 0) return values + p * L;
-      return (k & 1) != 0 ? sums + (k >> 1) * L : nullptr;
-    };
+    const PositionGradients<P> gradient(ts, s, L);
     const int64_t row_bytes = L * static_cast<int64_t>(sizeof(P));
     // The chunk's means first when the gradient is used as is (else each
     // update() needs its own mean() just before). Its rows' accumulator lines

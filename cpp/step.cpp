@@ -44,20 +44,6 @@ bool needs_full_pass(const TensorSlots& t, const StepPlan& plan) {
   return plan.phase != Phase::accumulate && t.weight_decay && plan.weight_decay != 0.0;
 }
 
-// Whether tensor t's update is row-wise Adagrad's (not an accumulation or overwrite).
-bool rowwise_update(const TensorSlots& t, const StepPlan& plan) {
-  return t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
-}
-
-// A row-wise update whose rows are mostly single copies (at least half of the
-// index positions) runs in index order (sparse_rows_in_index_order): its
-// gradient rows are then read as one stream. On Zipf ids, where a few rows have
-// most copies, index order measured slower than the distinct rows in row order.
-bool updates_in_index_order(const TensorSlots& t, const StepPlan& plan, const SparseRows& s,
-                            int64_t n_indices) {
-  return rowwise_update(t, plan) && s.mostly_single(n_indices);
-}
-
 // The elements an item updates: its own range, or for a row-wise tensor the
 // whole rows that start inside it (every row then belongs to one item).
 std::pair<int64_t, int64_t> update_range(const TensorSlots& t, const WorkItem& item) {
@@ -81,7 +67,7 @@ struct StepTasks {
   std::vector<Mode> mode;             // per tensor
   std::vector<int32_t> sparse_ids;    // tensors with a sparse gradient, ascending
   std::vector<RowTask> row_tasks;     // the distinct rows of row-mode tensors
-  std::vector<RowTask> update_tasks;  // pass 2's: the same, or positions (updates_in_index_order)
+  std::vector<RowTask> update_tasks;  // pass 2's: the same, or positions (index order)
   std::vector<int64_t> dense_tasks;   // work-list tasks with an item not in row mode
   bool any_sparse() const { return !sparse_ids.empty(); }
 };
@@ -149,12 +135,12 @@ void sum_multi_rows(const StepRun& run, const StepTasks& tasks) {
   });
 }
 
-// De-duplicates tensor t's sparse gradient. A row-wise update that needs no
+// De-duplicates tensor t's sparse gradient. A row-mode tensor that needs no
 // pass over its distinct rows first (`row_partials`: a reduce pass follows)
 // takes dedup_by_position when its last index list had mostly single copies
 // and its de-duplication runs on one thread (`one_thread`): the bitmap pass is
 // serial, while dedup() sorts a lone tensor on every thread. On uniform ids the
-// one-thread step was 12-17%, 5-12% and 3-4% faster at widths 16, 64 and 256;
+// one-thread row-wise step was 12-17%, 5-12% and 3-4% faster at widths 16, 64 and 256;
 // with two threads on one tensor, 2-10% faster or 3-9% slower as the host's
 // memory went (development host, the two alternated step by step in one
 // process, caches cold and warm).
@@ -163,8 +149,7 @@ void dedup_tensor(StepRun& run, const StepTasks& tasks, int32_t t, bool row_part
   const TensorSlots& slots = run.tensors[t];
   SparseRows& s = run.rows[t];
   const bool by_position = one_thread && !row_partials && tasks.mode[t] == Mode::rows &&
-                           rowwise_update(slots, run.plan) && s.last_mostly_single &&
-                           dedup_by_position(run.steps[t], slots.rows, s);
+                           s.last_mostly_single && dedup_by_position(run.steps[t], slots.rows, s);
   if (!by_position) dedup(run.steps[t], slots.rows, s);
   s.last_mostly_single = s.mostly_single(run.steps[t].n_indices);
 }
@@ -207,7 +192,11 @@ StepTasks plan_sparse(StepRun& run, bool row_partials) {
       tasks.row_tasks.push_back({t, d0, std::min(count, d0 + per_task)});
     }
     const int64_t n = run.steps[t].n_indices;
-    if (updates_in_index_order(run.tensors[t], run.plan, run.rows[t], n)) {
+    // Rows that are mostly single copies (at least half of the index positions)
+    // are updated in index order (sparse_rows_in_index_order): the gradient
+    // rows are then read as one stream. On Zipf ids, where a few rows have most
+    // copies, index order measured slower than the distinct rows in row order.
+    if (run.rows[t].mostly_single(n)) {
       for (int64_t p0 = 0; p0 < n; p0 += per_task) {
         tasks.update_tasks.push_back({t, p0, std::min(n, p0 + per_task), true});
       }

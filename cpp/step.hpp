@@ -110,6 +110,11 @@ struct TensorStep {
   const TensorScalars* scalars = nullptr;
 };
 
+// Whether tensor t's update is row-wise Adagrad's (not an accumulation or overwrite).
+inline bool rowwise_update(const TensorSlots& t, const StepPlan& plan) {
+  return t.rowwise && plan.phase != Phase::accumulate && !t.overwrite;
+}
+
 // fn(ids) with the row ids of a sparse gradient as the type they are stored in.
 template <class Fn>
 inline decltype(auto) with_ids(const TensorStep& ts, Fn&& fn) {

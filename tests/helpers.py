@@ -102,3 +102,13 @@ def run_interrupted(call: Callable[[], Any], delay: float) -> bool:
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = report_unraisable
     return returned
+
+
+def sparse_ids(kind: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n row ids below `rows`: "repeated" draws them at random (most rows get several
+    copies, so the update runs over the distinct rows in row order); "single" gives
+    most rows one copy and one row three (the update runs in index order)."""
+    if kind == "repeated":
+        return rng.integers(0, rows, n)
+    ids = rng.permutation(rows)[: max(1, n - 2)]
+    return np.concatenate([ids, ids[:1], ids[:1]])[:n] if n >= 3 else ids

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import adagrad_native as an
-from tests.helpers import FLOAT_DTYPES, LOW_PRECISION, assert_close
+from tests.helpers import FLOAT_DTYPES, LOW_PRECISION, assert_close, sparse_ids
 from tests.oracle import RowWiseReferenceAdagrad, dense_equivalent
 
 STEPS = 5
@@ -45,16 +45,6 @@ FEATURES = {
         **EMA,
     ),
 }
-
-
-def sparse_ids(kind: str, rows: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n row ids below `rows`: "repeated" draws them at random (most rows get several
-    copies, so the update runs over the distinct rows in row order); "single" gives
-    most rows one copy and one row three (the update runs in index order)."""
-    if kind == "repeated":
-        return rng.integers(0, rows, n)
-    ids = rng.permutation(rows)[: max(1, n - 2)]
-    return np.concatenate([ids, ids[:1], ids[:1]])[:n] if n >= 3 else ids
 
 
 def _cases():
@@ -267,45 +257,5 @@ def test_index_order_and_row_order_give_the_same_bits(dtype_id, feat_id, rng):
         twice = an.SparseGradient(np.concatenate([idx, idx]), np.concatenate([values, 0 * values]))
         o2.apply([twice], [doubled])
     assert single.tobytes() == doubled.tobytes()
-    for a, b in zip(o1.variables, o2.variables, strict=True):
-        assert a.numpy().tobytes() == b.numpy().tobytes(), a.path
-
-
-# Index lists whose kind changes from step to step: mostly single copies (de-duplicated
-# by position, from bitmaps of the table's rows, when the last list was alike and the
-# de-duplication runs on one thread: one thread, or a table per thread) and mostly
-# repeated rows (sorted). Hand-made lists sit at the boundary: [5, 5, 1, 2] is half
-# single copies, [5, 5, 5, 1] a quarter.
-KIND_SEQUENCE = ["repeated", "single", "single", [5, 5, 1, 2], "repeated", "single", [5, 5, 5, 1]]
-TABLES = [(3000, 16), (2000, 5)]
-
-
-@pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
-@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=["int32", "int64"])
-def test_index_lists_that_change_kind_give_the_bits_of_row_order(
-    index_dtype, threads, rng, restore_threads
-):
-    """Every step matches the same rows each given a second copy of zeros (always sorted,
-    updated in row order): the bitmaps start clean whichever way the last step went."""
-    an.set_num_threads(threads)
-    single = [rng.standard_normal(shape).astype(np.float32) for shape in TABLES]
-    doubled = [a.copy() for a in single]
-    o1, o2 = an.RowWiseAdagrad(learning_rate=0.1), an.RowWiseAdagrad(learning_rate=0.1)
-    for kind in KIND_SEQUENCE:
-        grads, twice = [], []
-        for rows, width in TABLES:
-            if isinstance(kind, list):
-                idx = np.array(kind)
-            else:
-                idx = sparse_ids(kind, rows, 2 * rows if kind == "repeated" else 700, rng)
-            idx = idx.astype(index_dtype)
-            values = (rng.standard_normal((len(idx), width)) * 2).astype(np.float32)
-            grads.append(an.SparseGradient(idx, values))
-            doubled_idx = np.concatenate([idx, idx])
-            twice.append(an.SparseGradient(doubled_idx, np.concatenate([values, 0 * values])))
-        o1.apply(grads, single)
-        o2.apply(twice, doubled)
-        for a, b in zip(single, doubled, strict=True):
-            assert a.tobytes() == b.tobytes(), f"after {kind}"
     for a, b in zip(o1.variables, o2.variables, strict=True):
         assert a.numpy().tobytes() == b.numpy().tobytes(), a.path

@@ -21,7 +21,7 @@ import pytest
 
 import adagrad_native as an
 from adagrad_native import _native
-from tests.helpers import FLOAT_DTYPES, SLOT_LISTS, assert_close
+from tests.helpers import FLOAT_DTYPES, SLOT_LISTS, assert_close, sparse_ids
 from tests.oracle import LazyReferenceAdagrad, ReferenceAdagrad, dense_equivalent
 
 STEPS = 4
@@ -586,13 +586,15 @@ def test_summed_rows_give_the_dense_result_on_every_isa_and_thread_count(
     cls, width, float_dtype, rng, restore_threads
 ):
     """Rows with one copy, a few, and hundreds: the copies are summed once a step, by as
-    many tasks as threads, then each row is updated; every ISA and thread count gives the
-    bits of the dense gradient's step."""
+    many tasks as threads, then each row is updated (in row order; a last batch of mostly
+    single copies in index order); every ISA and thread count gives the bits of the dense
+    gradient's step."""
     shape = (300, width)
     init = rng.standard_normal(shape).astype(float_dtype)
+    mostly_single = rng.permutation(shape[0])[:200]
     batches = []
-    for _ in range(2):
-        idx = rng.zipf(1.3, 2000) % shape[0]
+    for idx in (rng.zipf(1.3, 2000) % shape[0], rng.zipf(1.3, 2000) % shape[0], mostly_single):
+        idx = np.concatenate([idx, idx[:5]])
         batches.append((idx, rng.standard_normal((len(idx), width)).astype(float_dtype)))
     acc = {"accumulator_dtype": "float32"} if float_dtype.itemsize == 2 else {}
     dense = [dense_equivalent(i, v, shape) for i, v in batches]
@@ -603,3 +605,44 @@ def test_summed_rows_give_the_dense_result_on_every_isa_and_thread_count(
             for threads in (1, 2):
                 an.set_num_threads(threads)
                 assert _steps_bits(cls, init, sparse, **acc) == want, f"{isa}, {threads} threads"
+
+
+# Index lists whose kind changes from step to step: mostly single copies (de-duplicated
+# by position, from bitmaps of the table's rows, when the last list was alike and the
+# de-duplication runs on one thread: one thread, or a table per thread) and mostly
+# repeated rows (sorted). Hand-made lists sit at the boundary: [5, 5, 1, 2] is half
+# single copies, [5, 5, 5, 1] a quarter.
+KIND_SEQUENCE = ["repeated", "single", "single", [5, 5, 1, 2], "repeated", "single", [5, 5, 5, 1]]
+TABLES = [(3000, 16), (2000, 5)]
+
+
+@pytest.mark.parametrize("threads", [1, 2], ids=["1thread", "2threads"])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64], ids=["int32", "int64"])
+@pytest.mark.parametrize("cls", [an.RowWiseAdagrad, an.Adagrad], ids=["rowwise", "adagrad"])
+def test_index_lists_that_change_kind_give_the_bits_of_row_order(
+    cls, index_dtype, threads, rng, restore_threads
+):
+    """Every step matches the same rows each given a second copy of zeros (always sorted,
+    updated in row order): the bitmaps start clean whichever way the last step went."""
+    an.set_num_threads(threads)
+    single = [rng.standard_normal(shape).astype(np.float32) for shape in TABLES]
+    doubled = [a.copy() for a in single]
+    o1, o2 = cls(learning_rate=0.1), cls(learning_rate=0.1)
+    for kind in KIND_SEQUENCE:
+        grads, twice = [], []
+        for rows, width in TABLES:
+            if isinstance(kind, list):
+                idx = np.array(kind)
+            else:
+                idx = sparse_ids(kind, rows, 2 * rows if kind == "repeated" else 700, rng)
+            idx = idx.astype(index_dtype)
+            values = (rng.standard_normal((len(idx), width)) * 2).astype(np.float32)
+            grads.append(an.SparseGradient(idx, values))
+            doubled_idx = np.concatenate([idx, idx])
+            twice.append(an.SparseGradient(doubled_idx, np.concatenate([values, 0 * values])))
+        o1.apply(grads, single)
+        o2.apply(twice, doubled)
+        for a, b in zip(single, doubled, strict=True):
+            assert a.tobytes() == b.tobytes(), f"after {kind}"
+    for a, b in zip(o1.variables, o2.variables, strict=True):
+        assert a.numpy().tobytes() == b.numpy().tobytes(), a.path
