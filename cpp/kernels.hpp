@@ -36,8 +36,8 @@ struct SparseRows;
   X(sparse_rows, void,                                                                            \
     (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
      int64_t d0, int64_t d1))                                                                     \
-  /* Row mode, a sparse gradient whose rows are mostly single copies: the distinct rows          \
-     whose first copy is at index positions [p0, p1), in index order. */                         \
+  /* Row mode, a sparse gradient whose rows are mostly single copies: the distinct rows           \
+     whose first copy is at index positions [p0, p1), in index order. */                          \
   X(sparse_rows_in_index_order, void,                                                             \
     (const TensorSlots& t, const TensorStep& ts, const SparseRows& s, const StepPlan& plan,       \
      int64_t p0, int64_t p1))                                                                     \
