@@ -207,7 +207,7 @@ bool positions_by_bitmap(const I* __restrict idx, int64_t n, int64_t n_rows, Spa
     multi += (again & ~was_repeated) != 0;
   }
   const int64_t distinct = n - repeats;
-  if (2 * (distinct - multi) < n) {  // not mostly single copies: dedup() will sort them all
+  if (!mostly_single_copies(distinct, multi, n)) {  // dedup() will sort them all
     for (int64_t p = 0; p < n; ++p) {
       uint64_t* __restrict pair = bits + 2 * (static_cast<uint64_t>(idx[p]) >> 6);
       pair[0] = 0;

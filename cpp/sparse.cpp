@@ -382,8 +382,7 @@ struct IndexOrderRowsOp {
     // lines in flight: on uniform ids, 64-wide rows, 5-10% faster with one
     // thread and 3-9% with two; 256-wide up to 4%; 16-wide within noise
     // (development host, alternated step by step in one process).
-    bool means_first = false;
-    if constexpr (std::is_same_v<P, C>) means_first = update.gradient_as_is;
+    const bool means_first = update.gradient_as_is;  // implies P == C
     const int64_t ahead =
         rows_ahead(means_first ? lines_of(row_bytes) + 1 : 2 * lines_of(row_bytes) + 1);
     C means[kIndexChunk];

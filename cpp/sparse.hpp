@@ -7,6 +7,12 @@
 
 namespace adagrad {
 
+// Whether at least half of n_indices positions are single copies, given the
+// distinct rows and how many of them have more than one copy.
+inline bool mostly_single_copies(int64_t distinct, int64_t multi, int64_t n_indices) {
+  return 2 * (distinct - multi) >= n_indices;
+}
+
 // The distinct row ids of one sparse gradient, ascending, and for each of them
 // the positions of its copies in the index list, in index order: the copies of
 // row rows[d] are values[order[start[d]]], ..., values[order[start[d + 1] - 1]].
@@ -42,8 +48,9 @@ struct SparseRows {
   std::vector<uint64_t> row_bits;
 
   int64_t count() const { return distinct; }
-  // Whether at least half of the n_indices positions are single copies.
-  bool mostly_single(int64_t n_indices) const { return 2 * (distinct - multi_count) >= n_indices; }
+  bool mostly_single(int64_t n_indices) const {
+    return mostly_single_copies(distinct, multi_count, n_indices);
+  }
 };
 
 }  // namespace adagrad
